@@ -1,0 +1,5 @@
+import sys
+
+from hashkd.cli import main
+
+sys.exit(main())

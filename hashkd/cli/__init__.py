@@ -1,0 +1,94 @@
+"""The ``hashkd`` command line.
+
+Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
+its parser and sets ``func`` (called with the parsed namespace, returning an exit code).
+Commands of the training side are listed in ``_BUILTIN``; the ``indexes`` and ``service``
+packages add theirs through the ``hashkd.commands`` entry-point group, so that ``hashkd``
+never imports them (DESIGN.md import direction).
+
+Bad input is reported as one sentence on stderr with a non-zero exit code, no traceback:
+every user-facing error in the project subclasses ``ValueError`` (or is an ``OSError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+_BUILTIN = (
+    "hashkd.cli.train_teacher",
+    "hashkd.cli.distill",
+    "hashkd.cli.pretrain",
+    "hashkd.cli.encode",
+    "hashkd.cli.evaluate",
+    "hashkd.cli.export",
+    "hashkd.cli.demo",
+)
+
+EXIT_USAGE = 2
+
+
+def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    out = []
+    for name in _BUILTIN:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command not written yet
+                continue
+            raise
+        out.append(module.register)
+    for ep in sorted(entry_points(group="hashkd.commands"), key=lambda e: e.name):
+        try:
+            out.append(ep.load())
+        except ModuleNotFoundError:
+            continue
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashkd",
+        description="Unsupervised semantic hashing: train a ViT teacher, distill a compact student, "
+        "index binary codes and serve image search.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def fail(message: str) -> int:
+    """Print ``message`` as the one-sentence error of the CLI and return the usage exit code."""
+    message = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    if not message.endswith("."):
+        message += "."
+    print(f"hashkd: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("hashkd: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError) as exc:
+        if os.environ.get("HASHKD_DEBUG"):
+            raise
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and getattr(exc, "filename", None):
+            text = f"{exc.strerror or exc}: {exc.filename!r}"
+        return fail(str(text))
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Hash models: a timm backbone + a hash head, and the on-disk model artifact."""
+
+from hashkd.models.artifact import ArtifactError, load_artifact, save_artifact
+from hashkd.models.hash_model import HashModel, ModelConfig, build_model, sign_ste
+
+__all__ = [
+    "ArtifactError",
+    "HashModel",
+    "ModelConfig",
+    "build_model",
+    "load_artifact",
+    "save_artifact",
+    "sign_ste",
+]

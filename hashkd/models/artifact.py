@@ -1,0 +1,93 @@
+"""Model artifacts: a directory with ``config.json`` and ``model.safetensors``.
+
+Nothing is pickled: the weights are safetensors and the architecture is rebuilt from the
+JSON config through timm, so loading an artifact never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from hashkd.models.hash_model import HashModel, ModelConfig
+
+ARTIFACT_FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ArtifactError(ValueError):
+    """A model artifact directory is missing, incomplete or of an unknown format."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(model: HashModel, directory: str | os.PathLike[str], extra: dict | None = None) -> Path:
+    """Write ``model`` as an artifact directory; returns its path."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=WEIGHTS_NAME, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, out / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    cfg = {"format_version": ARTIFACT_FORMAT_VERSION, **model.config.to_dict()}
+    if extra:
+        cfg.update(extra)
+    _atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True).encode())
+    return out
+
+
+def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict]:
+    """Read ``config.json`` of an artifact: the model config and the raw dict."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise ArtifactError(f"model artifact {str(path)!r} is not a directory: expected a folder with config.json")
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ArtifactError(f"model artifact {str(path)!r} has no config.json")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from None
+    version = raw.get("format_version")
+    if version != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(
+            f"{str(cfg_path)!r} has format_version={version!r}: expected {ARTIFACT_FORMAT_VERSION}"
+        )
+    return ModelConfig.from_dict(raw), raw
+
+
+def load_artifact(directory: str | os.PathLike[str], map_location: str = "cpu") -> HashModel:
+    """Rebuild the model of an artifact directory, in eval mode."""
+    config, _ = read_config(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(f"model artifact {str(directory)!r} has no {WEIGHTS_NAME}")
+    model = HashModel(config, pretrained=False)
+    state = load_file(str(weights), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{str(weights)!r} does not match config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Training loops: the CIBHash teacher, the distilled student and their shared machinery."""

@@ -1,0 +1,93 @@
+"""A training run's directory: JSON-lines log, resumable checkpoint, best artifact.
+
+Layout of ``out/``::
+
+    config.json, model.safetensors   the best model so far (a model artifact, DESIGN.md)
+    checkpoint.pt                    last epoch: weights, optimiser, epoch, RNG (resume)
+    train_log.jsonl                  one JSON object per epoch / validation
+    run.json                         the run's own settings, seed and splits summary
+
+Checkpoints hold only tensors and plain Python values and are read back with
+``torch.load(weights_only=True)``: no code is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+RUN_NAME = "run.json"
+
+
+class RunDir:
+    """Files of one training run; only the main process writes."""
+
+    def __init__(self, path: str | os.PathLike[str], is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path / LOG_NAME, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        p = self.path / LOG_NAME
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, obj: dict[str, Any]) -> None:
+        if self.is_main:
+            _atomic_write(self.path / name, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=CHECKPOINT_NAME, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        if not self.checkpoint_path.is_file():
+            raise ValueError(
+                f"--resume was given but {str(self.checkpoint_path)!r} does not exist: expected a run directory "
+                "written by an earlier run"
+            )
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
