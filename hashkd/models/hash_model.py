@@ -21,7 +21,7 @@ from hashkd.codes import check_bits, pack_codes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HEAD_KINDS = ("linear", "mlp")
+HEAD_KINDS = ("linear", "mlp", "linear2")
 
 
 class ModelError(ValueError):
@@ -135,9 +135,11 @@ class HashModel(nn.Module):
         self.backbone = _timm_backbone(config, pretrained)
         if weights is not None:
             self.weights_report = load_backbone_weights(self.backbone, weights)
-        dim = int(self.backbone.num_features)
+        dim = self.feature_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(dim, config.bits)
+        elif config.head == "linear2":  # two linear layers, no activation: foldable into one (export)
+            self.head = nn.Sequential(nn.Linear(dim, config.head_hidden), nn.Linear(config.head_hidden, config.bits))
         else:
             self.head = nn.Sequential(
                 nn.Linear(dim, config.head_hidden), nn.ReLU(inplace=True), nn.Linear(config.head_hidden, config.bits)
@@ -151,7 +153,8 @@ class HashModel(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return int(self.backbone.num_features)
+        # timm models with a pre-logits stage (MobileNetV3) output head_hidden_size features.
+        return int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
 
     def freeze_backbone(self) -> None:
         self.config.freeze_backbone = True
