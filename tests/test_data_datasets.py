@@ -19,7 +19,18 @@ from hashkd.data import (
     load_dataset,
 )
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def _write(path: Path, color: tuple[int, int, int], size: int = 6) -> Path:
@@ -156,7 +167,9 @@ BAD_LINES = [
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_LINES)
-def test_list_file_rejects_bad_line_naming_file_and_line(list_root: Path, bad: str, message: str) -> None:
+def test_list_file_rejects_bad_line_naming_file_and_line(
+    list_root: Path, bad: str, message: str
+) -> None:
     link = list_root / "link.png"
     link.symlink_to(list_root.parent / "outside.png")
     bad = bad.format(abs=list_root / "a" / "x.png", link="link.png")

@@ -289,9 +289,11 @@ def _pool(
         return "all", dataset, np.arange(len(dataset), dtype=np.int64)
     groups = dataset.groups or {}
     if group not in groups:
+        example = f" such as load_dataset({protocol.dataset!r})" if protocol.dataset else ""
         raise ValueError(
             f"protocol {protocol.name!r} draws {role} from the {group!r} images but the dataset has groups "
-            f"{sorted(groups)}: expected load_dataset({protocol.dataset!r}) or a dict of datasets with key {group!r}"
+            f"{sorted(groups)}: expected a dataset with a {group!r} group{example} or a dict of datasets "
+            f"with key {group!r}"
         )
     return group, dataset, np.asarray(groups[group], dtype=np.int64)
 
