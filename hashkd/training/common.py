@@ -1,0 +1,101 @@
+"""Pieces shared by the teacher and student trainers: seeding, optimisers, validation, resume."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hashkd.codes import pack_codes
+from hashkd.training.views import EvalDataset
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; returns a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+@dataclass
+class Split:
+    """Images ``indices`` of ``source`` (an object with ``load_image(i)`` and ``labels``)."""
+
+    source: Any
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)[self.indices]
+
+
+@torch.no_grad()
+def encode_split(
+    model: nn.Module,
+    split: Split,
+    transform: Callable,
+    device: torch.device,
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Packed codes of every image of ``split`` under the deterministic ``transform``."""
+    was = model.training
+    model.eval()
+    loader = DataLoader(EvalDataset(split.source, split.indices, transform), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers)
+    outs = [model(x.to(device)).cpu() for x, _ in loader]
+    model.train(was)
+    return pack_codes(torch.cat(outs))
+
+
+def validation_map(
+    model: nn.Module,
+    query: Split,
+    database: Split,
+    transform: Callable,
+    device: torch.device,
+    topk: int = 1000,
+    database_codes: np.ndarray | None = None,
+) -> float:
+    """mAP@topk of ``query`` against ``database`` (both coded by ``model`` unless given)."""
+    from hashkd.metrics import mean_average_precision
+
+    q = encode_split(model, query, transform, device)
+    d = database_codes if database_codes is not None else encode_split(model, database, transform, device)
+    return float(mean_average_precision(q, d, query.labels, database.labels, topk=min(topk, len(database))))
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy_seed_note": "numpy RNG is not used for training order"}
+
+
+def trainable_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

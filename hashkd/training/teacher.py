@@ -1,0 +1,210 @@
+"""Train a hashing teacher with CIBHash (no labels used for training).
+
+The loop supports:
+* a full fine-tune, or a frozen backbone with only the hash head trained (the reference
+  teacher: a frozen ViT with a linear probe);
+* with a frozen backbone, a feature cache: ``feature_cache_views = E`` augments every training
+  image E times once, runs the backbone once over them, and trains the head on pairs of
+  cached features -- the same loss on the same views as the uncached path, at a fraction of
+  the cost per epoch;
+* checkpoint every epoch and ``resume``; validation mAP every ``val_every`` epochs on a
+  validation split kept apart from the queries, keeping the best model as the artifact;
+* torchrun / DistributedDataParallel (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from hashkd.codes import check_bits
+from hashkd.models import ModelConfig, build_model, save_artifact
+from hashkd.models.hash_model import HashModel
+from hashkd.training.cibhash import CIBHashLoss
+from hashkd.training.common import (
+    Split,
+    Timer,
+    seed_everything,
+    trainable_parameters,
+    validation_map,
+)
+from hashkd.training.data_setup import prepare_data
+from hashkd.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from hashkd.training.run_dir import RunDir
+from hashkd.training.views import PairIndexDataset, TwoViewDataset, ViewBank
+
+
+@dataclass
+class TeacherConfig:
+    """Settings of one teacher run (written to ``run.json``)."""
+
+    out: str
+    data: str = "digits"
+    root: str | None = None
+    protocol: str | None = None
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    bits: int = 64
+    img_size: int = 32
+    head: str = "linear"
+    pretrained: bool = False
+    weights: str | None = None
+    freeze_backbone: bool = False
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    tau: float = 0.3
+    beta: float = 0.001
+    seed: int = 0
+    val_every: int = 1
+    feature_cache_views: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    resume: bool = False
+    max_train: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        for name in ("epochs", "batch_size", "val_every"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} is not valid: expected a positive learning rate")
+        if self.feature_cache_views and not self.freeze_backbone:
+            raise ValueError("--feature-cache needs --freeze-backbone: features can only be cached for a frozen backbone")
+        if self.feature_cache_views == 1 or self.feature_cache_views < 0:
+            raise ValueError(f"feature-cache={self.feature_cache_views} is not valid: expected 0 (off) or at least 2 views")
+
+
+def train_teacher(cfg: TeacherConfig) -> Path:
+    """Run CIBHash training; returns the output directory (a model artifact)."""
+    cfg.validate()
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
+    run = RunDir(cfg.out, is_main=info.is_main)
+    gen = seed_everything(cfg.seed + info.rank)
+    data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
+    mcfg = ModelConfig(
+        backbone=cfg.backbone, bits=cfg.bits, img_size=cfg.img_size, head=cfg.head,
+        backbone_kwargs=dict(cfg.backbone_kwargs), role="teacher", freeze_backbone=cfg.freeze_backbone,
+    )
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights).to(info.device)
+    model.config.meta = {"objective": "cibhash", "data": cfg.data, "seed": cfg.seed, "protocol": data.protocol}
+    criterion = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
+    optimizer = torch.optim.Adam(trainable_parameters([model]), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start_epoch, best = 0, -math.inf
+    if cfg.resume:
+        state = run.load_checkpoint()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = int(state["epoch"]), float(state["best_map"])
+        gen.set_state(state["generator"])
+        if start_epoch >= cfg.epochs:
+            if info.is_main:
+                print(f"run in {cfg.out} already finished {start_epoch} epochs")
+            return Path(cfg.out)
+    run.write_json("run.json", {"kind": "teacher", "config": asdict(cfg), "splits": data.summary()})
+
+    eval_tf = data.eval_transform(mcfg)
+    view_tf = data.view_transform(mcfg)
+    use_cache = cfg.feature_cache_views >= 2
+    if use_cache:
+        bank = ViewBank.build(data.train.source, data.train.indices, view_tf, cfg.feature_cache_views,
+                              seed=cfg.seed, progress=cfg.progress and info.is_main)
+        feats = bank.map_views(lambda x: model.features(x.to(info.device)), progress=cfg.progress and info.is_main,
+                               desc="caching backbone features")
+        step_model: torch.nn.Module = model.head
+    else:
+        step_model = model
+    ddp_model = DDP(step_model) if info.enabled else step_model
+
+    timer = Timer()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if use_cache:
+            pairs = bank.pick_pairs(gen)
+            ds = PairIndexDataset(pairs)
+        else:
+            ds = TwoViewDataset(data.train.source, data.train.indices, view_tf)
+        sampler = DistributedSampler(ds, shuffle=True, seed=cfg.seed, drop_last=True) if info.enabled else None
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=gen if sampler is None else None, drop_last=len(ds) > cfg.batch_size,
+                            num_workers=0 if use_cache else cfg.num_workers)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
+                   leave=False)
+        for batch in bar:
+            if use_cache:
+                idx, a, b = batch
+                x1, x2 = feats[idx, a].to(info.device), feats[idx, b].to(info.device)
+            else:
+                x1, x2, _ = batch
+                x1, x2 = x1.to(info.device), x2.to(info.device)
+            u = ddp_model(torch.cat([x1, x2]))
+            u1, u2 = u.chunk(2)
+            loss = criterion(u1, u2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.item())
+            count += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        epoch_loss = all_reduce_mean(total / max(count, 1), info)
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": epoch_loss, "elapsed_s": round(timer.elapsed(), 2)}
+        improved = False
+        if info.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            val_map = validation_map(model, data.val, data.val_database, eval_tf, info.device)
+            record["val_map"] = val_map
+            if val_map > best:
+                best, improved = val_map, True
+        if info.is_main:
+            if improved or not (Path(cfg.out) / "model.safetensors").exists():
+                model.config.meta.update({"epoch": epoch + 1, "val_map": record.get("val_map")})
+                save_artifact(model, cfg.out)
+            run.log(record)
+            run.save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                "best_map": best, "generator": gen.get_state(),
+            })
+            print(json.dumps(record), flush=True)
+        barrier(info)
+    return Path(cfg.out)
+
+
+def cached_and_uncached_loss(model: HashModel, x1: torch.Tensor, x2: torch.Tensor,
+                             criterion: CIBHashLoss) -> tuple[float, float]:
+    """The CIBHash loss of the same two views through the full model and through cached features."""
+    with torch.no_grad():
+        full = criterion(model(x1), model(x2))
+        f1, f2 = model.features(x1), model.features(x2)
+        cached = criterion(model.head(f1), model.head(f2))
+    return float(full), float(cached)
+
+
+__all__ = ["TeacherConfig", "train_teacher", "Split"]
