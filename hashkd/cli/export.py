@@ -1,0 +1,92 @@
+"""``hashkd export MODEL_DIR --format onnx|torchscript|all [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model artifact to ONNX or TorchScript (checked against PyTorch)",
+        description="Export a model artifact to ONNX and/or TorchScript. The output directory is a "
+        "complete artifact (config.json + model.safetensors + the graph); the export is run on a "
+        "fixed batch of random images and refused if more than 0.1%% of code bits differ from PyTorch.",
+    )
+    p.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="model artifact directory (config.json + model.safetensors)",
+    )
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        metavar="FORMAT",
+        help="onnx, torchscript or all (repeatable; default onnx)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output directory (default: MODEL_DIR, exporting in place)"
+    )
+    p.add_argument(
+        "--check-images",
+        type=int,
+        default=64,
+        help="random images in the agreement check (default 64)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the check images (default 0)")
+    p.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default 18 dynamo, 17 legacy)"
+    )
+    p.add_argument(
+        "--onnx-exporter",
+        default="dynamo",
+        metavar="{dynamo,legacy}",
+        help="torch.onnx exporter: dynamo (torch.export, default) or legacy (TorchScript-based)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the check run")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hashkd.export import EXPORT_FORMATS, export_model
+
+    formats: list[str] = []
+    for item in args.formats or ["onnx"]:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if name == "all":
+                formats.extend(EXPORT_FORMATS)
+            elif name in EXPORT_FORMATS:
+                formats.append(name)
+            else:
+                raise ValueError(
+                    f"--format {name!r} is not supported: expected onnx, torchscript or all"
+                )
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(
+            f"model directory {args.model_dir!r} does not exist: expected a model artifact folder"
+        )
+    out = args.out if args.out is not None else args.model_dir
+    for fmt in dict.fromkeys(formats):
+        entry = export_model(
+            args.model_dir,
+            fmt,
+            out,
+            check_images=args.check_images,
+            seed=args.seed,
+            exporter=args.onnx_exporter,
+            opset=args.opset,
+            threads=args.threads,
+        )
+        check = entry["check"]
+        print(
+            f"exported {fmt}: {Path(out) / entry['file']} "
+            f"(bit agreement {100 * check['bit_agreement']:.3f}% on {check['images']} random images, "
+            f"{check['bits_differing']} of {check['bits_compared']} bits differ, "
+            f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
+            + (", head folded" if entry["head_folded"] else "")
+            + ")"
+        )
+    return 0

@@ -1,0 +1,206 @@
+"""``Encoder``: images (PIL, bytes or paths) -> packed binary codes, for any model artifact.
+
+The encoder reads preprocessing from the artifact's ``config.json`` (``img_size``, ``mean``,
+``std``), decodes and converts images with :func:`hashkd.runtime.images.load_image`, resizes
+and normalises with PIL + numpy (:mod:`hashkd.runtime.preprocess`), runs one of three
+backends and packs the signs of the logits (bit 1 where logit > 0, ``np.packbits``).
+
+``backend='auto'`` takes the first of :data:`AUTO_ORDER` that is usable: ONNX Runtime when the
+artifact has a current ONNX export and onnxruntime is installed, else TorchScript, else eager
+PyTorch. The order comes from ``scripts/bench_encode.py`` (docs/bench-encode.md).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashkd.codes import pack_codes
+from hashkd.models.artifact import read_config
+from hashkd.models.hash_model import ModelConfig
+from hashkd.runtime.backends import (
+    BACKENDS,
+    Backend,
+    BackendError,
+    export_is_current,
+    export_path,
+    onnxruntime_available,
+    open_backend,
+)
+from hashkd.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from hashkd.runtime.preprocess import images_to_array
+
+#: Preference of ``backend='auto'``, fastest first (see docs/bench-encode.md).
+AUTO_ORDER = ("onnx", "torchscript", "torch")
+DEFAULT_BATCH_SIZE = 64
+
+
+def available_backends(
+    model_dir: str | os.PathLike[str], raw: dict[str, Any] | None = None
+) -> list[str]:
+    """Backends usable for an artifact, in :data:`AUTO_ORDER` (exports must be current)."""
+    if raw is None:
+        _, raw = read_config(model_dir)
+    out = []
+    for name in AUTO_ORDER:
+        if name == "torch":
+            out.append(name)
+        elif name == "onnx" and not onnxruntime_available():
+            continue
+        elif export_path(model_dir, raw, name) is not None and export_is_current(
+            model_dir, raw, name
+        ):
+            out.append(name)
+    return out
+
+
+class Encoder:
+    """Turns batches of images into packed uint8 codes (n x K/8) with one backend."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        config: ModelConfig,
+        raw: dict[str, Any],
+        backend: Backend,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size!r} is not valid: expected a positive integer")
+        self.model_dir = model_dir
+        self.config = config
+        self.raw_config = raw
+        self._backend = backend
+        self.threads = threads
+        self.batch_size = int(batch_size)
+        self.max_pixels = int(max_pixels)
+
+    @classmethod
+    def from_artifact(
+        cls,
+        model_dir: str | os.PathLike[str],
+        backend: str = "auto",
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Encoder:
+        """Open a model artifact with ``backend`` in 'auto', 'torch', 'torchscript', 'onnx'."""
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(
+                f"threads={threads!r} is not valid: expected a positive integer or None"
+            )
+        model_dir = Path(model_dir)
+        config, raw = read_config(model_dir)
+        if backend == "auto":
+            name = available_backends(model_dir, raw)[0]
+        elif backend in BACKENDS:
+            name = backend
+            if name != "torch":
+                if export_path(model_dir, raw, name) is None:
+                    raise BackendError(
+                        f"model artifact {str(model_dir)!r} has no {name} export: "
+                        f"run `hashkd export {model_dir} --format {name}` or use backend='torch'"
+                    )
+                if not export_is_current(model_dir, raw, name):
+                    raise BackendError(
+                        f"the {name} export in {str(model_dir)!r} was made from other weights than "
+                        f"model.safetensors: export again with `hashkd export {model_dir} --format {name}`"
+                    )
+        else:
+            raise BackendError(
+                f"backend={backend!r} is not valid: expected 'auto' or one of {', '.join(BACKENDS)}"
+            )
+        target = model_dir if name == "torch" else export_path(model_dir, raw, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit deprecation notice
+            warnings.simplefilter("ignore", FutureWarning)
+            impl = open_backend(name, target, threads)  # type: ignore[arg-type]
+        return cls(model_dir, config, raw, impl, threads, batch_size, max_pixels)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def bits(self) -> int:
+        return int(self.config.bits)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.config.img_size)
+
+    # ------------------------------------------------------------------ preprocessing
+    def load_images(self, images: Iterable[Any], start: int = 0) -> list:
+        """Decode inputs into RGB PIL images; errors name the position of the bad input."""
+        out = []
+        for i, item in enumerate(images):
+            try:
+                out.append(load_image(item, max_pixels=self.max_pixels))
+            except ImageDecodeError as exc:
+                raise ImageDecodeError(
+                    f"image #{start + i}: {exc}", too_large=exc.too_large
+                ) from None
+        return out
+
+    def preprocess(self, images: Sequence[Any]) -> np.ndarray:
+        """Images (any accepted input) -> normalised NCHW float32 array for the model."""
+        pil = self.load_images(images)
+        return images_to_array(pil, self.img_size, self.config.mean, self.config.std)
+
+    def _check_arrays(self, arrays: Any) -> np.ndarray:
+        x = np.asarray(arrays)
+        s = self.img_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(
+                f"arrays have shape {x.shape}: expected (n, 3, {s}, {s}) normalised float32 images"
+            )
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(
+                f"arrays have dtype {x.dtype}: expected float32 images already normalised"
+            )
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    # ------------------------------------------------------------------ encoding
+    def logits_from_arrays(self, arrays: Any, batch_size: int | None = None) -> np.ndarray:
+        """Normalised NCHW float32 images -> float32 logits (n x K)."""
+        x = self._check_arrays(arrays)
+        bs = int(batch_size or self.batch_size)
+        if x.shape[0] == 0:
+            return np.empty((0, self.bits), dtype=np.float32)
+        parts = [self._backend.run(x[i : i + bs]) for i in range(0, x.shape[0], bs)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def encode_arrays(self, arrays: Any, batch_size: int | None = None) -> np.ndarray:
+        """Normalised NCHW float32 images -> packed uint8 codes (n x K/8)."""
+        return pack_codes(self.logits_from_arrays(arrays, batch_size))
+
+    def encode_logits(self, images: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
+        """Images (PIL, bytes or paths) -> float32 logits (n x K); the code is their sign."""
+        images = list(images)
+        bs = int(batch_size or self.batch_size)
+        if not images:
+            return np.empty((0, self.bits), dtype=np.float32)
+        parts = []
+        for i in range(0, len(images), bs):
+            pil = self.load_images(images[i : i + bs], start=i)
+            x = images_to_array(pil, self.img_size, self.config.mean, self.config.std)
+            parts.append(self._backend.run(x))
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def encode(self, images: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
+        """Images (PIL, bytes or paths) -> packed uint8 codes (n x K/8)."""
+        return pack_codes(self.encode_logits(images, batch_size))
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder(model_dir={str(self.model_dir)!r}, backend={self.backend!r}, bits={self.bits}, "
+            f"img_size={self.img_size}, threads={self.threads})"
+        )

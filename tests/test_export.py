@@ -1,0 +1,216 @@
+"""hashkd.export: ONNX/TorchScript round trips, head folding, the agreement check and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hashkd.export as export_mod
+from hashkd.cli import main
+from hashkd.codes import unpack_codes
+from hashkd.export import ExportError, bit_agreement, export_model, fold_linear_head
+from hashkd.models import ModelConfig, build_model, load_artifact, save_artifact
+from hashkd.models.artifact import read_config
+from hashkd.runtime import Encoder
+from tests.conftest import TINY_CNN, TINY_VIT
+
+MODELS = {"vit": TINY_VIT, "cnn": TINY_CNN}
+
+
+def _save(tmp_path, kind: str, name: str = "model", **cfg) -> tuple:
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(bits=cfg.pop("bits", 32), img_size=32, **MODELS[kind], **cfg)
+    ).eval()
+    path = tmp_path / name
+    save_artifact(model, path)
+    return path, model
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    ua, ub = unpack_codes(a), unpack_codes(b)
+    return float((ua == ub).mean())
+
+
+def _n_linear(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.Linear) for m in module.modules())
+
+
+# ---------------------------------------------------------------- folding
+def test_fold_two_linear_layers_into_one():
+    torch.manual_seed(1)
+    head = nn.Sequential(nn.Linear(12, 7), nn.Dropout(0.3), nn.Identity(), nn.Linear(7, 16)).eval()
+    folded = fold_linear_head(head)
+    assert isinstance(folded, nn.Linear) and (folded.in_features, folded.out_features) == (12, 16)
+    x = torch.randn(50, 12)
+    with torch.no_grad():
+        # oracle: the composed affine map W2 (W1 x + b1) + b2 computed by hand in float64
+        w1, b1 = head[0].weight.double(), head[0].bias.double()
+        w2, b2 = head[3].weight.double(), head[3].bias.double()
+        expected = (x.double() @ w1.T + b1) @ w2.T + b2
+        np.testing.assert_allclose(folded(x).double().numpy(), expected.numpy(), atol=1e-5)
+        assert torch.equal(folded(x) > 0, head(x) > 0)
+    assert _n_linear(head) == 2  # the input head is left unchanged
+
+
+def test_fold_keeps_non_linearities_and_nested_runs():
+    torch.manual_seed(2)
+    head = nn.Sequential(
+        nn.Linear(8, 6, bias=False),
+        nn.Sequential(nn.Linear(6, 5)),
+        nn.ReLU(),
+        nn.Linear(5, 4),
+        nn.Linear(4, 3),
+    ).eval()
+    folded = fold_linear_head(head)
+    assert [type(m) for m in folded] == [nn.Linear, nn.ReLU, nn.Linear]
+    x = torch.randn(20, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), head(x).numpy(), atol=1e-5)
+    mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    assert _n_linear(fold_linear_head(mlp)) == 2
+    single = nn.Linear(3, 2)
+    assert fold_linear_head(single) is single
+
+
+def test_linear2_hash_model_folds_without_changing_codes(rng):
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(bits=16, head="linear2", head_hidden=24, **TINY_VIT)).eval()
+    assert _n_linear(model.head) == 2
+    x = torch.from_numpy(rng.standard_normal((9, 3, 32, 32)).astype(np.float32))
+    before = model.encode(x)
+    model.head = fold_linear_head(model.head)
+    assert isinstance(model.head, nn.Linear)
+    assert np.array_equal(model.encode(x), before)
+
+
+def test_bit_agreement_counts_sign_flips():
+    a = np.array([[1.0, -1.0, 2.0, -0.5]])
+    b = np.array([[0.5, 1.0, 3.0, 0.0]])  # flips at positions 1 and 3 (0 counts as bit 0)
+    agreement, differing = bit_agreement(a, b)
+    assert differing == 1 and agreement == pytest.approx(0.75)
+
+
+# ---------------------------------------------------------------- round trips
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trip_dynamic_batch(tmp_path, rng, kind, fmt):
+    src, model = _save(tmp_path, kind)
+    out = tmp_path / "out"
+    entry = export_model(src, fmt, out, check_images=16)
+    assert entry["check"]["bit_agreement"] >= 0.999 and entry["check"]["images"] == 16
+    # the output is a complete artifact: config + weights + graph, loadable by every backend
+    config, raw = read_config(out)
+    assert (
+        config.bits == 32 and config.img_size == 32 and raw["exports"][fmt]["file"] == entry["file"]
+    )
+    assert (out / entry["file"]).is_file()
+    assert "exports" not in read_config(src)[1]  # the source artifact is untouched
+    reloaded = load_artifact(out)
+    enc = Encoder.from_artifact(out, backend=fmt, threads=1)
+    assert enc.backend == fmt
+    for n in (1, 5):
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        expected = model.encode(torch.from_numpy(x))
+        got = enc.encode_arrays(x)
+        assert got.shape == (n, 4)
+        assert _agreement(got, expected) >= 0.999
+        assert np.array_equal(reloaded.encode(torch.from_numpy(x)), expected)
+        np.testing.assert_allclose(
+            enc.logits_from_arrays(x), model(torch.from_numpy(x)).detach().numpy(), atol=1e-4
+        )
+
+
+def test_legacy_onnx_exporter_and_folded_head(tmp_path, rng):
+    src, model = _save(tmp_path, "vit", bits=16, head="linear2", head_hidden=24)
+    entry = export_model(src, "onnx", check_images=8, exporter="legacy")  # in place
+    assert entry["exporter"] == "legacy" and entry["opset"] >= 17 and entry["head_folded"]
+    import onnx
+
+    graph = onnx.load(str(src / "model.onnx")).graph
+    # dynamic batch: the input's first dimension is symbolic
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    enc = Encoder.from_artifact(src, backend="onnx")
+    assert _agreement(enc.encode_arrays(x), model.encode(torch.from_numpy(x))) >= 0.999
+
+
+def test_two_exports_are_both_listed(tmp_path):
+    src, _ = _save(tmp_path, "cnn", bits=16)
+    out = tmp_path / "out"
+    export_model(src, "torchscript", out, check_images=4)
+    export_model(src, "onnx", out, check_images=4, exporter="legacy")
+    exports = json.loads((out / "config.json").read_text())["exports"]
+    assert set(exports) == {"onnx", "torchscript"}
+    assert Encoder.from_artifact(out, backend="torchscript").backend == "torchscript"
+
+
+def test_divergent_export_is_refused(tmp_path, monkeypatch):
+    src, _ = _save(tmp_path, "vit", bits=16)
+
+    def corrupt_fold(head: nn.Module) -> nn.Module:  # the exported graph gets a negated head
+        bad = nn.Linear(head.in_features, head.out_features)
+        with torch.no_grad():
+            bad.weight.copy_(-head.weight)
+            bad.bias.copy_(-head.bias)
+        return bad
+
+    monkeypatch.setattr(export_mod, "fold_linear_head", corrupt_fold)
+    with pytest.raises(ExportError, match=r"disagrees with the PyTorch model.*at most 0\.1%"):
+        export_model(src, "torchscript", check_images=8)
+    assert not (src / "model.torchscript.pt").exists()
+    assert "exports" not in json.loads((src / "config.json").read_text())
+    assert not list(src.glob(".export-*"))
+
+
+def test_bad_arguments(tmp_path):
+    src, _ = _save(tmp_path, "vit", bits=16)
+    with pytest.raises(ExportError, match="format 'tflite'"):
+        export_model(src, "tflite")
+    with pytest.raises(ExportError, match="opset=11"):
+        export_model(src, "onnx", opset=11)
+    with pytest.raises(ValueError, match="config.json|not a directory"):
+        export_model(tmp_path / "nothing", "onnx")
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_export(tmp_path, capsys):
+    src, model = _save(tmp_path, "cnn", bits=16)
+    out = tmp_path / "cli-out"
+    assert (
+        main(
+            [
+                "export",
+                str(src),
+                "--format",
+                "torchscript",
+                "--out",
+                str(out),
+                "--check-images",
+                "4",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "exported torchscript" in printed and "bit agreement 100.000%" in printed
+    assert (out / "model.torchscript.pt").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv_tail, needle",
+    [(["--format", "tflite"], "tflite"), ([], "does not exist")],
+    ids=["unknown-format", "missing-dir"],
+)
+def test_cli_bad_input_is_one_line(tmp_path, capsys, argv_tail, needle):
+    model_dir = (
+        tmp_path / "missing" if needle == "does not exist" else _save(tmp_path, "vit", bits=16)[0]
+    )
+    code = main(["export", str(model_dir), *argv_tail])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("hashkd: error:")

@@ -1,0 +1,159 @@
+"""hashkd.runtime.Encoder: preprocessing, input kinds, backends and their errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hashkd.codes import unpack_codes
+from hashkd.export import export_model
+from hashkd.models import ModelConfig, build_model, save_artifact
+from hashkd.runtime import AUTO_ORDER, BackendError, Encoder, ImageDecodeError, available_backends
+from hashkd.runtime.preprocess import images_to_array
+from tests.conftest import TINY_VIT
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def _torchvision_eval(img_size: int, mean, std):
+    """The training evaluation transform, as the oracle for the numpy preprocessing."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((img_size, img_size)), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _random_images(rng, n: int, sizes=((40, 30), (32, 32), (17, 50))) -> list[Image.Image]:
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        out.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(bits=32, img_size=32, mean=MEAN, std=STD, **TINY_VIT)
+    model = build_model(cfg).eval()
+    path = tmp_path_factory.mktemp("vit")
+    save_artifact(model, path)
+    return path, model
+
+
+def test_preprocessing_matches_torchvision_eval_transform(rng):
+    images = _random_images(rng, 6)
+    tf = _torchvision_eval(32, MEAN, STD)
+    expected = torch.stack([tf(im) for im in images]).numpy()
+    got = images_to_array(images, 32, MEAN, STD)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_preprocessing_matches_the_training_eval_transform(rng):
+    transforms = pytest.importorskip("hashkd.data.transforms")
+    images = _random_images(rng, 4, sizes=((64, 48), (20, 20)))
+    tf = transforms.eval_transform(24, MEAN, STD)
+    expected = torch.stack([tf(im) for im in images]).numpy()
+    np.testing.assert_allclose(images_to_array(images, 24, MEAN, STD), expected, rtol=0, atol=1e-6)
+
+
+def test_same_codes_for_file_bytes_and_pil_and_model_encode(artifact, tmp_path, rng):
+    path, model = artifact
+    enc = Encoder.from_artifact(path, backend="torch", threads=1)
+    assert enc.bits == 32 and enc.backend == "torch" and enc.config.mean == MEAN
+    images = _random_images(rng, 5)
+    files, blobs = [], []
+    for i, im in enumerate(images):
+        f = tmp_path / f"img{i}.png"
+        im.save(f)
+        files.append(f)
+        blobs.append(f.read_bytes())
+    from_pil = enc.encode(images)
+    assert from_pil.shape == (5, 4) and from_pil.dtype == np.uint8
+    assert np.array_equal(enc.encode(files), from_pil)
+    assert np.array_equal(enc.encode([str(f) for f in files]), from_pil)
+    assert np.array_equal(enc.encode(blobs), from_pil)
+    # oracle: the torchvision-preprocessed tensor through HashModel.encode
+    tf = _torchvision_eval(32, MEAN, STD)
+    expected = model.encode(torch.stack([tf(im) for im in images]))
+    assert np.array_equal(from_pil, expected)
+    logits = enc.encode_logits(images)
+    np.testing.assert_allclose(unpack_codes(from_pil), (logits > 0).astype(np.uint8))
+    with torch.no_grad():
+        ref = model(torch.stack([tf(im) for im in images])).numpy()
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+
+
+def test_encode_arrays_and_batching(artifact, rng):
+    path, model = artifact
+    enc = Encoder.from_artifact(path, backend="torch", batch_size=3)
+    x = rng.standard_normal((7, 3, 32, 32)).astype(np.float32)
+    codes = enc.encode_arrays(x)
+    assert np.array_equal(codes, model.encode(torch.from_numpy(x)))
+    assert np.array_equal(enc.encode_arrays(x.astype(np.float64), batch_size=1), codes)
+    assert enc.encode([]).shape == (0, 4)
+    assert enc.encode_arrays(np.empty((0, 3, 32, 32), np.float32)).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"\(n, 3, 32, 32\)"):
+        enc.encode_arrays(np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        enc.encode_arrays(np.zeros((2, 3, 32, 32), np.uint8))
+
+
+def test_mixed_modes_are_encoded_not_rejected(artifact, rng):
+    path, _ = artifact
+    enc = Encoder.from_artifact(path, backend="torch")
+    base = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    gray, rgba, pal = base.convert("L"), base.convert("RGBA"), base.convert("P")
+    codes = enc.encode([gray, rgba, pal])
+    assert codes.shape == (3, 4)
+    # an opaque RGBA image is the same picture as its RGB original
+    assert np.array_equal(codes[1], enc.encode([base])[0])
+    # a gray image equals its explicit RGB replication
+    assert np.array_equal(codes[0], enc.encode([gray.convert("RGB")])[0])
+
+
+def test_bad_image_in_a_batch_names_its_position(artifact, rng):
+    path, _ = artifact
+    enc = Encoder.from_artifact(path, backend="torch")
+    good = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(good, format="PNG")
+    with pytest.raises(ImageDecodeError, match="image #1"):
+        enc.encode([good.getvalue(), b"garbage"])
+    small = Encoder.from_artifact(path, backend="torch", max_pixels=10)
+    with pytest.raises(ImageDecodeError) as info:
+        small.encode([good.getvalue()])
+    assert info.value.too_large
+
+
+def test_backend_selection_and_errors(artifact, tmp_path, rng):
+    path, model = artifact
+    with pytest.raises(BackendError, match="no onnx export"):
+        Encoder.from_artifact(path, backend="onnx")
+    with pytest.raises(ValueError, match="backend='tensorrt'"):
+        Encoder.from_artifact(path, backend="tensorrt")
+    with pytest.raises(ValueError, match="threads=0"):
+        Encoder.from_artifact(path, threads=0)
+    with pytest.raises(ValueError, match="config.json"):
+        Encoder.from_artifact(tmp_path / "missing")
+    assert Encoder.from_artifact(path).backend == "torch"  # nothing exported yet
+
+    out = tmp_path / "exported"
+    export_model(path, "torchscript", out, check_images=8)
+    assert available_backends(out)[0] == "torchscript"
+    assert Encoder.from_artifact(out).backend == "torchscript"
+    assert AUTO_ORDER.index("torchscript") < AUTO_ORDER.index("torch")
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    ts = Encoder.from_artifact(out, backend="torchscript", threads=1)
+    assert np.array_equal(ts.encode_arrays(x), model.encode(torch.from_numpy(x)))
+
+    # weights replaced after export: the export is stale, auto falls back, explicit refuses
+    other = build_model(ModelConfig(bits=32, img_size=32, mean=MEAN, std=STD, **TINY_VIT))
+    save_artifact(other, tmp_path / "other")
+    (out / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    assert Encoder.from_artifact(out).backend == "torch"
+    with pytest.raises(BackendError, match="other weights"):
+        Encoder.from_artifact(out, backend="torchscript")
