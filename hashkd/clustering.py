@@ -189,19 +189,49 @@ def _check_k(k: int, n: int) -> int:
     return int(k)
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25) -> tuple[np.ndarray, np.ndarray, float]:
-    """Seeded ``faiss.Kmeans`` on the rows of ``x``: ``(labels, centres, inertia)``."""
+def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii, SODA 2007): each new centre is drawn with
+    probability proportional to the squared distance to the nearest centre so far."""
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    centres[0] = x[rng.integers(x.shape[0])]
+    d2 = ((x - centres[0]) ** 2).sum(axis=1)
+    for i in range(1, k):
+        total = float(d2.sum())
+        j = int(rng.choice(x.shape[0], p=d2 / total)) if total > 0 else int(rng.integers(x.shape[0]))
+        centres[i] = x[j]
+        d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(axis=1))
+    return centres
+
+
+def kmeans(
+    x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 5
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Seeded ``faiss.Kmeans`` on the rows of ``x``: ``(labels, centres, inertia)``.
+
+    Each of the ``nredo`` runs starts from a k-means++ seeding drawn with
+    ``numpy.random.default_rng(seed)``; the run with the lowest inertia is kept (one
+    run from a random sample often merges two true clusters and splits another).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = _check_k(k, x.shape[0])
-    # max_points_per_centroid=n: faiss would otherwise subsample large sets silently
-    km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, seed=int(seed), verbose=False,
-        min_points_per_centroid=1, max_points_per_centroid=max(1, x.shape[0]),
-    )
-    km.train(x)
-    centres = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
-    dist, nearest = km.index.search(x, 1)
-    return nearest[:, 0].astype(np.int64), centres, float(dist.sum())
+    if nredo < 1:
+        raise ClusterError(f"nredo={nredo!r} is not valid: expected at least 1 run")
+    rng = np.random.default_rng(seed)
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    for _ in range(nredo):
+        # max_points_per_centroid=n: faiss would otherwise subsample large sets
+        km = faiss.Kmeans(
+            x.shape[1], k, niter=niter, seed=int(seed), verbose=False,
+            min_points_per_centroid=1, max_points_per_centroid=max(1, x.shape[0]),
+        )
+        km.train(x, init_centroids=kmeans_pp_init(x, k, rng))
+        centres = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
+        dist, nearest = km.index.search(x, 1)
+        inertia = float(dist.sum())
+        if best is None or inertia < best[2]:
+            best = (nearest[:, 0].astype(np.int64), centres, inertia)
+    assert best is not None
+    return best
 
 
 def cluster_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,287 @@
+"""BRCD against a loop-by-loop numpy oracle of brcd.md and against its invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hashkd.clustering import ClusterResult, cluster_means, cluster_teacher_codes
+from hashkd.losses import DistillBatch, build_loss
+
+TAU = 0.3
+OFF = {"use_cluster_filter": False, "use_offset_positive": False, "use_bit_mask": False}
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def oracle_rows(s1, t1, t2, alpha, tau=TAU, clusters=None, masks=None, centres=None, use_filter=False):
+    """brcd.md written out with explicit loops (float64 numpy)."""
+    s1, t1, t2 = (np.asarray(x, dtype=np.float64) for x in (s1, t1, t2))
+    bsz = s1.shape[0]
+    z = np.concatenate([s1, t2])
+    cz = None if clusters is None else np.concatenate([clusters, clusters])
+
+    def sim(a, b):
+        if masks is None:
+            return cos(z[a], z[b]) / tau
+        m = masks[cz[a]]
+        return cos(m * z[a], m * z[b]) / tau
+
+    alphas = np.full(bsz, float(alpha))
+    if centres is not None:
+        for k in range(bsz):
+            nearest = int(np.argmin(((centres - t2[k]) ** 2).sum(axis=1)))
+            if nearest != clusters[k]:
+                alphas[k] = 1.0
+    rows = []
+    for a in range(2 * bsz):
+        k = a % bsz
+        pos = alphas[k] * cos(s1[k], t1[k]) / tau + (1 - alphas[k]) * sim(k, bsz + k)
+        total = np.exp(pos)
+        for b in range(2 * bsz):
+            if b == a or b == (a + bsz) % (2 * bsz):
+                continue
+            if use_filter and cz[a] == cz[b]:
+                continue
+            total += np.exp(sim(a, b))
+        rows.append(-np.log(np.exp(pos) / total))
+    return np.array(rows)
+
+
+def nt_xent_oracle(u, v, tau=TAU):
+    """SimCLR's NT-Xent between u and v: cross-entropy over the 2B-1 other rows."""
+    z = np.concatenate([u, v]).astype(np.float64)
+    n = z.shape[0]
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    logits = zn @ zn.T / tau
+    out = []
+    for a in range(n):
+        others = [b for b in range(n) if b != a]
+        positive = (a + n // 2) % n
+        out.append(-logits[a, positive] + np.log(np.exp(logits[a, others]).sum()))
+    return np.array(out)
+
+
+def random_batch(bsz=6, bits=16, seed=0, flip=0.2):
+    g = torch.Generator().manual_seed(seed)
+    t1 = torch.randn(bsz, bits, generator=g).sign()
+    t2 = torch.where(torch.rand(bsz, bits, generator=g) < flip, -t1, t1)
+    s1 = torch.randn(bsz, bits, generator=g, dtype=torch.float64).requires_grad_(True)
+    return s1, t1.double(), t2.double()
+
+
+def hand_clusters():
+    """Two clusters of 8-bit codes with known means.
+
+    cluster 0: mean [1, 1, 1, 1, 0, 0, 0, 0]      -> margin 0.5 keeps bits 0-3
+    cluster 1: mean [-1, -1, 0, 0, -1, -1, -1, -1] -> margin 0.5 keeps bits 0, 1, 4-7
+    """
+    c0 = np.array([[1, 1, 1, 1, 1, -1, 1, -1], [1, 1, 1, 1, -1, 1, -1, 1]], dtype=np.float32)
+    c1 = np.array([[-1, -1, -1, -1, -1, -1, -1, -1], [-1, -1, 1, 1, -1, -1, -1, -1]], dtype=np.float32)
+    codes = np.concatenate([c0, c1])
+    labels = np.array([0, 0, 1, 1])
+    means = cluster_means(codes, labels, 2)
+    np.testing.assert_allclose(means, [[1, 1, 1, 1, 0, 0, 0, 0], [-1, -1, 0, 0, -1, -1, -1, -1]])
+    return ClusterResult(labels=labels, centres=means, means=means, teacher="hand", seed=0)
+
+
+def test_all_switches_off_equals_nt_xent_at_alpha_zero():
+    s1, t1, t2 = random_batch()
+    loss = build_loss("brcd", alpha=0.0, tau=TAU, **OFF)
+    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2))
+    np.testing.assert_allclose(rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8, 1.0])
+def test_all_switches_off_matches_loop_oracle(alpha):
+    s1, t1, t2 = random_batch(seed=1)
+    loss = build_loss("brcd", alpha=alpha, tau=TAU, **OFF)
+    value = loss(DistillBatch(s1=s1, t1=t1, t2=t2))
+    expected = oracle_rows(s1.detach().numpy(), t1.numpy(), t2.numpy(), alpha)
+    assert float(value.detach()) == pytest.approx(expected.mean(), rel=1e-10)
+
+
+def test_full_brcd_matches_loop_oracle():
+    result = hand_clusters()
+    g = torch.Generator().manual_seed(3)
+    c = torch.tensor([0, 1, 0, 1, 1, 0])
+    proto = torch.where(torch.as_tensor(result.means) >= 0, 1.0, -1.0)  # ±1 teacher codes
+    t1 = torch.where(torch.rand(6, 8, generator=g) < 0.15, -proto[c], proto[c]).double()
+    t2 = t1.clone()
+    t2[2] = -1.0  # image 2 (cluster 0) is nearest the centre of cluster 1 after augmentation
+    s1 = torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result)
+    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
+    masks = result.bit_mask(0.5).astype(np.float64)
+    expected = oracle_rows(
+        s1.detach().numpy(), t1.numpy(), t2.numpy(), 0.4,
+        clusters=c.numpy(), masks=masks, centres=result.centres, use_filter=True,
+    )
+    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9)
+    offset = loss.offset_mask(t2, c)
+    assert bool(offset[2]) and not bool(offset.all())
+
+
+def test_same_cluster_negatives_leave_the_row_unchanged():
+    s1, t1, t2 = random_batch(seed=4)
+    c = torch.tensor([0, 1, 0, 2, 1, 2])
+    loss = build_loss("brcd", alpha=0.5, use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False)
+    base = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach()
+    moved = s1.detach().clone()
+    moved[2] = torch.randn(16, dtype=torch.float64)  # sample 2 shares cluster 0 with sample 0
+    t2_moved = t2.clone()
+    t2_moved[2] = -t2_moved[2]
+    after = loss.row_losses(DistillBatch(s1=moved, t1=t1, t2=t2_moved, cluster=c)).detach()
+    assert after[0] == pytest.approx(float(base[0]), rel=1e-12)  # row 0: anchored on s1_0
+    assert after[6] == pytest.approx(float(base[6]), rel=1e-12)  # row B+0: anchored on t2_0
+    assert abs(float(after[1] - base[1])) > 1e-6  # row 1 (cluster 1) does see sample 2
+    # without the filter, row 0 does change
+    plain = build_loss("brcd", alpha=0.5, **OFF)
+    a = plain.row_losses(DistillBatch(s1=s1.detach(), t1=t1, t2=t2))[0]
+    b = plain.row_losses(DistillBatch(s1=moved, t1=t1, t2=t2_moved))[0]
+    assert abs(float(a - b)) > 1e-6
+
+
+def test_one_cluster_keeps_the_positive_and_gives_zero():
+    s1, t1, t2 = random_batch(seed=5)
+    loss = build_loss("brcd", use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False)
+    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=torch.zeros(6, dtype=torch.long)))
+    assert torch.all(torch.isfinite(rows)) and torch.allclose(rows, torch.zeros_like(rows))
+
+
+def test_bit_mask_on_hand_made_cluster():
+    codes = np.array([[1, 1, 1, 1], [1, 1, -1, 1], [1, -1, 1, -1], [1, 1, 1, -1]], dtype=np.float32)
+    # bit means: 1, 0.5, 0.5, 0
+    means = cluster_means(codes, np.zeros(4, dtype=np.int64), 1)
+    np.testing.assert_allclose(means[0], [1.0, 0.5, 0.5, 0.0])
+    result = ClusterResult(labels=np.zeros(4), centres=means, means=means, teacher="hand", seed=0)
+    assert result.bit_mask(0.4).tolist() == [[True, True, True, False]]
+    assert result.bit_mask(0.5).tolist() == [[True, False, False, False]]  # strict: |mu| > margin
+    assert result.bit_mask(0.0).tolist() == [[True, True, True, False]]
+    loss = build_loss("brcd", margin=0.4, clusters=result)
+    assert loss.masks.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+
+
+def test_cluster_agreeing_on_no_bit_keeps_all_bits():
+    codes = np.array([[1, -1], [-1, 1]], dtype=np.float32)
+    means = cluster_means(codes, np.zeros(2, dtype=np.int64), 1)
+    result = ClusterResult(labels=np.zeros(2), centres=means, means=means, teacher="t", seed=0)
+    assert not result.bit_mask(0.5).any()
+    assert build_loss("brcd", margin=0.5, clusters=result).masks.tolist() == [[1.0, 1.0]]
+
+
+def test_masked_bit_does_not_change_masked_similarities():
+    result = hand_clusters()  # at margin 0.5 cluster 0 keeps bits 0-3, cluster 1 bits 0, 1, 4-7
+    s1, t1, t2 = random_batch(bsz=4, bits=8, seed=6)
+    c = torch.tensor([0, 1, 0, 1])
+    loss = build_loss("brcd", margin=0.5, clusters=result, use_cluster_filter=False, use_offset_positive=False)
+    sim = loss.similarity_matrix(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach()
+    s1b, t2b = s1.detach().clone(), t2.clone()
+    s1b[:, 5] = -s1b[:, 5] * 3.0  # bits 5 and 6 are masked for cluster 0 only
+    t2b[:, 6] = -t2b[:, 6]
+    sim_b = loss.similarity_matrix(DistillBatch(s1=s1b, t1=t1, t2=t2b, cluster=c)).detach()
+    rows0 = torch.tensor([0, 2, 4, 6])  # rows anchored on cluster-0 images (s1 and t2 halves)
+    rows1 = torch.tensor([1, 3, 5, 7])
+    assert torch.allclose(sim[rows0], sim_b[rows0], atol=1e-12)
+    assert not torch.allclose(sim[rows1], sim_b[rows1])
+    # and a masked similarity is the cosine of the masked vectors
+    z = torch.cat([s1.detach(), t2]).numpy()
+    m = result.bit_mask(0.5)[0].astype(np.float64)
+    assert float(sim[0, 5]) == pytest.approx(cos(m * z[0], m * z[5]) / TAU, rel=1e-10)
+
+
+def test_bit_mask_leaves_the_same_view_term_alone():
+    result = hand_clusters()
+    s1, t1, t2 = random_batch(bsz=4, bits=8, seed=7)
+    c = torch.tensor([0, 1, 0, 1])
+    # alpha = 1: only the same-view term in the positive
+    masked = build_loss("brcd", alpha=1.0, margin=0.5, clusters=result, use_cluster_filter=False, use_offset_positive=False)
+    rows = masked.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach().numpy()
+    expected = oracle_rows(s1.detach().numpy(), t1.numpy(), t2.numpy(), 1.0, clusters=c.numpy(),
+                           masks=result.bit_mask(0.5).astype(np.float64))
+    np.testing.assert_allclose(rows, expected, rtol=1e-10)
+    s1b = s1.detach().clone()
+    s1b[0, 6] = -s1b[0, 6]  # masked for cluster 0, yet the same-view term cos(s1_0, t1_0) sees it
+    rows_b = masked.row_losses(DistillBatch(s1=s1b, t1=t1, t2=t2, cluster=c)).detach().numpy()
+    assert abs(rows_b[0] - rows[0]) > 1e-6
+
+
+def test_offset_view_drops_the_cross_view_positive():
+    result = hand_clusters()
+    proto = torch.where(torch.as_tensor(result.means) >= 0, 1.0, -1.0).double()
+    c = torch.tensor([0, 1, 0, 1])
+    t1 = proto[c].clone()
+    t2 = t1.clone()
+    t2[1] = proto[0]  # image 1 (cluster 1): its augmented view is nearest the centre of cluster 0
+    g = torch.Generator().manual_seed(8)
+    s1 = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    batch = DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)
+    offset = build_loss("brcd", alpha=0.3, clusters=result, use_cluster_filter=False, use_bit_mask=False)
+    rows = offset.row_losses(batch)
+    rows_alpha1 = build_loss("brcd", alpha=1.0, **OFF).row_losses(batch)
+    rows_alpha = build_loss("brcd", alpha=0.3, **OFF).row_losses(batch)
+    for r in range(8):
+        expected = rows_alpha1[r] if r in (1, 5) else rows_alpha[r]
+        assert float(rows[r]) == pytest.approx(float(expected), rel=1e-12)
+    assert abs(float(rows_alpha1[1] - rows_alpha[1])) > 1e-6
+
+
+def test_gradients_reach_the_student_only():
+    s1, t1, t2 = random_batch(seed=9)
+    t1.requires_grad_(True)
+    t2.requires_grad_(True)
+    c = torch.tensor([0, 1, 0, 1, 2, 2])
+    result = cluster_teacher_codes(np.sign(np.random.default_rng(0).standard_normal((30, 16))), teacher="t", k=3)
+    loss = build_loss("brcd", clusters=result, margin=0.1)
+    loss(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).backward()
+    assert s1.grad is not None and s1.grad.abs().sum() > 0
+    assert t1.grad is None and t2.grad is None
+
+
+def test_fit_then_lookup_by_index_equals_explicit_clusters():
+    rng = np.random.default_rng(10)
+    protos = np.sign(rng.standard_normal((3, 16)))
+    labels = rng.integers(0, 3, size=60)
+    train = np.where(rng.random((60, 16)) < 0.05, -protos[labels], protos[labels]).astype(np.float32)
+    loss = build_loss("brcd", k=3, seed=1, teacher="teacher-A", margin=0.2)
+    loss.fit(torch.from_numpy(train))
+    assert loss.clusters.teacher == "teacher-A" and loss.clusters.k == 3
+    index = torch.tensor([0, 5, 17, 33, 41, 59])
+    t1 = torch.from_numpy(train)[index].double()
+    s1 = torch.randn(6, 16, dtype=torch.float64)
+    by_index = loss(DistillBatch(s1=s1, t1=t1, t2=t1, index=index))
+    explicit = loss(DistillBatch(s1=s1, t1=t1, t2=t1, cluster=loss.cluster_labels[index]))
+    assert float(by_index) == pytest.approx(float(explicit), rel=1e-12)
+    with pytest.raises(ValueError, match="outside"):
+        loss(DistillBatch(s1=s1, t1=t1, t2=t1, index=index + 100))
+
+
+def test_clusters_of_another_teacher_are_refused(tmp_path):
+    result = hand_clusters()
+    result.save(tmp_path / "clusters")
+    assert build_loss("brcd", clusters=tmp_path / "clusters", teacher="hand").clusters.k == 2
+    with pytest.raises(ValueError, match="teacher 'hand'"):
+        build_loss("brcd", clusters=tmp_path / "clusters", teacher="other")
+
+
+def test_missing_clusters_and_bad_options_are_clear_errors():
+    s1, t1, t2 = random_batch()
+    with pytest.raises(ValueError, match="no clusters"):
+        build_loss("brcd")(DistillBatch(s1=s1, t1=t1, t2=t2, index=torch.arange(6)))
+    with pytest.raises(ValueError, match="t2"):
+        build_loss("brcd", **OFF)(DistillBatch(s1=s1, t1=t1))
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        build_loss("brcd", alpha=1.5)
+    with pytest.raises(ValueError, match="margin"):
+        build_loss("brcd", margin=1.0)
+
+
+def test_student_with_fewer_bits_gets_a_learned_projection():
+    s1, t1, t2 = random_batch(bits=16, seed=11)
+    loss = build_loss("brcd", student_dim=8, teacher_dim=16, **OFF).double()
+    s = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    loss(DistillBatch(s1=s, t1=t1, t2=t2)).backward()
+    assert loss.proj.weight.grad is not None and s.grad.abs().sum() > 0
