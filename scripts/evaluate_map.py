@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""mAP@K, precision within a Hamming radius and PR / P@N curves of binary codes.
+
+The same program as ``hashkd evaluate`` (hashkd/cli/evaluate.py); run with --help for the options.
+
+    python scripts/evaluate_map.py --query codes/query --database codes/db --topk 1000 --json out.json
+"""
+
+import sys
+
+from hashkd.cli.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""``hashkd evaluate`` / scripts/evaluate_map.py and hashkd.encoding.encode_dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hashkd.cli import main
+from hashkd.cli.evaluate import main as script_main
+from hashkd.cli.evaluate import markdown_table, retrieval_protocol
+from hashkd.codes import CodeSet, pack_codes
+from hashkd.metrics import evaluate_codes
+from tests.conftest import TINY_VIT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _codeset(rng, n, bits, classes=4, model="teacher-A", labels=True) -> CodeSet:
+    codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+    y = np.eye(classes, dtype=np.uint8)[rng.integers(0, classes, n)] if labels else None
+    meta = {"model": f"/models/{model}", "model_digest": f"digest-{model}"} if model else {}
+    return CodeSet(codes=codes, ids=np.arange(n), labels=y, meta=meta)
+
+
+@pytest.fixture
+def code_dirs(tmp_path, rng):
+    q = _codeset(rng, 30, 16).save(tmp_path / "q")
+    d = _codeset(rng, 200, 16).save(tmp_path / "d")
+    return q, d
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("hashkd: error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+# ----------------------------------------------------------------------------- code sets
+
+
+def test_json_equals_function_output_and_files_are_written(tmp_path, code_dirs, capsys):
+    q, d = code_dirs
+    out, md, plots = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "plots"
+    rc = main(["evaluate", "--query", str(q), "--database", str(d), "--topk", "50", "--radius", "1",
+               "--json", str(out), "--markdown", str(md), "--plots", str(plots), "--pn", "1,10,100"])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    qs, ds = CodeSet.load(q), CodeSet.load(d)
+    want = evaluate_codes(qs.codes, ds.codes, qs.labels, ds.labels, topk=50, radius=1, pn_points=[1, 10, 100])
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value, key
+    for key in ("map", "topk", "precision_at_radius", "radius", "bits", "num_queries", "num_database", "protocol"):
+        assert key in got
+    assert (got["bits"], got["num_queries"], got["num_database"], got["topk"]) == (16, 30, 200, 50)
+    assert got["protocol"] == "symmetric" and got["protocol_source"] == "meta"
+    table = capsys.readouterr().out
+    assert table == md.read_text()
+    row = table.strip().splitlines()[-1]
+    assert row.startswith("| symmetric | 16 | 30 | 200 | ") and f"{want['map']:.4f}" in row
+    assert "mAP@50" in table and "P@r<=1" in table
+    for name in ("pr_curve.png", "precision_at_n.png"):
+        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_protocol_from_meta_and_override(tmp_path, rng, capsys):
+    q = _codeset(rng, 10, 16, model="student").save(tmp_path / "q")
+    d = _codeset(rng, 40, 16, model="teacher").save(tmp_path / "d")
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["protocol"] == "asymmetric"
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(out),
+                 "--protocol", "symmetric"]) == 0
+    got = json.loads(out.read_text())
+    assert (got["protocol"], got["protocol_source"]) == ("symmetric", "override")
+
+
+def test_retrieval_protocol_rules():
+    assert retrieval_protocol({"model_digest": "a", "model": "/x"}, {"model_digest": "a", "model": "/y"}) == (
+        "symmetric", "meta")  # same weights in two folders
+    assert retrieval_protocol({"model_digest": "a"}, {"model_digest": "b"}) == ("asymmetric", "meta")
+    assert retrieval_protocol({"model": "/x"}, {"model": "/y"}) == ("asymmetric", "meta")
+    assert retrieval_protocol({}, {"model": "/y"}) == ("symmetric", "assumed")
+
+
+def test_script_is_the_same_program(tmp_path, code_dirs, capsys):
+    q, d = code_dirs
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(a)]) == 0
+    assert script_main(["--query", str(q), "--database", str(d), "--json", str(b)]) == 0
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
+    assert script_main(["--query", str(q), "--database", str(tmp_path / "nope")]) == 2
+    assert "nope" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--topk", "0"], "--topk 0"),
+        (["--topk", "-5"], "--topk -5"),
+        (["--radius", "-1"], "--radius -1"),
+        (["--pn", "0,10"], "--pn '0,10'"),
+    ],
+)
+def test_bad_values_exit_with_one_line(code_dirs, capsys, extra, needle):
+    q, d = code_dirs
+    assert main(["evaluate", "--query", str(q), "--database", str(d), *extra]) == 2
+    assert needle in _one_error_line(capsys)
+
+
+def test_bad_inputs_exit_with_one_line(tmp_path, rng, code_dirs, capsys):
+    q, d = code_dirs
+    assert main(["evaluate", "--query", str(q), "--database", str(tmp_path / "missing")]) == 2
+    assert "missing" in _one_error_line(capsys)
+    nolab = _codeset(rng, 20, 16, labels=False).save(tmp_path / "nolab")
+    assert main(["evaluate", "--query", str(q), "--database", str(nolab)]) == 2
+    assert "labels.npy" in _one_error_line(capsys)
+    wide = _codeset(rng, 20, 32).save(tmp_path / "wide")
+    assert main(["evaluate", "--query", str(q), "--database", str(wide)]) == 2
+    line = _one_error_line(capsys)
+    assert "16 bits" in line and "32 bits" in line
+    assert main(["evaluate", "--query", str(q)]) == 2
+    assert "--database is missing" in _one_error_line(capsys)
+    assert main(["evaluate"]) == 2
+    assert "no input" in _one_error_line(capsys)
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--query-model", "m"]) == 2
+    assert "both given" in _one_error_line(capsys)
+
+
+def test_markdown_table_shape():
+    row = {"protocol": "asymmetric", "bits": 64, "num_queries": 10, "num_database": 99, "map": 0.5,
+           "precision_at_radius": 0.25, "map_tie_averaged": None, "topk": 1000, "radius": 2}
+    lines = markdown_table([row]).strip().splitlines()
+    assert lines[0] == "| protocol | bits | queries | database | mAP@1000 | P@r<=2 | mAP@1000 (tie-avg) |"
+    assert lines[2] == "| asymmetric | 64 | 10 | 99 | 0.5000 | 0.2500 | - |"
+
+
+# ----------------------------------------------------------------------------- models and images
+
+
+def _tiny_model_dir(tmp_path: Path, name: str, seed: int, bits: int = 16) -> Path:
+    from hashkd.models import ModelConfig, build_model, save_artifact
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(bits=bits, img_size=32, **TINY_VIT))
+    return save_artifact(model, tmp_path / name)
+
+
+@pytest.fixture
+def image_folder(tmp_path, rng) -> Path:
+    root = tmp_path / "images"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            px = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)  # not 32x32: the resize is exercised
+            Image.fromarray(px).save(root / c / f"{i}.png")
+    return root
+
+
+def test_encode_dataset_equals_model_encode(tmp_path, image_folder):
+    from hashkd.data import eval_transform, load_dataset
+    from hashkd.encoding import encode_dataset
+    from hashkd.models import load_artifact
+
+    mdir = _tiny_model_dir(tmp_path, "m", seed=1)
+    model = load_artifact(mdir)
+    ds = load_dataset(str(image_folder)).subset([7, 0, 3, 9, 4, 5, 1])
+    cs = encode_dataset(mdir, ds, batch_size=3, progress=False)
+    tf = eval_transform(32, model.config.mean, model.config.std)
+    x = torch.stack([tf(ds.load_image(i)) for i in range(len(ds))])
+    assert np.array_equal(cs.codes, model.encode(x))
+    assert np.array_equal(cs.codes, pack_codes(model(x).detach()))
+    assert np.array_equal(cs.labels, ds.labels)
+    assert cs.ids.tolist() == [7, 0, 3, 9, 4, 5, 1]
+    assert cs.meta["model"] == str(mdir.resolve()) and cs.meta["bits"] == 16
+    assert cs.meta["model_digest"] and cs.bits == 16
+    # the same weights give the same digest whether from a folder or in memory
+    assert encode_dataset(model, ds, progress=False).meta["model_digest"] == cs.meta["model_digest"]
+
+
+def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsys):
+    from hashkd.data import load_dataset
+    from hashkd.encoding import encode_dataset
+
+    a = _tiny_model_dir(tmp_path, "student", seed=1)
+    b = _tiny_model_dir(tmp_path, "teacher", seed=2)
+    out = tmp_path / "r.json"
+    rc = main(["evaluate", "--query-model", str(a), "--query-data", str(image_folder),
+               "--database-data", str(image_folder), "--topk", "6", "--no-progress", "--json", str(out)])
+    assert rc == 0
+    sym = json.loads(out.read_text())
+    ds = load_dataset(str(image_folder))
+    codes = encode_dataset(a, ds, progress=False).codes
+    want = evaluate_codes(codes, codes, ds.labels, ds.labels, topk=6)
+    assert sym["protocol"] == "symmetric" and sym["map"] == pytest.approx(want["map"])
+    assert (sym["num_queries"], sym["num_database"]) == (10, 10)
+
+    saved = tmp_path / "codes"
+    rc = main(["evaluate", "--query-model", str(a), "--database-model", str(b), "--query-data", str(image_folder),
+               "--database-data", str(image_folder), "--topk", "6", "--no-progress", "--json", str(out),
+               "--save-codes", str(saved)])
+    assert rc == 0
+    asym = json.loads(out.read_text())
+    db_codes = encode_dataset(b, ds, progress=False).codes
+    want = evaluate_codes(codes, db_codes, ds.labels, ds.labels, topk=6)
+    assert asym["protocol"] == "asymmetric" and asym["map"] == pytest.approx(want["map"])
+    # the saved code sets remember their models: evaluating them again says asymmetric too
+    again = tmp_path / "again.json"
+    assert main(["evaluate", "--query", str(saved / "query"), "--database", str(saved / "database"),
+                 "--topk", "6", "--json", str(again)]) == 0
+    re = json.loads(again.read_text())
+    assert re["protocol"] == "asymmetric" and re["map"] == asym["map"]
+
+
+def test_named_protocol_splits(tmp_path, capsys):
+    a = _tiny_model_dir(tmp_path, "m", seed=3)
+    out = tmp_path / "r.json"
+    rc = main(["evaluate", "--query-model", str(a), "--data", "digits", "--split-protocol", "digits", "--seed", "5",
+               "--topk", "100", "--no-progress", "--json", str(out)])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    from hashkd.data import load_dataset, make_splits
+
+    splits = make_splits("digits", load_dataset("digits"), seed=5)
+    assert got["num_queries"] == len(splits["query"]) == 200
+    assert got["num_database"] == len(splits["database"])
+    assert got["splits"]["query"] == {"data_spec": "digits", "split": "query", "protocol": "digits", "seed": 5}
+
+
+def test_model_mode_bad_inputs(tmp_path, image_folder, capsys):
+    a = _tiny_model_dir(tmp_path, "a", seed=1)
+    b32 = _tiny_model_dir(tmp_path, "b32", seed=2, bits=32)
+    assert main(["evaluate", "--query-model", str(a), "--query-data", str(image_folder)]) == 2
+    assert "--database-data is missing" in _one_error_line(capsys)
+    assert main(["evaluate", "--query-model", str(a), "--database-model", str(b32), "--data", "digits"]) == 2
+    line = _one_error_line(capsys)
+    assert "16-bit" in line and "32-bit" in line
+    assert main(["evaluate", "--query-model", str(tmp_path / "none"), "--data", "digits"]) == 2
+    assert "none" in _one_error_line(capsys)
