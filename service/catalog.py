@@ -1,0 +1,220 @@
+"""The catalog: the durable item store plus the search index derived from it.
+
+Write path (``add``/``delete``), under one writer mutex:
+1. commit the change to SQLite (fsynced; this is the acknowledgement point),
+2. apply it to the in-memory index,
+3. every ``snapshot_every`` changes, write an index snapshot.
+
+Because steps 1 and 2 happen under the same mutex, every change up to the store's last
+sequence number is in the index whenever the mutex is free -- so a snapshot taken under
+the mutex can record that number as its high-water mark.
+
+Snapshots: the index is written to ``index/index-<seq>.bin`` (the index's own atomic save:
+temporary file, fsync, rename), then ``index/snapshot.json`` -- naming that file, its seq,
+spec and bits -- is replaced atomically. A crash at any point leaves either the old or the
+new snapshot.json, each naming a complete file. On start, the snapshot is loaded and the
+changes after its seq are replayed from SQLite (for each touched id: remove it from the
+index if present, add its current code if it is still stored). If the snapshot is missing,
+unreadable, of another spec or code length, or older than the change log, the index is
+rebuilt from all stored items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import indexes
+from indexes.errors import IndexFileError
+from service.store import ItemStore, StoreError
+
+log = logging.getLogger("service.catalog")
+
+SNAPSHOT_NAME = "snapshot.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Catalog:
+    """Items (SQLite, the truth) and the index (derived, snapshotted)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        bits: int,
+        spec: str = "flat",
+        snapshot_every: int = 1000,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.index_dir = self.directory / "index"
+        self.index_dir.mkdir(exist_ok=True)
+        self.bits = int(bits)
+        self.spec = spec
+        self.snapshot_every = int(snapshot_every)
+        self.store = ItemStore(self.directory / "items.sqlite", self.bits, synchronous=synchronous)
+        self._writer = threading.Lock()
+        self._since_snapshot = 0
+        self.snapshot_seq = 0
+        #: How the index was brought up at start: "snapshot", "snapshot+replay" or "rebuild".
+        self.recovery = ""
+        self.index = self._open_index()
+        if self.recovery != "snapshot":
+            self.snapshot()  # start the next run from a fresh snapshot
+
+    # -- start-up --------------------------------------------------------------------------------
+    def _open_index(self) -> indexes.BinaryIndex:
+        try:
+            index, seq = self._load_snapshot()
+        except (IndexFileError, StoreError, OSError, ValueError, KeyError) as exc:
+            log.warning("index snapshot not usable (%s): rebuilding from the store", exc)
+            return self._rebuild()
+        if index is None:
+            return self._rebuild()
+        try:
+            touched, last = self.store.changed_since(seq)
+        except StoreError as exc:
+            log.warning("%s", exc)
+            return self._rebuild()
+        if len(touched):
+            self._replay(index, touched)
+            self.recovery = "snapshot+replay"
+            log.info("index snapshot at seq %d brought up to seq %d (%d ids replayed)", seq, last, len(touched))
+        else:
+            self.recovery = "snapshot"
+        self.snapshot_seq = seq
+        self._since_snapshot = last - seq
+        return index
+
+    def _load_snapshot(self) -> tuple[indexes.BinaryIndex | None, int]:
+        pointer = self.index_dir / SNAPSHOT_NAME
+        if not pointer.is_file():
+            return None, 0
+        info = json.loads(pointer.read_text(encoding="utf-8"))
+        if info.get("spec") != self.spec or int(info.get("bits", -1)) != self.bits:
+            log.info("snapshot was made with spec %r, %s bits: rebuilding", info.get("spec"), info.get("bits"))
+            return None, 0
+        index = indexes.load_index(self.index_dir / str(info["file"]))
+        if index.bits != self.bits:
+            raise IndexFileError(f"snapshot holds {index.bits}-bit codes, expected {self.bits}")
+        return index, int(info["seq"])
+
+    def _replay(self, index: indexes.BinaryIndex, touched: np.ndarray) -> None:
+        stale = touched[[int(i) in index for i in touched]] if len(touched) else touched
+        if len(stale):
+            index.remove(stale)
+        ids, codes = self.store.codes_of(touched.tolist())
+        if len(ids):
+            index.add(ids, codes)
+
+    def _rebuild(self) -> indexes.BinaryIndex:
+        index = indexes.create_index(self.spec, self.bits)
+        for ids, codes, _seq in self.store.iter_all():
+            index.add(ids, codes)
+        self.recovery = "rebuild"
+        log.info("index rebuilt from the store: %d items", len(index))
+        self.snapshot_seq = 0
+        return index
+
+    # -- writes ------------------------------------------------------------------------------------
+    def add(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[int] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
+    ) -> list[int]:
+        """Store items durably, then index them; returns their ids."""
+        with self._writer:
+            new_ids, _ = self.store.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
+            try:
+                self.index.add(np.asarray(new_ids, dtype=np.int64), codes)
+            except Exception:
+                # The store has them (acknowledgement point): a fresh index from the store is
+                # the only state known to be consistent.
+                log.exception("index add failed after the store committed: rebuilding the index")
+                self.index = self._rebuild()
+                raise
+            self._after_change_locked(len(new_ids))
+        return new_ids
+
+    def delete(self, item_id: int) -> None:
+        """Delete one item durably, then from the index. Unknown ids raise UnknownItemError."""
+        with self._writer:
+            self.store.delete(item_id)
+            if int(item_id) in self.index:
+                self.index.remove([int(item_id)])
+            self._after_change_locked(1)
+
+    def _after_change_locked(self, n: int) -> None:
+        self._since_snapshot += n
+        if self._since_snapshot >= self.snapshot_every:
+            try:
+                self._snapshot_locked()
+            except OSError:
+                log.exception("index snapshot failed; the store still has every item")
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def snapshot(self) -> int:
+        """Write an index snapshot now; returns its seq."""
+        with self._writer:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> int:
+        index = self.index
+        seq = self.store.last_seq()
+        name = f"index-{seq}.bin"
+        index.save(self.index_dir / name)
+        _fsync_dir(self.index_dir)
+        _atomic_write_text(
+            self.index_dir / SNAPSHOT_NAME,
+            json.dumps({"file": name, "seq": seq, "spec": self.spec, "bits": self.bits, "count": len(index)}),
+        )
+        for old in self.index_dir.glob("index-*.bin*"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        self.store.prune_changes(seq)
+        self.snapshot_seq = seq
+        self._since_snapshot = 0
+        return seq
+
+    # -- reads -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def close(self, snapshot: bool = True) -> None:
+        if snapshot:
+            try:
+                with self._writer:
+                    if self.store.last_seq() != self.snapshot_seq:
+                        self._snapshot_locked()
+            except OSError:
+                log.exception("final index snapshot failed; the store still has every item")
+        self.store.close()

@@ -1,0 +1,225 @@
+"""The service's working parts in one object: encoders, micro-batcher and catalog.
+
+Routers call these methods from worker threads (``def`` work via ``run_in_threadpool``);
+nothing here runs on the event loop except awaiting the micro-batcher's future.
+
+Asymmetric protocol (as in asymmetric distillation for hashing, e.g. BRCD, Cao et al. 2023):
+stored items are encoded by the database model (typically the teacher) and queries by the
+query model (the compact student); both must produce codes of the same length K.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import indexes
+from hashkd.models.artifact import read_config
+from hashkd.runtime import Encoder
+from service.batching import MicroBatcher
+from service.catalog import Catalog
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+THUMBNAIL_QUALITY = 80
+
+
+class ModelMismatchError(ValueError):
+    """The query and database models cannot serve together."""
+
+
+def check_models(settings: Settings) -> int:
+    """Read both model configs (cheap, no weights) and return K; refuse mismatched lengths."""
+    q_cfg, _ = read_config(settings.model)
+    d_cfg, _ = read_config(settings.db_model)
+    if q_cfg.bits != d_cfg.bits:
+        raise ModelMismatchError(
+            f"the query model {str(settings.model)!r} makes {q_cfg.bits}-bit codes but the database model "
+            f"{str(settings.db_model)!r} makes {d_cfg.bits}-bit codes: expected models of the same code length"
+        )
+    return int(q_cfg.bits)
+
+
+def make_thumbnail(img: Image.Image, size: int) -> bytes | None:
+    """A JPEG of ``img`` whose longer side is at most ``size`` pixels (None when size is 0)."""
+    if size <= 0:
+        return None
+    thumb = img.copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.convert("RGB").save(buf, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return buf.getvalue()
+
+
+def _model_info(encoder: Encoder, path: Path) -> dict[str, Any]:
+    cfg = encoder.config
+    return {
+        "path": str(path),
+        "backbone": cfg.backbone,
+        "bits": int(encoder.bits),
+        "img_size": int(cfg.img_size),
+        "role": cfg.role,
+        "backend": str(encoder.backend),
+    }
+
+
+class Engine:
+    """Encoders + micro-batcher + catalog, opened from :class:`Settings`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.bits = check_models(settings)
+        indexes.set_threads(settings.search_threads)
+        self.query_encoder = Encoder.from_artifact(
+            settings.model, backend=settings.backend, threads=settings.threads, max_pixels=settings.max_image_pixels
+        )
+        if settings.asymmetric:
+            self.db_encoder = Encoder.from_artifact(
+                settings.db_model, backend=settings.backend, threads=settings.threads,
+                max_pixels=settings.max_image_pixels,
+            )
+        else:
+            self.db_encoder = self.query_encoder
+        if self.query_encoder.bits != self.db_encoder.bits:  # config said equal; the runtime must agree
+            raise ModelMismatchError(
+                f"the query model makes {self.query_encoder.bits}-bit codes but the database model "
+                f"{self.db_encoder.bits}-bit codes: expected the same code length"
+            )
+        self.protocol = "asymmetric" if settings.asymmetric else "symmetric"
+        self.catalog = Catalog(
+            settings.store,
+            self.bits,
+            spec=settings.index_spec,
+            snapshot_every=settings.snapshot_every,
+            synchronous=settings.sqlite_synchronous,
+        )
+        metrics.track_index_size(lambda: float(len(self.catalog)))
+        self._query_batches = metrics.encode_batch.labels("query")
+        self._db_batches = metrics.encode_batch.labels("database")
+        self.batcher: MicroBatcher | None = None
+        if settings.batching:
+            self.batcher = MicroBatcher(
+                self._encode_queries_now,
+                max_batch=settings.max_batch,
+                max_wait=settings.max_wait_ms / 1000.0,
+                on_batch=self._query_batches.observe,
+            )
+        log.info(
+            "serving %s protocol, %d bits, %d items (index %s, %s)",
+            self.protocol, self.bits, len(self.catalog), settings.index_spec, self.catalog.recovery,
+        )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.catalog.close()
+
+    # -- encoding ----------------------------------------------------------------------------------
+    def _encode_queries_now(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.asarray(self.query_encoder.encode(list(images)), dtype=np.uint8)
+
+    def encode_queries(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Blocking encode with the query model (through the micro-batcher when enabled)."""
+        if self.batcher is not None:
+            return self.batcher.encode(images)
+        self._query_batches.observe(len(images))
+        return self._encode_queries_now(images)
+
+    async def aencode_queries(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode with the query model without blocking the event loop."""
+        if self.batcher is not None:
+            return await asyncio.wrap_future(self.batcher.submit(images))
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.encode_queries, images)
+
+    def encode_items(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Encode stored items with the database model (blocking; call from a worker thread)."""
+        self._db_batches.observe(len(images))
+        return np.asarray(self.db_encoder.encode(list(images)), dtype=np.uint8)
+
+    # -- search ------------------------------------------------------------------------------------
+    def search(self, codes: np.ndarray, k: int | None, radius: int | None) -> tuple[list[list[dict]], bool]:
+        """Hits (id, distance, metadata) per query; and whether a radius search was truncated."""
+        index = self.catalog.index
+        per_query: list[tuple[np.ndarray, np.ndarray]] = []
+        truncated = False
+        if radius is not None:
+            cap = self.settings.max_range_results
+            for dist, ids in index.range_search(codes, int(radius)):
+                if len(ids) > cap:
+                    truncated = True
+                    dist, ids = dist[:cap], ids[:cap]
+                per_query.append((dist, ids))
+        else:
+            dist, ids = index.search(codes, int(k if k is not None else 10))
+            for d, i in zip(dist, ids, strict=True):
+                keep = i >= 0
+                per_query.append((d[keep], i[keep]))
+        wanted = {int(i) for _, ids in per_query for i in ids}
+        meta = self.catalog.store.metadata_of(wanted) if wanted else {}
+        out = []
+        for dist, ids in per_query:
+            # An item deleted between the index search and this lookup is dropped.
+            out.append(
+                [
+                    {"id": int(i), "distance": int(d), "metadata": meta[int(i)]}
+                    for d, i in zip(dist, ids, strict=True)
+                    if int(i) in meta
+                ]
+            )
+        return out, truncated
+
+    # -- items -------------------------------------------------------------------------------------
+    def add_images(
+        self,
+        images: Sequence[Image.Image],
+        ids: Sequence[int] | None,
+        metadata: Sequence[dict[str, Any]] | None,
+    ) -> list[int]:
+        codes = self.encode_items(images)
+        thumbs = [make_thumbnail(img, self.settings.thumbnail_px) for img in images]
+        return self.catalog.add(codes, ids=ids, metadata=metadata, thumbnails=thumbs)
+
+    def add_codes(
+        self, codes: np.ndarray, ids: Sequence[int] | None, metadata: Sequence[dict[str, Any]] | None
+    ) -> list[int]:
+        return self.catalog.add(codes, ids=ids, metadata=metadata)
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        index = self.catalog.index
+        return {
+            "protocol": self.protocol,
+            "bits": self.bits,
+            "query_model": _model_info(self.query_encoder, s.model),
+            "database_model": _model_info(self.db_encoder, s.db_model),
+            "index": {
+                "spec": s.index_spec,
+                "kind": str(getattr(index, "kind", type(index).__name__)),
+                "size": len(index),
+                "supports": sorted(getattr(index, "supports", ())),
+                "snapshot_seq": self.catalog.snapshot_seq,
+                "recovery": self.catalog.recovery,
+            },
+            "items": self.catalog.store.count(),
+            "batching": {"enabled": s.batching, "max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms},
+            "auth": s.api_key is not None,
+            "limits": {
+                "max_upload_bytes": s.max_upload_bytes,
+                "max_image_pixels": s.max_image_pixels,
+                "max_images": s.max_images,
+                "max_k": 1000,
+                "max_range_results": s.max_range_results,
+            },
+        }

@@ -1,0 +1,1 @@
+"""One APIRouter per resource: search, items, ops (info/health/metrics) and the web page."""

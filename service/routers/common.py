@@ -1,0 +1,56 @@
+"""Helpers shared by the routers: error responses for OpenAPI, reading and decoding uploads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import UploadFile
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from service.errors import ApiError
+from service.schemas import ErrorResponse
+from service.settings import Settings
+from service.uploads import decode_image, read_capped
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers of a route (all share :class:`ErrorResponse`)."""
+    text = {
+        401: "Missing or wrong X-API-Key (writes only, when the server has a key).",
+        404: "No item with this id.",
+        409: "An id is already stored.",
+        413: "An upload is larger than the size or pixel limits.",
+        415: "An upload is not a readable image.",
+        422: "A parameter or field is missing or not valid.",
+        503: "The service is still loading.",
+    }
+    return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}
+
+
+def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
+    """Exactly one of k (nearest neighbours) and radius (all within r bits); k defaults to 10."""
+    if k is not None and radius is not None:
+        raise ApiError(422, f"give either k={k} or radius={radius}, not both: k asks for the k nearest "
+                            "items, radius for every item within that many bits")
+    if k is None and radius is None:
+        k = 10
+    return k, radius
+
+
+async def read_images(uploads: Sequence[UploadFile], settings: Settings, field: str) -> list[Image.Image]:
+    """Read (size-capped) and decode uploads into RGB images, off the event loop."""
+    if len(uploads) > settings.max_images:
+        raise ApiError(413, f"{len(uploads)} images in one request: expected at most {settings.max_images}")
+    datas = []
+    for up in uploads:
+        if not isinstance(up, StarletteUploadFile):
+            raise ApiError(422, f"form field {field!r} must be a file upload, not text")
+        datas.append((await read_capped(up, settings.max_upload_bytes, "image"), up.filename or field))
+
+    def _decode_all() -> list[Image.Image]:
+        return [decode_image(d, settings.max_image_pixels, name) for d, name in datas]
+
+    return await run_in_threadpool(_decode_all)

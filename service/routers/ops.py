@@ -1,0 +1,52 @@
+"""Operations: ``/v1/info``, ``/healthz``, ``/readyz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import EngineDep
+from service.routers.common import error_responses
+from service.schemas import HealthResponse, InfoResponse
+
+router = APIRouter(tags=["ops"])
+
+try:
+    __version__ = version("hashkd")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+
+@router.get("/v1/info", response_model=InfoResponse, responses=error_responses(503), summary="Models, protocol and index")
+def info(engine: EngineDep) -> InfoResponse:
+    return InfoResponse(version=__version__, **engine.info())
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "Models or index not loaded."}},
+    summary="Readiness: models and index are loaded",
+)
+async def readyz(request: Request) -> Response:
+    if getattr(request.app.state, "engine", None) is None:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    summary="Prometheus metrics",
+)
+def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.render()
+    return Response(content=body, media_type=content_type)

@@ -1,0 +1,315 @@
+"""The durable item store: SQLite holds every item's id, code, metadata and thumbnail.
+
+SQLite is the source of truth; the search index is derived from it (see ``catalog.py``).
+
+Durability: the database runs in WAL mode with ``synchronous=FULL`` by default, so a commit
+returns only after the WAL is fsynced: an acknowledged write survives ``kill -9`` of the
+server and also a power loss. (``NORMAL`` in WAL mode also survives a process crash -- the
+WAL is in the OS page cache -- but may lose the last commits on power loss; it is offered
+as a setting for disks where fsync is slow.)
+
+Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation
+and the id) in the same transaction as the change itself. An index snapshot records the
+highest sequence number it contains; on start the changes after it are replayed. The
+sequence never goes back, even after old change rows are pruned (SQLite's AUTOINCREMENT
+keeps its high-water mark in ``sqlite_sequence``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    code BLOB NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    thumbnail BLOB
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
+    id INTEGER NOT NULL
+);
+"""
+
+MAX_ID = 2**63 - 1
+
+
+class StoreError(ValueError):
+    """The store on disk cannot be used as asked (another code length, a newer schema ...)."""
+
+
+class DuplicateItemError(ValueError):
+    """An add named ids that are already stored; nothing was added."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = [int(i) for i in ids]
+        shown = ", ".join(str(i) for i in self.ids[:5]) + (" ..." if len(self.ids) > 5 else "")
+        super().__init__(f"ids already stored: {shown}; delete them first or add without ids")
+
+
+class UnknownItemError(KeyError):
+    """No item has this id."""
+
+    def __init__(self, item_id: int) -> None:
+        self.id = int(item_id)
+        super().__init__(f"no item with id {self.id}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    code: bytes
+    metadata: dict[str, Any]
+    has_thumbnail: bool
+
+
+class ItemStore:
+    """Items in one SQLite file. Thread-safe: one writer connection behind a lock, one
+    reader connection per thread (WAL lets readers run while a write is in progress)."""
+
+    def __init__(self, path: str | Path, bits: int, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.bits = int(bits)
+        self.code_size = self.bits // 8
+        self._synchronous = synchronous
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect()
+        with self._write_lock:
+            self._writer.executescript(_SCHEMA)
+            self._check_meta()
+
+    # -- connections --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # another thread's connection
+                    conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    def _check_meta(self) -> None:
+        rows = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            self._writer.execute("BEGIN IMMEDIATE")
+            self._writer.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("schema_version", str(SCHEMA_VERSION)), ("bits", str(self.bits)), ("next_id", "0")],
+            )
+            self._writer.execute("COMMIT")
+            return
+        if int(rows.get("schema_version", "0")) != SCHEMA_VERSION:
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {rows.get('schema_version')!r}: expected {SCHEMA_VERSION}"
+            )
+        if int(rows["bits"]) != self.bits:
+            raise StoreError(
+                f"store {str(self.path)!r} holds {rows['bits']}-bit codes but the models make {self.bits}-bit codes: "
+                "use another --store or models of the same code length"
+            )
+
+    # -- writes --------------------------------------------------------------------------------
+    def add(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[int] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
+    ) -> tuple[list[int], int]:
+        """Insert items in one durable transaction; return (their ids, the last change seq).
+
+        Without ``ids`` the store assigns new ones (never reused, above every id seen).
+        Raises :class:`DuplicateItemError` (nothing added) when an id is already stored.
+        """
+        n = int(codes.shape[0])
+        if codes.ndim != 2 or codes.shape[1] != self.code_size or codes.dtype != np.uint8:
+            raise ValueError(f"codes must be uint8 n x {self.code_size}, got {codes.dtype} {codes.shape}")
+        metadata = list(metadata) if metadata is not None else [{}] * n
+        thumbnails = list(thumbnails) if thumbnails is not None else [None] * n
+        meta_text = [json.dumps(m, separators=(",", ":"), ensure_ascii=False) for m in metadata]
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                next_id = int(conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+                if ids is None:
+                    if next_id + n - 1 > MAX_ID:
+                        raise StoreError("the store has run out of int64 ids: pass ids explicitly")
+                    new_ids = list(range(next_id, next_id + n))
+                else:
+                    new_ids = [int(i) for i in ids]
+                    dup = self._existing(conn, new_ids)
+                    if dup:
+                        raise DuplicateItemError(dup)
+                conn.executemany(
+                    "INSERT INTO items (id, code, metadata, thumbnail) VALUES (?, ?, ?, ?)",
+                    [(i, codes[j].tobytes(), meta_text[j], thumbnails[j]) for j, i in enumerate(new_ids)],
+                )
+                conn.executemany("INSERT INTO changes (op, id) VALUES ('add', ?)", [(i,) for i in new_ids])
+                top = max(new_ids) + 1 if new_ids else next_id
+                if top > next_id:
+                    conn.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(min(top, MAX_ID)),))
+                seq = self._seq(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return new_ids, seq
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection, ids: list[int]) -> list[int]:
+        found: list[int] = []
+        for s in range(0, len(ids), 500):
+            chunk = ids[s : s + 500]
+            marks = ",".join("?" * len(chunk))
+            found += [r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
+        return sorted(found)
+
+    def delete(self, item_id: int) -> int:
+        """Delete one item durably; return the change seq. Unknown ids raise UnknownItemError."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute("DELETE FROM items WHERE id=?", (int(item_id),))
+                if cur.rowcount == 0:
+                    raise UnknownItemError(item_id)
+                conn.execute("INSERT INTO changes (op, id) VALUES ('delete', ?)", (int(item_id),))
+                seq = self._seq(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return seq
+
+    def prune_changes(self, upto_seq: int) -> None:
+        """Forget change rows up to ``upto_seq`` (they are inside a durable snapshot)."""
+        with self._write_lock:
+            self._writer.execute("DELETE FROM changes WHERE seq <= ?", (int(upto_seq),))
+
+    # -- reads ---------------------------------------------------------------------------------
+    @staticmethod
+    def _seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last_seq(self) -> int:
+        """The highest change sequence number committed so far (0 for a new store)."""
+        return self._seq(self._reader())
+
+    def changed_since(self, seq: int) -> tuple[np.ndarray, int]:
+        """Ids touched by changes after ``seq`` and the last seq; None-safe for pruned logs."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute("SELECT DISTINCT id FROM changes WHERE seq > ?", (int(seq),)).fetchall()
+            oldest = conn.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+            last = self._seq(conn)
+        finally:
+            conn.execute("COMMIT")
+        if last > seq and (oldest is None or oldest > seq + 1):
+            raise StoreError(f"the change log no longer reaches back to seq {seq}: rebuild from the items")
+        return np.array([r[0] for r in rows], dtype=np.int64), last
+
+    def codes_of(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of the given ids that are stored (missing ids are skipped)."""
+        conn = self._reader()
+        out_ids: list[int] = []
+        out_codes: list[bytes] = []
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 500):
+            chunk = ids[s : s + 500]
+            marks = ",".join("?" * len(chunk))
+            for i, code in conn.execute(f"SELECT id, code FROM items WHERE id IN ({marks})", chunk):
+                out_ids.append(i)
+                out_codes.append(code)
+        return self._as_arrays(out_ids, out_codes)
+
+    def _as_arrays(self, ids: list[int], codes: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), self.code_size)
+        return np.array(ids, dtype=np.int64), arr
+
+    def iter_all(self, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        """Every stored (ids, codes) in batches, read in one consistent snapshot, with its seq."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            seq = self._seq(conn)
+            cur = conn.execute("SELECT id, code FROM items ORDER BY id")
+            while True:
+                rows = cur.fetchmany(batch)
+                if not rows:
+                    break
+                ids, codes = self._as_arrays([r[0] for r in rows], [r[1] for r in rows])
+                yield ids, codes, seq
+        finally:
+            conn.execute("COMMIT")
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def get(self, item_id: int) -> Item:
+        row = (
+            self._reader()
+            .execute("SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id=?", (int(item_id),))
+            .fetchone()
+        )
+        if row is None:
+            raise UnknownItemError(item_id)
+        return Item(id=row[0], code=row[1], metadata=json.loads(row[2]), has_thumbnail=bool(row[3]))
+
+    def metadata_of(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Metadata of the given ids (ids not stored are absent from the result)."""
+        conn = self._reader()
+        ids = sorted({int(i) for i in ids})
+        out: dict[int, dict[str, Any]] = {}
+        for s in range(0, len(ids), 500):
+            chunk = ids[s : s + 500]
+            marks = ",".join("?" * len(chunk))
+            for i, text in conn.execute(f"SELECT id, metadata FROM items WHERE id IN ({marks})", chunk):
+                out[i] = json.loads(text)
+        return out
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's JPEG thumbnail, None when it has none; unknown ids raise."""
+        row = self._reader().execute("SELECT thumbnail FROM items WHERE id=?", (int(item_id),)).fetchone()
+        if row is None:
+            raise UnknownItemError(item_id)
+        return row[0]
