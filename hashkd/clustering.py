@@ -266,16 +266,23 @@ def choose_k(
     method: str = "silhouette",
     sample_size: int = 2000,
     niter: int = 25,
+    max_points: int = 10000,
+    nredo: int = 2,
 ) -> tuple[int, dict[int, float]]:
     """Pick k among ``candidates``: ``(k, scores)``.
 
     ``silhouette``: highest mean silhouette (Euclidean distance, 2 sqrt(Hamming) on ±1 codes; on a
     subsample of ``sample_size`` codes drawn with ``seed``); ``elbow``: the knee of the
-    inertia curve. Scores hold the silhouette or the inertia of every candidate.
+    inertia curve. Scores hold the silhouette or the inertia of every candidate. To keep
+    the sweep cheap, each candidate is clustered (``nredo`` runs) on a seeded subsample of
+    at most ``max_points`` codes.
     """
     if method not in K_METHODS:
         raise ClusterError(f"method={method!r} is not valid: expected one of {', '.join(K_METHODS)}")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] > max_points:
+        rows = np.random.default_rng(seed).choice(x.shape[0], size=max_points, replace=False)
+        x = x[np.sort(rows)]
     cands = sorted({_check_k(k, x.shape[0]) for k in candidates})
     if method == "silhouette":
         cands = [k for k in cands if 2 <= k <= x.shape[0] - 1]
@@ -283,7 +290,7 @@ def choose_k(
         raise ClusterError(f"no usable candidate k in {list(candidates)} for {x.shape[0]} codes")
     scores: dict[int, float] = {}
     for k in cands:
-        labels, _, inertia = kmeans(x, k, seed=seed, niter=niter)
+        labels, _, inertia = kmeans(x, k, seed=seed, niter=niter, nredo=nredo)
         if method == "elbow":
             scores[k] = inertia
         elif len(np.unique(labels)) < 2:
