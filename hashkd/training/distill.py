@@ -1,0 +1,263 @@
+"""Distil a frozen hashing teacher into a compact student.
+
+``L = [L_cib(student)] + sum_i w_i * L_i(DistillBatch)`` with the losses of
+:mod:`hashkd.losses` picked by name (BRCD, SP, RKD, ...). The teacher stays in eval mode
+with no gradients. Because it is frozen, its codes for the training set can be computed
+once: ``view_bank = E`` augments each training image E times once, runs the teacher over
+the bank, and each epoch draws two distinct stored views per image for the student -- the
+student sees exactly the views the teacher coded. ``view_bank = 0`` augments online and
+runs the teacher every step.
+
+Checkpoints, resume, validation mAP, JSON-lines log, seed and torchrun work as for the
+teacher (:mod:`hashkd.training.teacher`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from hashkd.codes import check_bits, codes_to_signs
+from hashkd.losses import DistillBatch, build_loss, get_loss_class
+from hashkd.models import ModelConfig, build_model, load_artifact, save_artifact
+from hashkd.models.hash_model import HashModel
+from hashkd.training.cibhash import CIBHashLoss
+from hashkd.training.common import (
+    Timer,
+    encode_split,
+    seed_everything,
+    trainable_parameters,
+    validation_map,
+)
+from hashkd.training.data_setup import prepare_data
+from hashkd.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from hashkd.training.run_dir import RunDir
+from hashkd.training.views import PairIndexDataset, TwoViewDataset, ViewBank
+
+
+@dataclass
+class DistillConfig:
+    """Settings of one distillation run (written to ``run.json``)."""
+
+    out: str
+    teacher: str
+    student: str = "mobilenetv3_small_100"
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    losses: list[str] = field(default_factory=lambda: ["brcd"])
+    weights: list[float] | None = None
+    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    student_cib: bool = True
+    bits: int | None = None
+    img_size: int | None = None
+    head: str = "mlp"
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    freeze_backbone: bool = False
+    data: str = "digits"
+    root: str | None = None
+    protocol: str | None = None
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    tau: float = 0.3
+    beta: float = 0.001
+    view_bank: int = 0
+    val_every: int = 1
+    num_workers: int = 0
+    device: str = "auto"
+    resume: bool = False
+    max_train: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.bits is not None:
+            check_bits(self.bits)
+        if not self.losses and not self.student_cib:
+            raise ValueError("no loss to train with: give --loss NAME or keep the student's CIBHash term")
+        if self.weights is not None and len(self.weights) != len(self.losses):
+            raise ValueError(
+                f"--weights has {len(self.weights)} values for {len(self.losses)} losses: expected one weight per loss"
+            )
+        for name in self.losses:
+            get_loss_class(name)  # unknown names raise with the list of known ones
+        for name in ("epochs", "batch_size", "val_every"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
+        if self.view_bank == 1 or self.view_bank < 0:
+            raise ValueError(f"view-bank={self.view_bank} is not valid: expected 0 (off) or at least 2 views")
+
+
+def _renormalize(x: torch.Tensor, src: ModelConfig, dst: ModelConfig) -> torch.Tensor:
+    """Views normalised for ``src`` re-expressed in ``dst``'s normalisation."""
+    if tuple(src.mean) == tuple(dst.mean) and tuple(src.std) == tuple(dst.std):
+        return x
+    sm, ss = torch.tensor(src.mean).view(1, -1, 1, 1), torch.tensor(src.std).view(1, -1, 1, 1)
+    dm, ds = torch.tensor(dst.mean).view(1, -1, 1, 1), torch.tensor(dst.std).view(1, -1, 1, 1)
+    return ((x * ss + sm) - dm) / ds
+
+
+def build_losses(cfg: DistillConfig, student_bits: int, teacher_bits: int, n_train: int) -> torch.nn.ModuleList:
+    """The configured losses, each told the code widths (for projections) and dataset size."""
+    out = []
+    for name in cfg.losses:
+        options = dict(cfg.loss_options.get(name, {}))
+        params = inspect.signature(get_loss_class(name).__init__).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        defaults = {"student_dim": student_bits, "teacher_dim": teacher_bits, "n_data": n_train,
+                    "seed": cfg.seed, "teacher": str(Path(cfg.teacher).resolve())}
+        for key, value in defaults.items():
+            if (key in params or (accepts_any and key in ("student_dim", "teacher_dim"))) and key not in options:
+                options[key] = value
+        out.append(build_loss(name, **options))
+    return torch.nn.ModuleList(out)
+
+
+def distill(cfg: DistillConfig) -> Path:
+    """Run the distillation; returns the output directory (the student artifact)."""
+    cfg.validate()
+    info = init_distributed(cfg.device)
+    try:
+        return _distill(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
+    run = RunDir(cfg.out, is_main=info.is_main)
+    gen = seed_everything(cfg.seed + info.rank)
+    teacher: HashModel = load_artifact(cfg.teacher).to(info.device)
+    teacher.eval().requires_grad_(False)
+    tcfg = teacher.config
+    data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
+    scfg = ModelConfig(
+        backbone=cfg.student, bits=cfg.bits or tcfg.bits, img_size=cfg.img_size or tcfg.img_size, head=cfg.head,
+        backbone_kwargs=dict(cfg.student_kwargs), mean=tcfg.mean, std=tcfg.std, role="student",
+        freeze_backbone=cfg.freeze_backbone,
+    )
+    torch.manual_seed(cfg.seed)
+    student = build_model(scfg, pretrained=cfg.pretrained, weights=cfg.backbone_weights).to(info.device)
+    student.config.meta = {"objective": "+".join((["cibhash"] if cfg.student_cib else []) + cfg.losses),
+                           "teacher": str(Path(cfg.teacher).resolve()), "data": cfg.data, "seed": cfg.seed,
+                           "protocol": data.protocol}
+    weights = cfg.weights or [get_loss_class(n).default_weight for n in cfg.losses]
+    t_eval_tf = data.eval_transform(tcfg)
+    s_eval_tf = data.eval_transform(scfg)
+
+    # The teacher's codes of the training set (deterministic views): the offline stage of
+    # BRCD (clusters), the LSH median bias, CRD's memory size.
+    teacher_train_codes = encode_split(teacher, data.train, t_eval_tf, info.device)
+    losses = build_losses(cfg, scfg.bits, tcfg.bits, len(data.train)).to(info.device)
+    for loss in losses:
+        loss.fit(torch.from_numpy(codes_to_signs(teacher_train_codes)))
+    cib = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
+    optimizer = torch.optim.Adam(trainable_parameters([student, losses]), lr=cfg.lr)
+
+    start_epoch, best = 0, -math.inf
+    if cfg.resume:
+        state = run.load_checkpoint()
+        student.load_state_dict(state["model"])
+        losses.load_state_dict(state["losses"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = int(state["epoch"]), float(state["best_map"])
+        gen.set_state(state["generator"])
+        if start_epoch >= cfg.epochs:
+            return Path(cfg.out)
+    run.write_json("run.json", {"kind": "student", "config": asdict(cfg), "splits": data.summary(),
+                                "teacher_config": tcfg.to_dict()})
+
+    view_tf = data.view_transform(tcfg)
+    use_bank = cfg.view_bank >= 2
+    if use_bank:
+        bank = ViewBank.build(data.train.source, data.train.indices, view_tf, cfg.view_bank, seed=cfg.seed,
+                              progress=cfg.progress and info.is_main)
+        t_logits = bank.map_views(lambda x: teacher(x.to(info.device)), progress=cfg.progress and info.is_main,
+                                  desc="teacher codes of the view bank")
+    ddp_student = DDP(student) if info.enabled else student
+    timer = Timer()
+    for epoch in range(start_epoch, cfg.epochs):
+        student.train()
+        losses.train()
+        ds = PairIndexDataset(bank.pick_pairs(gen)) if use_bank else TwoViewDataset(
+            data.train.source, data.train.indices, view_tf)
+        sampler = DistributedSampler(ds, shuffle=True, seed=cfg.seed, drop_last=True) if info.enabled else None
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=gen if sampler is None else None, drop_last=len(ds) > cfg.batch_size,
+                            num_workers=0 if use_bank else cfg.num_workers)
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
+                   leave=False)
+        for batch in bar:
+            if use_bank:
+                idx, a, b = batch
+                x1 = bank.views[idx, a].float()
+                x2 = bank.views[idx, b].float()
+                tu1, tu2 = t_logits[idx, a].to(info.device), t_logits[idx, b].to(info.device)
+            else:
+                x1, x2, idx = batch
+                with torch.no_grad():
+                    tu = teacher(torch.cat([x1, x2]).to(info.device))
+                tu1, tu2 = tu.chunk(2)
+            xs = _renormalize(torch.cat([x1, x2]), tcfg, scfg).to(info.device)
+            if scfg.img_size != tcfg.img_size:
+                xs = torch.nn.functional.interpolate(xs, size=(scfg.img_size, scfg.img_size), mode="bilinear",
+                                                     antialias=True, align_corners=False)
+            u = ddp_student(xs)
+            u1, u2 = u.chunk(2)
+            p1, p2 = torch.sigmoid(u1), torch.sigmoid(u2)
+            b1, b2 = cib.binarize(p1), cib.binarize(p2)
+            t1 = torch.where(tu1 > 0, 1.0, -1.0)
+            t2 = torch.where(tu2 > 0, 1.0, -1.0)
+            kd_batch = DistillBatch(s1=b1, s2=b2, t1=t1, t2=t2, index=idx.long().to(info.device))
+            parts: dict[str, torch.Tensor] = {}
+            if cfg.student_cib:
+                parts["cibhash"] = cib(u1, u2)
+            for name, w, loss in zip(cfg.losses, weights, losses, strict=True):
+                parts[name] = w * loss(kd_batch)
+            total = torch.stack(list(parts.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+            count += 1
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "elapsed_s": round(timer.elapsed(), 2)}
+        record.update({k: all_reduce_mean(v / max(count, 1), info) for k, v in sums.items()})
+        improved = False
+        if info.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            val_map = validation_map(student, data.val, data.val_database, s_eval_tf, info.device)
+            record["val_map"] = val_map
+            if val_map > best:
+                best, improved = val_map, True
+        if info.is_main:
+            if improved or not (Path(cfg.out) / "model.safetensors").exists():
+                student.config.meta.update({"epoch": epoch + 1, "val_map": record.get("val_map")})
+                save_artifact(student, cfg.out)
+            run.log(record)
+            run.save_checkpoint({
+                "model": student.state_dict(), "losses": losses.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "best_map": best, "generator": gen.get_state(),
+            })
+            print(json.dumps(record), flush=True)
+        barrier(info)
+    return Path(cfg.out)
