@@ -53,7 +53,9 @@ def sign_codes(codes: Any) -> np.ndarray:
         codes = codes.detach().cpu().numpy()
     arr = np.asarray(codes)
     if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ClusterError(f"teacher codes have shape {arr.shape}: expected a non-empty 2-d n x K array")
+        raise ClusterError(
+            f"teacher codes have shape {arr.shape}: expected a non-empty 2-d n x K array"
+        )
     if arr.dtype == np.uint8:
         return codes_to_signs(arr)
     arr = arr.astype(np.float32)
@@ -102,7 +104,9 @@ class ClusterResult:
                 f"centres {self.centres.shape} and means {self.means.shape} must both be k x K"
             )
         if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.k):
-            raise ClusterError(f"cluster labels must lie in [0, {self.k}), got {self.labels.min()}..{self.labels.max()}")
+            raise ClusterError(
+                f"cluster labels must lie in [0, {self.k}), got {self.labels.min()}..{self.labels.max()}"
+            )
         self.scores = {int(k): float(v) for k, v in self.scores.items()}
 
     @property
@@ -158,7 +162,9 @@ class ClusterResult:
             with np.load(path / "clusters.npz", allow_pickle=False) as data:
                 arrays = {key: data[key] for key in ("labels", "centres", "means")}
         except (ValueError, KeyError, OSError) as exc:
-            raise ClusterError(f"cluster directory {str(path)!r} could not be read: {exc}") from None
+            raise ClusterError(
+                f"cluster directory {str(path)!r} could not be read: {exc}"
+            ) from None
         if meta.get("format_version") != CLUSTERS_FORMAT_VERSION:
             raise ClusterError(
                 f"{str(path / 'clusters.json')!r} has format_version {meta.get('format_version')!r}: expected {CLUSTERS_FORMAT_VERSION}"
@@ -197,7 +203,11 @@ def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     d2 = ((x - centres[0]) ** 2).sum(axis=1)
     for i in range(1, k):
         total = float(d2.sum())
-        j = int(rng.choice(x.shape[0], p=d2 / total)) if total > 0 else int(rng.integers(x.shape[0]))
+        j = (
+            int(rng.choice(x.shape[0], p=d2 / total))
+            if total > 0
+            else int(rng.integers(x.shape[0]))
+        )
         centres[i] = x[j]
         d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(axis=1))
     return centres
@@ -221,8 +231,13 @@ def kmeans(
     for _ in range(nredo):
         # max_points_per_centroid=n: faiss would otherwise subsample large sets
         km = faiss.Kmeans(
-            x.shape[1], k, niter=niter, seed=int(seed), verbose=False,
-            min_points_per_centroid=1, max_points_per_centroid=max(1, x.shape[0]),
+            x.shape[1],
+            k,
+            niter=niter,
+            seed=int(seed),
+            verbose=False,
+            min_points_per_centroid=1,
+            max_points_per_centroid=max(1, x.shape[0]),
         )
         km.train(x, init_centroids=kmeans_pp_init(x, k, rng))
         centres = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
@@ -278,7 +293,9 @@ def choose_k(
     at most ``max_points`` codes.
     """
     if method not in K_METHODS:
-        raise ClusterError(f"method={method!r} is not valid: expected one of {', '.join(K_METHODS)}")
+        raise ClusterError(
+            f"method={method!r} is not valid: expected one of {', '.join(K_METHODS)}"
+        )
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.shape[0] > max_points:
         rows = np.random.default_rng(seed).choice(x.shape[0], size=max_points, replace=False)
@@ -320,12 +337,16 @@ def cluster_teacher_codes(
     ``method`` (``"silhouette"`` or ``"elbow"``).
     """
     if not isinstance(teacher, str) or not teacher:
-        raise ClusterError(f"teacher={teacher!r} is not valid: expected a non-empty identity string")
+        raise ClusterError(
+            f"teacher={teacher!r} is not valid: expected a non-empty identity string"
+        )
     x = sign_codes(codes)
     scores: dict[int, float] = {}
     chosen = "given"
     if k is None:
-        k, scores = choose_k(x, candidates, seed=seed, method=method, sample_size=sample_size, niter=niter)
+        k, scores = choose_k(
+            x, candidates, seed=seed, method=method, sample_size=sample_size, niter=niter
+        )
         chosen = method
     labels, centres, inertia = kmeans(x, k, seed=seed, niter=niter)
     return ClusterResult(

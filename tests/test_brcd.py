@@ -17,7 +17,9 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def oracle_rows(s1, t1, t2, alpha, tau=TAU, clusters=None, masks=None, centres=None, use_filter=False):
+def oracle_rows(
+    s1, t1, t2, alpha, tau=TAU, clusters=None, masks=None, centres=None, use_filter=False
+):
     """brcd.md written out with explicit loops (float64 numpy)."""
     s1, t1, t2 = (np.asarray(x, dtype=np.float64) for x in (s1, t1, t2))
     bsz = s1.shape[0]
@@ -80,7 +82,9 @@ def hand_clusters():
     cluster 1: mean [-1, -1, 0, 0, -1, -1, -1, -1] -> margin 0.5 keeps bits 0, 1, 4-7
     """
     c0 = np.array([[1, 1, 1, 1, 1, -1, 1, -1], [1, 1, 1, 1, -1, 1, -1, 1]], dtype=np.float32)
-    c1 = np.array([[-1, -1, -1, -1, -1, -1, -1, -1], [-1, -1, 1, 1, -1, -1, -1, -1]], dtype=np.float32)
+    c1 = np.array(
+        [[-1, -1, -1, -1, -1, -1, -1, -1], [-1, -1, 1, 1, -1, -1, -1, -1]], dtype=np.float32
+    )
     codes = np.concatenate([c0, c1])
     labels = np.array([0, 0, 1, 1])
     means = cluster_means(codes, labels, 2)
@@ -92,7 +96,9 @@ def test_all_switches_off_equals_nt_xent_at_alpha_zero():
     s1, t1, t2 = random_batch()
     loss = build_loss("brcd", alpha=0.0, tau=TAU, **OFF)
     rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2))
-    np.testing.assert_allclose(rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10)
+    np.testing.assert_allclose(
+        rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8, 1.0])
@@ -117,8 +123,14 @@ def test_full_brcd_matches_loop_oracle():
     rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
     masks = result.bit_mask(0.5).astype(np.float64)
     expected = oracle_rows(
-        s1.detach().numpy(), t1.numpy(), t2.numpy(), 0.4,
-        clusters=c.numpy(), masks=masks, centres=result.centres, use_filter=True,
+        s1.detach().numpy(),
+        t1.numpy(),
+        t2.numpy(),
+        0.4,
+        clusters=c.numpy(),
+        masks=masks,
+        centres=result.centres,
+        use_filter=True,
     )
     np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9)
     offset = loss.offset_mask(t2, c)
@@ -128,7 +140,9 @@ def test_full_brcd_matches_loop_oracle():
 def test_same_cluster_negatives_leave_the_row_unchanged():
     s1, t1, t2 = random_batch(seed=4)
     c = torch.tensor([0, 1, 0, 2, 1, 2])
-    loss = build_loss("brcd", alpha=0.5, use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False)
+    loss = build_loss(
+        "brcd", alpha=0.5, use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False
+    )
     base = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach()
     moved = s1.detach().clone()
     moved[2] = torch.randn(16, dtype=torch.float64)  # sample 2 shares cluster 0 with sample 0
@@ -147,8 +161,12 @@ def test_same_cluster_negatives_leave_the_row_unchanged():
 
 def test_one_cluster_keeps_the_positive_and_gives_zero():
     s1, t1, t2 = random_batch(seed=5)
-    loss = build_loss("brcd", use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False)
-    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=torch.zeros(6, dtype=torch.long)))
+    loss = build_loss(
+        "brcd", use_cluster_filter=True, use_offset_positive=False, use_bit_mask=False
+    )
+    rows = loss.row_losses(
+        DistillBatch(s1=s1, t1=t1, t2=t2, cluster=torch.zeros(6, dtype=torch.long))
+    )
     assert torch.all(torch.isfinite(rows)) and torch.allclose(rows, torch.zeros_like(rows))
 
 
@@ -177,7 +195,9 @@ def test_masked_bit_does_not_change_masked_similarities():
     result = hand_clusters()  # at margin 0.5 cluster 0 keeps bits 0-3, cluster 1 bits 0, 1, 4-7
     s1, t1, t2 = random_batch(bsz=4, bits=8, seed=6)
     c = torch.tensor([0, 1, 0, 1])
-    loss = build_loss("brcd", margin=0.5, clusters=result, use_cluster_filter=False, use_offset_positive=False)
+    loss = build_loss(
+        "brcd", margin=0.5, clusters=result, use_cluster_filter=False, use_offset_positive=False
+    )
     sim = loss.similarity_matrix(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach()
     s1b, t2b = s1.detach().clone(), t2.clone()
     s1b[:, 5] = -s1b[:, 5] * 3.0  # bits 5 and 6 are masked for cluster 0 only
@@ -198,10 +218,23 @@ def test_bit_mask_leaves_the_same_view_term_alone():
     s1, t1, t2 = random_batch(bsz=4, bits=8, seed=7)
     c = torch.tensor([0, 1, 0, 1])
     # alpha = 1: only the same-view term in the positive
-    masked = build_loss("brcd", alpha=1.0, margin=0.5, clusters=result, use_cluster_filter=False, use_offset_positive=False)
+    masked = build_loss(
+        "brcd",
+        alpha=1.0,
+        margin=0.5,
+        clusters=result,
+        use_cluster_filter=False,
+        use_offset_positive=False,
+    )
     rows = masked.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach().numpy()
-    expected = oracle_rows(s1.detach().numpy(), t1.numpy(), t2.numpy(), 1.0, clusters=c.numpy(),
-                           masks=result.bit_mask(0.5).astype(np.float64))
+    expected = oracle_rows(
+        s1.detach().numpy(),
+        t1.numpy(),
+        t2.numpy(),
+        1.0,
+        clusters=c.numpy(),
+        masks=result.bit_mask(0.5).astype(np.float64),
+    )
     np.testing.assert_allclose(rows, expected, rtol=1e-10)
     s1b = s1.detach().clone()
     s1b[0, 6] = -s1b[0, 6]  # masked for cluster 0, yet the same-view term cos(s1_0, t1_0) sees it
@@ -219,7 +252,9 @@ def test_offset_view_drops_the_cross_view_positive():
     g = torch.Generator().manual_seed(8)
     s1 = torch.randn(4, 8, generator=g, dtype=torch.float64)
     batch = DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)
-    offset = build_loss("brcd", alpha=0.3, clusters=result, use_cluster_filter=False, use_bit_mask=False)
+    offset = build_loss(
+        "brcd", alpha=0.3, clusters=result, use_cluster_filter=False, use_bit_mask=False
+    )
     rows = offset.row_losses(batch)
     rows_alpha1 = build_loss("brcd", alpha=1.0, **OFF).row_losses(batch)
     rows_alpha = build_loss("brcd", alpha=0.3, **OFF).row_losses(batch)
@@ -234,7 +269,9 @@ def test_gradients_reach_the_student_only():
     t1.requires_grad_(True)
     t2.requires_grad_(True)
     c = torch.tensor([0, 1, 0, 1, 2, 2])
-    result = cluster_teacher_codes(np.sign(np.random.default_rng(0).standard_normal((30, 16))), teacher="t", k=3)
+    result = cluster_teacher_codes(
+        np.sign(np.random.default_rng(0).standard_normal((30, 16))), teacher="t", k=3
+    )
     loss = build_loss("brcd", clusters=result, margin=0.1)
     loss(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).backward()
     assert s1.grad is not None and s1.grad.abs().sum() > 0
@@ -245,7 +282,9 @@ def test_fit_then_lookup_by_index_equals_explicit_clusters():
     rng = np.random.default_rng(10)
     protos = np.sign(rng.standard_normal((3, 16)))
     labels = rng.integers(0, 3, size=60)
-    train = np.where(rng.random((60, 16)) < 0.05, -protos[labels], protos[labels]).astype(np.float32)
+    train = np.where(rng.random((60, 16)) < 0.05, -protos[labels], protos[labels]).astype(
+        np.float32
+    )
     loss = build_loss("brcd", k=3, seed=1, teacher="teacher-A", margin=0.2)
     loss.fit(torch.from_numpy(train))
     assert loss.clusters.teacher == "teacher-A" and loss.clusters.k == 3

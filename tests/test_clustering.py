@@ -25,7 +25,9 @@ def planted(k=4, bits=32, per=60, flip=0.05, seed=0):
     rng = np.random.default_rng(seed)
     protos = np.where(rng.random((k, bits)) < 0.5, -1.0, 1.0)
     truth = np.repeat(np.arange(k), per)
-    codes = np.where(rng.random((k * per, bits)) < flip, -protos[truth], protos[truth]).astype(np.float32)
+    codes = np.where(rng.random((k * per, bits)) < flip, -protos[truth], protos[truth]).astype(
+        np.float32
+    )
     return codes, truth
 
 
@@ -56,12 +58,16 @@ def test_elbow_on_a_hand_curve():
 
 def test_cluster_teacher_codes_records_teacher_seed_and_means(tmp_path):
     codes, truth = planted(k=3, per=30)
-    result = cluster_teacher_codes(codes, teacher="runs/teacher-vit", seed=7, candidates=range(2, 7))
+    result = cluster_teacher_codes(
+        codes, teacher="runs/teacher-vit", seed=7, candidates=range(2, 7)
+    )
     assert result.k == 3 and result.method == "silhouette" and result.seed == 7
     assert result.teacher == "runs/teacher-vit"
     assert adjusted_rand_score(truth, result.labels) == 1.0
     for c in range(3):  # mu_c = mean of the members' ±1 codes
-        np.testing.assert_allclose(result.means[c], codes[result.labels == c].mean(axis=0), atol=1e-6)
+        np.testing.assert_allclose(
+            result.means[c], codes[result.labels == c].mean(axis=0), atol=1e-6
+        )
     # the augmented view of a member lands in its own cluster
     np.testing.assert_array_equal(result.assign(codes), result.labels)
 
@@ -71,7 +77,9 @@ def test_packed_and_sign_codes_give_the_same_clustering():
     packed = np.packbits(codes > 0, axis=1)
     a = cluster_teacher_codes(codes, teacher="t", k=3, seed=1)
     b = cluster_teacher_codes(packed, teacher="t", k=3, seed=1)
-    c = cluster_teacher_codes((codes > 0).astype(np.uint8).astype(np.int64), teacher="t", k=3, seed=1)
+    c = cluster_teacher_codes(
+        (codes > 0).astype(np.uint8).astype(np.int64), teacher="t", k=3, seed=1
+    )
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.labels, c.labels)
     np.testing.assert_allclose(a.centres, b.centres)
@@ -99,7 +107,10 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.centres, result.centres)
     np.testing.assert_array_equal(loaded.means, result.means)
     assert (loaded.teacher, loaded.seed, loaded.method, loaded.scores) == (
-        result.teacher, result.seed, result.method, result.scores,
+        result.teacher,
+        result.seed,
+        result.method,
+        result.scores,
     )
     np.testing.assert_array_equal(loaded.bit_mask(0.3), result.bit_mask(0.3))
 
@@ -109,7 +120,12 @@ def test_load_refuses_missing_files_and_pickled_arrays(tmp_path):
         ClusterResult.load(tmp_path)
     codes, _ = planted(k=2, per=5)
     path = cluster_teacher_codes(codes, teacher="t", k=2).save(tmp_path / "c")
-    np.savez(path / "clusters.npz", labels=np.array([object()], dtype=object), centres=np.zeros((2, 32)), means=np.zeros((2, 32)))
+    np.savez(
+        path / "clusters.npz",
+        labels=np.array([object()], dtype=object),
+        centres=np.zeros((2, 32)),
+        means=np.zeros((2, 32)),
+    )
     with pytest.raises(ClusterError, match="could not be read"):
         ClusterResult.load(path)
 
@@ -124,7 +140,9 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ClusterError, match="method"):
         choose_k(np.ones((4, 8), dtype=np.float32), method="gap")
     with pytest.raises(ClusterError, match="margin"):
-        ClusterResult(labels=[0], centres=np.zeros((1, 8)), means=np.zeros((1, 8)), teacher="t", seed=0).bit_mask(1.5)
+        ClusterResult(
+            labels=[0], centres=np.zeros((1, 8)), means=np.zeros((1, 8)), teacher="t", seed=0
+        ).bit_mask(1.5)
 
 
 def test_cluster_means_of_an_empty_cluster_is_zero():

@@ -12,11 +12,23 @@ import torch.nn.functional as F
 from hashkd.losses import DistillBatch, DistillLoss, build_loss, list_losses, register_loss
 from hashkd.losses.sp import batch_gram
 
-EXPECTED = {"align", "brcd", "sp", "relative_teacher", "absolute_teacher", "rkd", "compress", "lsh", "crd"}
+EXPECTED = {
+    "align",
+    "brcd",
+    "sp",
+    "relative_teacher",
+    "absolute_teacher",
+    "rkd",
+    "compress",
+    "lsh",
+    "crd",
+}
 
 
 def orthogonal(d: int, seed: int = 0) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    q, _ = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     return q
 
 
@@ -24,7 +36,9 @@ def batch_of(s: torch.Tensor, t: torch.Tensor, **kw) -> DistillBatch:
     return DistillBatch(s1=s, t1=t, **kw)
 
 
-def build_ready(name: str, student_dim: int, teacher_dim: int, n_data: int, teacher_codes: torch.Tensor) -> DistillLoss:
+def build_ready(
+    name: str, student_dim: int, teacher_dim: int, n_data: int, teacher_codes: torch.Tensor
+) -> DistillLoss:
     """Build a registered loss with the options it cannot do without, and fit it."""
     kwargs: dict = {"student_dim": student_dim, "teacher_dim": teacher_dim}
     if name == "brcd":
@@ -204,7 +218,10 @@ def test_rkd_zero_for_a_similarity_transform_of_the_teacher():
 
 def test_rkd_distance_term_matches_brute_force():
     g = torch.Generator().manual_seed(7)
-    s, t = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    s, t = (
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+    )
     loss = build_loss("rkd", w_dist=1.0, w_angle=0.0)
 
     def psi(x):
@@ -301,7 +318,9 @@ def test_lsh_is_not_zero_at_equality_but_its_mse_part_is():
     loss = build_loss("lsh", num_hashes=64)
     value = float(loss(batch_of(t.clone(), t)))
     h = loss.hash_values(t)
-    assert value == pytest.approx(6.0 * float(F.binary_cross_entropy_with_logits(h, (h > 0).float())), rel=1e-5)
+    assert value == pytest.approx(
+        6.0 * float(F.binary_cross_entropy_with_logits(h, (h > 0).float())), rel=1e-5
+    )
 
 
 # -- crd --------------------------------------------------------------------------------------
@@ -313,7 +332,11 @@ def test_crd_memory_rows_stay_unit_norm_and_only_batch_rows_move():
     before = loss.mem_s.clone()
     index = torch.tensor([3, 7, 11, 12])
     for _ in range(3):
-        value = loss(DistillBatch(s1=torch.randn(4, 8, generator=g), t1=torch.randn(4, 16, generator=g), index=index))
+        value = loss(
+            DistillBatch(
+                s1=torch.randn(4, 8, generator=g), t1=torch.randn(4, 16, generator=g), index=index
+            )
+        )
         assert torch.isfinite(value)
     for memory in (loss.mem_s, loss.mem_t):
         assert torch.allclose(memory.norm(dim=1), torch.ones(30), atol=1e-5)

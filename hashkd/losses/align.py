@@ -27,5 +27,7 @@ class AlignLoss(DistillLoss):
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         self.check_batch(batch)
-        terms = [(1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean() for s, t in self.pairs(batch)]
+        terms = [
+            (1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean() for s, t in self.pairs(batch)
+        ]
         return torch.stack(terms).mean()

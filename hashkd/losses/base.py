@@ -60,7 +60,9 @@ class DistillBatch:
                 continue
             if not isinstance(value, torch.Tensor) or value.ndim != 2:
                 shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
-                raise ValueError(f"DistillBatch.{name} has shape {shape}: expected a 2-d tensor (B x dim)")
+                raise ValueError(
+                    f"DistillBatch.{name} has shape {shape}: expected a 2-d tensor (B x dim)"
+                )
             if batch is None:
                 batch = value.shape[0]
             elif value.shape[0] != batch:
@@ -73,9 +75,13 @@ class DistillBatch:
                 continue
             if not isinstance(value, torch.Tensor) or value.ndim != 1 or value.shape[0] != batch:
                 shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
-                raise ValueError(f"DistillBatch.{name} has shape {shape}: expected a 1-d tensor of {batch} integers")
+                raise ValueError(
+                    f"DistillBatch.{name} has shape {shape}: expected a 1-d tensor of {batch} integers"
+                )
             if value.dtype.is_floating_point or value.dtype == torch.bool:
-                raise ValueError(f"DistillBatch.{name} has dtype {value.dtype}: expected integer indices")
+                raise ValueError(
+                    f"DistillBatch.{name} has dtype {value.dtype}: expected integer indices"
+                )
 
     @property
     def size(self) -> int:
@@ -129,7 +135,9 @@ class DistillLoss(nn.Module):
     ) -> None:
         super().__init__()
         if inputs not in INPUT_KINDS:
-            raise ValueError(f"inputs={inputs!r} is not valid: expected one of {', '.join(INPUT_KINDS)}")
+            raise ValueError(
+                f"inputs={inputs!r} is not valid: expected one of {', '.join(INPUT_KINDS)}"
+            )
         for name, dim in (("student_dim", student_dim), ("teacher_dim", teacher_dim)):
             if dim is not None and (not isinstance(dim, int) or dim <= 0):
                 raise ValueError(f"{name}={dim!r} is not valid: expected a positive integer")
@@ -182,7 +190,11 @@ class DistillLoss(nn.Module):
 
     def check_batch(self, batch: DistillBatch, min_size: int = 1) -> None:
         if batch.size < min_size:
-            raise ValueError(f"{type(self).__name__} got a batch of {batch.size}: expected at least {min_size} samples")
+            raise ValueError(
+                f"{type(self).__name__} got a batch of {batch.size}: expected at least {min_size} samples"
+            )
         for name in self.requires:
             if getattr(batch, name) is None:
-                raise ValueError(f"{type(self).__name__} needs DistillBatch.{name}, which is missing")
+                raise ValueError(
+                    f"{type(self).__name__} needs DistillBatch.{name}, which is missing"
+                )

@@ -105,7 +105,9 @@ class BRCDLoss(DistillLoss):
         self.register_buffer("centres", None)
         self.register_buffer("masks", None)
         if clusters is not None:
-            self.set_clusters(clusters if isinstance(clusters, ClusterResult) else ClusterResult.load(clusters))
+            self.set_clusters(
+                clusters if isinstance(clusters, ClusterResult) else ClusterResult.load(clusters)
+            )
 
     @property
     def needs_clusters(self) -> bool:
@@ -118,8 +120,12 @@ class BRCDLoss(DistillLoss):
             return
         codes = as_sign_tensor(teacher_codes).numpy()
         result = cluster_teacher_codes(
-            codes, teacher=self.teacher or "unknown", k=self.k, seed=self.seed,
-            candidates=self.k_candidates, method=self.k_method,
+            codes,
+            teacher=self.teacher or "unknown",
+            k=self.k,
+            seed=self.seed,
+            candidates=self.k_candidates,
+            method=self.k_method,
         )
         self.set_clusters(result)
 
@@ -145,9 +151,13 @@ class BRCDLoss(DistillLoss):
             c = batch.cluster.long()
         else:
             if self.cluster_labels is None:
-                raise ValueError("brcd has no clusters: call fit(teacher_codes) or set_clusters(), or pass batch.cluster")
+                raise ValueError(
+                    "brcd has no clusters: call fit(teacher_codes) or set_clusters(), or pass batch.cluster"
+                )
             if batch.index is None:
-                raise ValueError("brcd needs batch.index (dataset indices) or batch.cluster to find the images' clusters")
+                raise ValueError(
+                    "brcd needs batch.index (dataset indices) or batch.cluster to find the images' clusters"
+                )
             index = batch.index.long().to(self.cluster_labels.device)
             if int(index.min()) < 0 or int(index.max()) >= self.cluster_labels.shape[0]:
                 raise ValueError(
@@ -155,9 +165,13 @@ class BRCDLoss(DistillLoss):
                 )
             c = self.cluster_labels[index]
         if (self.use_offset_positive or self.use_bit_mask) and self.centres is None:
-            raise ValueError("brcd's offset positives and bit mask need cluster centres: call fit() or set_clusters()")
+            raise ValueError(
+                "brcd's offset positives and bit mask need cluster centres: call fit() or set_clusters()"
+            )
         if self.centres is not None and (int(c.min()) < 0 or int(c.max()) >= self.centres.shape[0]):
-            raise ValueError(f"cluster labels must lie in [0, {self.centres.shape[0]}), got {int(c.min())}..{int(c.max())}")
+            raise ValueError(
+                f"cluster labels must lie in [0, {self.centres.shape[0]}), got {int(c.min())}..{int(c.max())}"
+            )
         return c.to(batch.s1.device)
 
     def offset_mask(self, t2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -172,7 +186,9 @@ class BRCDLoss(DistillLoss):
         c = self.batch_clusters(batch) if self.needs_clusters else None
         return self._similarities(s1, batch.t2.detach(), c)
 
-    def _similarities(self, s1: torch.Tensor, t2: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def _similarities(
+        self, s1: torch.Tensor, t2: torch.Tensor, c: torch.Tensor | None
+    ) -> torch.Tensor:
         z = torch.cat([s1, t2.to(s1)], dim=0)
         if not self.use_bit_mask:
             zn = F.normalize(z, dim=1, eps=1e-8)
@@ -187,7 +203,9 @@ class BRCDLoss(DistillLoss):
         """The 2B per-row InfoNCE terms (rows 0..B-1 anchored on s1, B..2B-1 on t2)."""
         self.check_batch(batch, min_size=2)
         if batch.t1.shape != batch.t2.shape:
-            raise ValueError(f"t1 {tuple(batch.t1.shape)} and t2 {tuple(batch.t2.shape)} must have the same shape")
+            raise ValueError(
+                f"t1 {tuple(batch.t1.shape)} and t2 {tuple(batch.t2.shape)} must have the same shape"
+            )
         bsz = batch.size
         s1 = self.project(batch.s1, batch.t1.shape[1])
         t1, t2 = batch.t1.detach().to(s1), batch.t2.detach().to(s1)

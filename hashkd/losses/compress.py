@@ -44,9 +44,13 @@ class CompressLoss(DistillLoss):
         self.needs_same_dim = bool(shared_bank)  # instance override of the class flag
         super().__init__(**kwargs)
         if not isinstance(memory_size, int) or memory_size <= 0:
-            raise ValueError(f"memory_size={memory_size!r} is not valid: expected a positive integer")
+            raise ValueError(
+                f"memory_size={memory_size!r} is not valid: expected a positive integer"
+            )
         if tau_s <= 0 or tau_t <= 0:
-            raise ValueError(f"temperatures tau_s={tau_s}, tau_t={tau_t} are not valid: expected positive numbers")
+            raise ValueError(
+                f"temperatures tau_s={tau_s}, tau_t={tau_t} are not valid: expected positive numbers"
+            )
         self.memory_size = memory_size
         self.tau_s = float(tau_s)
         self.tau_t = float(tau_t)

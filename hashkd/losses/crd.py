@@ -65,7 +65,9 @@ class CRDLoss(DistillLoss):
     ) -> None:
         super().__init__(inputs=inputs, student_dim=student_dim, teacher_dim=teacher_dim)
         if student_dim is None or teacher_dim is None:
-            raise ValueError("crd needs student_dim and teacher_dim (the widths of its projection heads)")
+            raise ValueError(
+                "crd needs student_dim and teacher_dim (the widths of its projection heads)"
+            )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum!r} is not valid: expected a number in [0, 1)")
         if tau <= 0 or num_negatives <= 0 or feat_dim <= 0:
@@ -93,7 +95,9 @@ class CRDLoss(DistillLoss):
 
     def _allocate(self, n_data: int) -> None:
         if not isinstance(n_data, int) or n_data < 2:
-            raise ValueError(f"n_data={n_data!r} is not valid: expected the training-set size (at least 2)")
+            raise ValueError(
+                f"n_data={n_data!r} is not valid: expected the training-set size (at least 2)"
+            )
         gen = torch.Generator().manual_seed(self.seed)
         self.mem_s = F.normalize(torch.rand(n_data, self.feat_dim, generator=gen) * 2 - 1, dim=1)
         self.mem_t = F.normalize(torch.rand(n_data, self.feat_dim, generator=gen) * 2 - 1, dim=1)
@@ -112,7 +116,9 @@ class CRDLoss(DistillLoss):
         offset = torch.randint(1, self.n_data, (index.shape[0], n), generator=self._gen)
         return (index.cpu()[:, None] + offset) % self.n_data
 
-    def _nce(self, e: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _nce(
+        self, e: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         """NCE loss of embeddings ``e`` against memory rows ``idx`` (column 0 = positive)."""
         scores = torch.exp(torch.einsum("bnd,bd->bn", memory[idx], e) / self.tau)
         if z < 0:  # the normalisation constant is fixed on the first batch, as in CRD
@@ -127,10 +133,14 @@ class CRDLoss(DistillLoss):
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         self.check_batch(batch)
         if self.mem_s is None:
-            raise ValueError("crd has no memory banks: pass n_data or call fit(teacher_codes) before training")
+            raise ValueError(
+                "crd has no memory banks: pass n_data or call fit(teacher_codes) before training"
+            )
         index = batch.index.long()
         if int(index.min()) < 0 or int(index.max()) >= self.n_data:
-            raise ValueError(f"batch.index holds values outside [0, {self.n_data}): expected dataset indices")
+            raise ValueError(
+                f"batch.index holds values outside [0, {self.n_data}): expected dataset indices"
+            )
         s, t = next(iter(self.pairs(batch)))
         e_s, e_t = self.embed_s(s), self.embed_t(t)
         idx = torch.cat([index.cpu()[:, None], self._negatives(index)], dim=1).to(self.mem_s.device)
@@ -147,5 +157,3 @@ class CRDLoss(DistillLoss):
 
     def extra_repr(self) -> str:
         return f"n_data={self.n_data}, feat_dim={self.feat_dim}, negatives={self.num_negatives}, tau={self.tau}"
-
-

@@ -17,24 +17,24 @@ from hashkd.losses.registry import register_loss
 class LSHLoss(DistillLoss):
     """LSH + L2 feature mimicking (Wang, Ge, Wu; TPAMI 2021).
 
-    A fixed random projection ``W ~ N(0, std^2)`` (``num_hashes x D``) and bias ``b``,
-    both frozen: ``h_t = W f_t + b``, ``h_s = W f_s + b``, target bits
-    ``y = 1[h_t > 0]``; ``L_lsh = BCEWithLogits(h_s, y)`` (mean) and
-    ``L = beta * (w * mse(f_s, f_t) + L_lsh)``, beta = 6, ``w = mse_weight = 1`` (0 gives
-the paper's "LSH only" ablation). The views present are stacked.
+        A fixed random projection ``W ~ N(0, std^2)`` (``num_hashes x D``) and bias ``b``,
+        both frozen: ``h_t = W f_t + b``, ``h_s = W f_s + b``, target bits
+        ``y = 1[h_t > 0]``; ``L_lsh = BCEWithLogits(h_s, y)`` (mean) and
+        ``L = beta * (w * mse(f_s, f_t) + L_lsh)``, beta = 6, ``w = mse_weight = 1`` (0 gives
+    the paper's "LSH only" ablation). The views present are stacked.
 
-    ``fit(teacher_codes, teacher_features)`` sets ``b = -median_n(W f_t(n))`` over the
-    training set, so each hash function fires on half the teacher's samples (the paper's
-    default; before ``fit`` the bias is 0, the paper's ImageNet setting). It reads the
-    codes or the features according to ``inputs``. ``L_lsh`` is not 0 at ``f_s = f_t``;
-    its gradient moves ``f_s`` to the teacher's side of every hyperplane.
+        ``fit(teacher_codes, teacher_features)`` sets ``b = -median_n(W f_t(n))`` over the
+        training set, so each hash function fires on half the teacher's samples (the paper's
+        default; before ``fit`` the bias is 0, the paper's ImageNet setting). It reads the
+        codes or the features according to ``inputs``. ``L_lsh`` is not 0 at ``f_s = f_t``;
+        its gradient moves ``f_s`` to the teacher's side of every hyperplane.
 
-    ``std`` defaults to ``1/sqrt(D)`` (unit-variance hash values for unit-scale inputs);
-    the paper uses the std of the teacher's last linear layer weights — pass it. A learned
-    ``Linear(student_dim, teacher_dim)`` embedding of the student is built when widths
-    differ. State: buffers ``weight`` (W), ``bias``; W drawn from a generator seeded by
-    ``seed``. Example: ``build_loss("lsh", inputs="features", student_dim=256,
-    teacher_dim=192, num_hashes=2048)``.
+        ``std`` defaults to ``1/sqrt(D)`` (unit-variance hash values for unit-scale inputs);
+        the paper uses the std of the teacher's last linear layer weights — pass it. A learned
+        ``Linear(student_dim, teacher_dim)`` embedding of the student is built when widths
+        differ. State: buffers ``weight`` (W), ``bias``; W drawn from a generator seeded by
+        ``seed``. Example: ``build_loss("lsh", inputs="features", student_dim=256,
+        teacher_dim=192, num_hashes=2048)``.
     """
 
     needs_same_dim = True
@@ -75,7 +75,9 @@ the paper's "LSH only" ablation). The views present are stacked.
         if self.weight is None:
             self._allocate(f.shape[1])
         if f.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"lsh projection expects width {self.weight.shape[1]}, got {f.shape[1]}")
+            raise ValueError(
+                f"lsh projection expects width {self.weight.shape[1]}, got {f.shape[1]}"
+            )
         return f @ self.weight.t().to(f) + self.bias.to(f)
 
     @torch.no_grad()

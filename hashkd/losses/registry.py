@@ -26,7 +26,9 @@ def register_loss(name: str) -> Callable[[L], L]:
         if not (isinstance(cls, type) and issubclass(cls, DistillLoss)):
             raise TypeError(f"@register_loss({name!r}) expects a DistillLoss subclass, got {cls!r}")
         if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"loss name {name!r} is already registered by {_LOSSES[name].__qualname__}")
+            raise ValueError(
+                f"loss name {name!r} is already registered by {_LOSSES[name].__qualname__}"
+            )
         _LOSSES[name] = cls
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
@@ -41,7 +43,9 @@ def list_losses() -> list[str]:
 
 def get_loss_class(name: str) -> type[DistillLoss]:
     if name not in _LOSSES:
-        raise ValueError(f"loss {name!r} is not registered: expected one of {', '.join(list_losses())}")
+        raise ValueError(
+            f"loss {name!r} is not registered: expected one of {', '.join(list_losses())}"
+        )
     return _LOSSES[name]
 
 

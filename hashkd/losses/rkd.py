@@ -42,7 +42,9 @@ class RKDLoss(DistillLoss):
     def __init__(self, w_dist: float = 1.0, w_angle: float = 2.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if w_dist < 0 or w_angle < 0:
-            raise ValueError(f"rkd weights w_dist={w_dist}, w_angle={w_angle} are not valid: expected non-negative numbers")
+            raise ValueError(
+                f"rkd weights w_dist={w_dist}, w_angle={w_angle} are not valid: expected non-negative numbers"
+            )
         self.w_dist = float(w_dist)
         self.w_angle = float(w_angle)
 
@@ -52,7 +54,9 @@ class RKDLoss(DistillLoss):
         for s, t in self.pairs(batch):
             loss = s.new_zeros(())
             if self.w_dist:
-                loss = loss + self.w_dist * F.smooth_l1_loss(normalized_distances(s), normalized_distances(t))
+                loss = loss + self.w_dist * F.smooth_l1_loss(
+                    normalized_distances(s), normalized_distances(t)
+                )
             if self.w_angle:
                 loss = loss + self.w_angle * F.smooth_l1_loss(angles(s), angles(t))
             terms.append(loss)
