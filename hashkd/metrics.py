@@ -227,8 +227,10 @@ def _pn_points(points: Iterable[int] | None, num_database: int) -> np.ndarray:
     pts = DEFAULT_PN_POINTS if points is None else tuple(points)
     for p in pts:
         _check_int(p, "precision@N point", 1)
-    arr = np.unique(np.asarray([p for p in pts if p <= num_database], dtype=np.int64))
-    return arr if arr.size else np.asarray([num_database], dtype=np.int64)
+    # points beyond the database are clipped to it: the curve then ends at the whole database
+    return np.unique(np.minimum(np.asarray(pts, dtype=np.int64), num_database)) if pts else np.asarray(
+        [num_database], dtype=np.int64
+    )
 
 
 def evaluate_codes(

@@ -189,6 +189,15 @@ def test_tie_averaged_equals_stable_without_ties(rng):
     assert out["map_tie_averaged"] == pytest.approx(out["map"], abs=1e-12)
 
 
+def test_precision_at_n_points_are_clipped_to_the_database(rng):
+    qc, dc, ql, dl = _random_case(rng, 5, 30, 16, 3, False)
+    pan = evaluate_codes(qc, dc, ql, dl, topk=10, pn_points=[5, 1000, 10])["curves"]["precision_at_n"]
+    assert pan["n"] == [5, 10, 30]
+    # at N = database size every relevant item is retrieved
+    has_rel = (ql @ dl.T > 0).any(axis=1)
+    assert pan["recall"][-1] == pytest.approx(has_rel.mean())
+
+
 def test_class_index_labels_equal_one_hot(rng):
     qc, dc, _, _ = _random_case(rng, 10, 60, 16, 4, False)
     qi, di = rng.integers(0, 4, 10), rng.integers(0, 4, 60)

@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--radius", type=int, default=2,
                     help="Hamming radius of the lookup precision P@r<=R (inclusive, default 2)")
     ev.add_argument("--pn", metavar="N,N,...", default=None,
-                    help="points N of the precision@N / recall@N curve (default 1,10,50,100,200,...,1000)")
+                    help="points N of the precision@N / recall@N curve (default 1,10,50,100,200,...,1000; points beyond the database are clipped to its size)")
     ev.add_argument("--protocol", choices=PROTOCOLS, default=None,
                     help="override the retrieval protocol recorded in the output (default: asymmetric when the "
                     "two sides were encoded by different models, else symmetric)")
