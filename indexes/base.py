@@ -254,7 +254,7 @@ class BinaryIndex:
                         d1, i1 = sort_rows(rd[None, :].astype(np.int32), ri[None, :].astype(np.int64), k)
                         out_d[q], out_i[q] = d1[0], i1[0]
                     return out_d, out_i
-            return dist[:, :k], ids[:, :k]
+            return sort_rows(dist[:, :k], ids[:, :k], k)  # pads when the index holds < k
 
     def range_search(self, codes: Any, radius: int) -> RangeResult:
         """All codes within ``radius`` bits of each query, INCLUSIVE (distance <= radius).

@@ -109,7 +109,10 @@ class FaissIndex(BinaryIndex):
 
     @classmethod
     def from_file(cls, header: dict[str, Any], sections: dict[str, bytes], path: str) -> FaissIndex:
-        obj = cls(int(header["bits"]), str(header["spec"]), **header.get("options", {}))
+        try:
+            obj = cls(int(header["bits"]), str(header["spec"]), **header.get("options", {}))
+        except TypeError as exc:  # an override this kind does not take
+            raise ValueError(f"option not valid for a {cls.kind} index: {exc}") from None
         obj.metadata = dict(header.get("metadata", {}))
         obj._restore(sections, path)
         obj._after_load()
