@@ -19,8 +19,8 @@ Conventions (docs/evaluation.md, /work/shared/reference/evaluation.md):
   hypergeometric number of relevant items.
 
 Everything is vectorised over blocks of queries: distances are small integers (0..K bits), so
-the ranking is a stable radix ``argsort`` of uint8 distances and histograms are one
-``bincount`` per block. Memory stays bounded by ``block_elements`` (query x database cells per
+histograms are ``bincount`` calls and the ranking is a stable radix ``argsort`` of
+``row * (K+1) + distance`` over the few candidates that can reach the top K. Memory stays bounded by ``block_elements`` (query x database cells per
 block).
 """
 
@@ -142,6 +142,28 @@ def _histograms(dist: np.ndarray, rel: np.ndarray, groups: int) -> np.ndarray:
         key += rel[s : s + step]
         out[s : s + n] = np.bincount(key.ravel(), minlength=n * 2 * groups).reshape(n, groups, 2)
     return out
+
+
+def _ranked_relevance(dist: np.ndarray, rel: np.ndarray, n_g: np.ndarray, depth: int) -> np.ndarray:
+    """Relevance of the first ``depth`` items of each row's ranking (b x depth, bool).
+
+    The ranking is by distance, ties by database position. Only candidates matter: items at
+    most at the distance where rank ``depth`` falls (known from the histogram ``n_g``), a few
+    percent of the database. They are compacted in row-major order (so by index within a row)
+    and one stable radix sort of ``row * groups + distance`` (uint16 when it fits) orders them.
+    """
+    b, groups = n_g.shape
+    n_cum = np.cumsum(n_g, axis=1)
+    cut = np.argmax(n_cum >= depth, axis=1)
+    mask = dist <= cut[:, None].astype(dist.dtype)
+    count = n_cum[np.arange(b), cut]  # candidates per row (>= depth)
+    kind = np.uint16 if b * groups <= np.iinfo(np.uint16).max else np.uint32
+    key = dist[mask].astype(kind)
+    key += np.repeat((np.arange(b) * groups).astype(kind), count)
+    order = np.argsort(key, kind="stable")
+    del key
+    first = np.cumsum(count) - count
+    return rel[mask][order[first[:, None] + np.arange(depth)[None, :]]]
 
 
 # ----------------------------------------------------------------------------- tie-averaged AP
@@ -288,7 +310,7 @@ def evaluate_codes(
     pts = _pn_points(pn_points, nd) if curves else np.zeros(0, dtype=np.int64)
     depth = int(max(topk, pts.max(initial=0)))
     groups = bits + 1
-    small = np.uint8 if bits < 256 else np.uint16  # radix argsort needs <= 16-bit keys
+    small = np.uint8 if bits < 256 else np.uint16  # compact distances: cheap masks and gathers
 
     q_single, d_single = _single_label_ids(ql), _single_label_ids(dl)
     single = q_single is not None and d_single is not None
@@ -314,20 +336,19 @@ def evaluate_codes(
             rel = q_single[start:stop, None] == d_single[None, :]
         else:
             rel = (ql[start:stop].astype(np.float32) @ dl_t) > 0
-        order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+        h = _histograms(key, rel, groups)
+        hist[start:stop] = h
+        n_g = h.sum(axis=2)
+        ranked = _ranked_relevance(dist, rel, n_g, depth)
         del dist
-        ranked = np.take_along_axis(rel, order, axis=1)
-        del order
         cum = np.cumsum(ranked, axis=1, dtype=np.int64)
         r_k = cum[:, topk - 1]
         s = (ranked[:, :topk] * (cum[:, :topk] / ranks[:topk])).sum(axis=1)
         ap[start:stop] = np.where(r_k > 0, s / np.maximum(r_k, 1), 0.0)
         if pts.size:
             cum_at_n[start:stop] = cum[:, pts - 1]
-        h = _histograms(key, rel, groups)
-        hist[start:stop] = h
         if tie_averaged:
-            ap_tie[start:stop] = _tie_averaged_ap(h.sum(axis=2), h[:, :, 1], topk, harmonic, logfact)
+            ap_tie[start:stop] = _tie_averaged_ap(n_g, h[:, :, 1], topk, harmonic, logfact)
 
     n_g = hist.sum(axis=2)
     r_g = hist[:, :, 1]

@@ -128,6 +128,17 @@ def test_blocking_does_not_change_results(rng):
     assert tie_a == pytest.approx(tie_b, abs=1e-14)  # sums of another length round differently
 
 
+def test_large_blocks_use_wide_sort_keys(rng):
+    # 4000 queries x 12 items in one block: row * 17 + distance no longer fits uint16
+    qc, dc, ql, dl = _random_case(rng, 4000, 12, 16, 3, True)
+    got = evaluate_codes(qc, dc, ql, dl, topk=7, curves=False, tie_averaged=False)
+    aps = []
+    for i in range(len(qc)):
+        order = sorted(range(len(dc)), key=lambda j: (_ham(qc[i], dc[j]), j))
+        aps.append(_ap_of_ranking([_is_rel(ql[i], dl[j]) for j in order], 7))
+    assert got["map"] == pytest.approx(float(np.mean(aps)), abs=1e-12)
+
+
 def test_fast_path_without_curves_agrees(rng):
     qc, dc, ql, dl = _random_case(rng, 30, 120, 8, 3, True)
     full = evaluate_codes(qc, dc, ql, dl, topk=30, radius=1)
