@@ -123,6 +123,18 @@ def test_cache_keeps_pixels_after_files_are_gone(folder: Path) -> None:
         ds.load_image(0)
 
 
+def test_views_of_a_cached_view_use_its_cache(folder: Path) -> None:
+    ds = FolderDataset(folder)
+    view = ds.subset([3, 1]).cache(progress=False)
+    expected = [np.asarray(ds.load_image(i)) for i in (3, 1)]
+    for p in ds.paths:
+        os.remove(p)
+    derived = view.with_transform(np.asarray).subset([1, 0])
+    np.testing.assert_array_equal(derived[0][0], expected[1])
+    np.testing.assert_array_equal(derived[1][0], expected[0])
+    np.testing.assert_array_equal(derived.source_indices, [1, 3])
+
+
 # --- list files -------------------------------------------------------------------------
 
 

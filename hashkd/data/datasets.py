@@ -145,7 +145,7 @@ class DatasetView(ImageDataset):
 
     ``dataset[i]`` returns ``(image, label, i)`` with ``i`` the position *in the view*;
     ``view.indices[i]`` is the parent's index and ``view.source_indices[i]`` the root's.
-    Views of views point straight at the root dataset.
+    Images are read through the parent, so views of a cached view use its cache.
     """
 
     kind = "view"
@@ -170,6 +170,7 @@ class DatasetView(ImageDataset):
                 f"subset index {bad} is out of range: expected 0 <= index < {len(parent)}"
             )
         self.indices = idx
+        self.parent = parent
         if isinstance(parent, DatasetView):
             self.root: ImageDataset = parent.root
             self._root_idx = parent._root_idx[idx]
@@ -188,7 +189,8 @@ class DatasetView(ImageDataset):
         return None if root_paths is None else [root_paths[j] for j in self._root_idx]
 
     def _decode(self, i: int) -> Image.Image:
-        return self.root.load_image(int(self._root_idx[i]))
+        # Through the parent, not the root: a cached parent view answers from its cache.
+        return self.parent.load_image(int(self.indices[i]))
 
     def describe(self) -> dict[str, Any]:
         return {**self.root.describe(), "view_of": len(self.root), "num_images": len(self)}

@@ -5,7 +5,7 @@ every image gives two views, each drawn independently from
 
     RandomResizedCrop(img_size, scale=(0.5, 1))  -> RandomHorizontalFlip(0.5)
     -> ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.7 -> RandomGrayscale(0.2)
-    -> GaussianBlur(kernel k, sigma in [0.1, 2]) with p=0.5 -> ToTensor -> Normalize(mean, std)
+    -> ToTensor -> GaussianBlur(kernel k, sigma in [0.1, 2]) with p=0.5 -> Normalize(mean, std)
 
 The blur kernel scales with the image: ``k`` = the odd integer nearest ``img_size / 10``
 (at least 3): 3 at 32 px, 7 at 64 px, 23 at 224 px (the reference setting). Crops are
@@ -80,8 +80,9 @@ def train_transform(
             T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(*jitter)], p=jitter_p),
             T.RandomGrayscale(p=gray_p),
-            T.RandomApply([T.GaussianBlur(blur_kernel_size(img_size), sigma=blur_sigma)], p=blur_p),
+            # Blur the float tensor: cheaper than torchvision's PIL path (PIL -> tensor -> PIL).
             T.ToTensor(),
+            T.RandomApply([T.GaussianBlur(blur_kernel_size(img_size), sigma=blur_sigma)], p=blur_p),
             T.Normalize(mean_t, std_t),
         ]
     )
