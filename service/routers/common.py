@@ -19,6 +19,7 @@ from service.uploads import decode_image, read_capped
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers of a route (all share :class:`ErrorResponse`)."""
     text = {
+        400: "The request body is not well-formed (e.g. broken multipart framing).",
         401: "Missing or wrong X-API-Key (writes only, when the server has a key).",
         404: "No item with this id.",
         409: "An id is already stored.",

@@ -32,7 +32,7 @@ ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id."
     "",
     status_code=201,
     response_model=AddResponse,
-    responses=error_responses(401, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     dependencies=[WriteAccess],
     summary="Add images",
 )
@@ -59,7 +59,7 @@ async def add_items(
     "/codes",
     status_code=201,
     response_model=AddResponse,
-    responses=error_responses(401, 409, 413, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 503),
     dependencies=[WriteAccess],
     summary="Add precomputed codes (a code set from `hashkd encode`)",
 )

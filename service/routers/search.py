@@ -22,7 +22,7 @@ RADIUS = Annotated[
     int | None,
     Query(ge=0, le=65536, description="Return every item within this Hamming distance (inclusive) instead of k."),
 ]
-ERRORS = error_responses(413, 415, 422, 503)
+ERRORS = error_responses(400, 413, 415, 422, 503)
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search by one image")
