@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 EXPORT_FORMATS = tuple(EXPORT_FILES)
-ONNX_EXPORTERS = ("dynamo", "legacy")
+#: 'auto' tries torch.export ('dynamo') and falls back to the TorchScript-based 'legacy' exporter.
+ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 #: Largest fraction of code bits an export may flip relative to the PyTorch model.
 MAX_BIT_DISAGREEMENT = 0.001
 DEFAULT_CHECK_IMAGES = 64
@@ -91,6 +92,15 @@ def _export_torchscript(model: HashModel, example: torch.Tensor, path: Path) -> 
 def _export_onnx(
     model: HashModel, example: torch.Tensor, path: Path, exporter: str, opset: int | None
 ) -> dict[str, Any]:
+    if exporter == "auto":
+        try:
+            return _export_onnx(model, example, path, "dynamo", opset)
+        except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways; fall back
+            for leftover in path.parent.iterdir():
+                leftover.unlink()
+            info = _export_onnx(model, example, path, "legacy", opset)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return {**info, "dynamo_error": first[:300]}
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > _ONNX_INLINE_LIMIT
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -201,7 +211,7 @@ def export_model(
     check_images: int = DEFAULT_CHECK_IMAGES,
     seed: int = 0,
     opset: int | None = None,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Export the artifact ``model_dir`` as ``fmt`` ('onnx' or 'torchscript') into ``out_dir``.

@@ -96,12 +96,22 @@ def test_bit_agreement_counts_sign_flips():
 
 
 # ---------------------------------------------------------------- round trips
-@pytest.mark.parametrize("kind", ["vit", "cnn"])
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_round_trip_dynamic_batch(tmp_path, rng, kind, fmt):
+@pytest.mark.parametrize(
+    "kind, fmt, exporter",
+    [
+        ("vit", "onnx", "auto"),  # the default: torch.export (dynamo)
+        ("cnn", "onnx", "legacy"),
+        pytest.param("cnn", "onnx", "dynamo", marks=pytest.mark.slow),
+        ("vit", "torchscript", "auto"),
+        ("cnn", "torchscript", "auto"),
+    ],
+)
+def test_export_round_trip_dynamic_batch(tmp_path, rng, kind, fmt, exporter):
     src, model = _save(tmp_path, kind)
     out = tmp_path / "out"
-    entry = export_model(src, fmt, out, check_images=16)
+    entry = export_model(src, fmt, out, check_images=16, exporter=exporter)
+    if fmt == "onnx":
+        assert entry["exporter"] == ("dynamo" if exporter == "auto" else exporter)
     assert entry["check"]["bit_agreement"] >= 0.999 and entry["check"]["images"] == 16
     # the output is a complete artifact: config + weights + graph, loadable by every backend
     config, raw = read_config(out)
@@ -137,6 +147,22 @@ def test_legacy_onnx_exporter_and_folded_head(tmp_path, rng):
     x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
     enc = Encoder.from_artifact(src, backend="onnx")
     assert _agreement(enc.encode_arrays(x), model.encode(torch.from_numpy(x))) >= 0.999
+
+
+def test_auto_exporter_falls_back_to_legacy(tmp_path, monkeypatch):
+    src, _ = _save(tmp_path, "cnn", bits=16)
+    real_export = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("torch.export cannot trace this model")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    entry = export_model(src, "onnx", check_images=4)
+    assert entry["exporter"] == "legacy" and "cannot trace" in entry["dynamo_error"]
+    with pytest.raises(ExportError, match="cannot trace.*legacy"):
+        export_model(src, "onnx", check_images=4, exporter="dynamo")
 
 
 def test_two_exports_are_both_listed(tmp_path):

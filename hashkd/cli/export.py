@@ -41,9 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--onnx-exporter",
-        default="dynamo",
-        metavar="{dynamo,legacy}",
-        help="torch.onnx exporter: dynamo (torch.export, default) or legacy (TorchScript-based)",
+        default="auto",
+        metavar="{auto,dynamo,legacy}",
+        help="torch.onnx exporter: dynamo (torch.export), legacy (TorchScript-based) or auto "
+        "(dynamo, falling back to legacy; default)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the check run")
     p.set_defaults(func=run)
