@@ -432,3 +432,36 @@ def test_gpu_flat_matches_cpu(data):  # pragma: no cover - needs a GPU
     gpu, cpu = build("flat:gpu", db, ids), build("flat", db, ids)
     for a, b in zip(gpu.search(q, 10), cpu.search(q, 10), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_range_searches_with_different_radii_on_multihash(data):
+    # range searches set FAISS's nflip: they must not leak into each other across threads
+    db, ids, q = data
+    index = build("multihash:4x16", db, ids)
+    truth = {r: oracle_range(q, db, ids, r) for r in (0, 3, 6, 9)}
+    errors: list[BaseException] = []
+
+    def worker(r):
+        try:
+            for _ in range(5):
+                for (d, i), t in zip(index.range_search(q, r), truth[r], strict=True):
+                    assert dict(zip(i.tolist(), d.tolist(), strict=True)) == t
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in truth]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_untrained_ivf_round_trips(tmp_path, data):
+    db, ids, q = data
+    create_index("ivf:16", BITS, nprobe=16).save(tmp_path / "u.idx")
+    loaded = load_index(tmp_path / "u.idx", nprobe=16)
+    assert not loaded.is_trained and len(loaded) == 0
+    loaded.add(ids[:500], db[:500])
+    td, ti = oracle_knn(q, db[:500], ids[:500], 5)
+    np.testing.assert_array_equal(loaded.search(q, 5)[1], np.stack(ti))
