@@ -59,6 +59,7 @@ def model_meta(model: HashModel, model_dir: str | os.PathLike[str] | None = None
         "img_size": int(cfg.img_size),
         "mean": list(cfg.mean),
         "std": list(cfg.std),
+        "model_config": cfg.to_dict(),
     }
 
 

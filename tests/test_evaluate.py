@@ -179,6 +179,7 @@ def test_encode_dataset_equals_model_encode(tmp_path, image_folder):
     assert cs.ids.tolist() == [7, 0, 3, 9, 4, 5, 1]
     assert cs.meta["model"] == str(mdir.resolve()) and cs.meta["bits"] == 16
     assert cs.meta["model_digest"] and cs.bits == 16
+    assert cs.meta["model_config"] == model.config.to_dict()
     # the same weights give the same digest whether from a folder or in memory
     assert encode_dataset(model, ds, progress=False).meta["model_digest"] == cs.meta["model_digest"]
 
