@@ -98,7 +98,9 @@ def encode_dataset(
     model.eval()
     cfg = model.config
     view = dataset.with_transform(eval_transform(int(cfg.img_size), cfg.mean, cfg.std))
-    loader = make_loader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
+    loader = make_loader(
+        view, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=False
+    )
     device = next(model.parameters()).device
     chunks: list[np.ndarray] = []
     bar = tqdm(total=len(view), desc="encoding", unit="img", disable=not progress, leave=False)
@@ -111,8 +113,12 @@ def encode_dataset(
         bar.close()
     codes = np.concatenate(chunks) if chunks else np.zeros((0, cfg.bits // 8), dtype=np.uint8)
     info = {**model_meta(model, model_dir), "data": dataset.describe(), **(meta or {})}
-    return CodeSet(codes=codes, ids=np.asarray(dataset.source_indices, dtype=np.int64),
-                   labels=dataset.labels, meta=info)
+    return CodeSet(
+        codes=codes,
+        ids=np.asarray(dataset.source_indices, dtype=np.int64),
+        labels=dataset.labels,
+        meta=info,
+    )
 
 
 def select_split(

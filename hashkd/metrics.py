@@ -51,7 +51,9 @@ __all__ = [
 # ----------------------------------------------------------------------------- inputs
 
 
-def as_label_matrix(labels: Any, n: int, name: str = "labels", num_classes: int | None = None) -> np.ndarray:
+def as_label_matrix(
+    labels: Any, n: int, name: str = "labels", num_classes: int | None = None
+) -> np.ndarray:
     """Return ``labels`` as a uint8 multi-hot matrix (n x C).
 
     A 1-d integer array is read as class indices and one-hot encoded (``num_classes`` columns,
@@ -70,7 +72,9 @@ def as_label_matrix(labels: Any, n: int, name: str = "labels", num_classes: int 
     if arr.ndim != 2:
         raise ValueError(f"{name} have shape {arr.shape}: expected an n x C multi-hot matrix")
     if arr.shape[0] != n:
-        raise ValueError(f"{name} have {arr.shape[0]} rows but there are {n} codes: expected one row per code")
+        raise ValueError(
+            f"{name} have {arr.shape[0]} rows but there are {n} codes: expected one row per code"
+        )
     if arr.dtype != np.uint8:
         arr = (arr != 0).astype(np.uint8)
     return arr
@@ -103,8 +107,17 @@ def hamming_into(query: np.ndarray, database: np.ndarray, out: np.ndarray) -> np
     import faiss
 
     q, d = np.ascontiguousarray(query), np.ascontiguousarray(database)
-    assert out.dtype == np.int32 and out.shape == (q.shape[0], d.shape[0]) and out.flags.c_contiguous
-    faiss.hammings(faiss.swig_ptr(q), faiss.swig_ptr(d), q.shape[0], d.shape[0], q.shape[1], faiss.swig_ptr(out))
+    assert (
+        out.dtype == np.int32 and out.shape == (q.shape[0], d.shape[0]) and out.flags.c_contiguous
+    )
+    faiss.hammings(
+        faiss.swig_ptr(q),
+        faiss.swig_ptr(d),
+        q.shape[0],
+        d.shape[0],
+        q.shape[1],
+        faiss.swig_ptr(out),
+    )
     return out
 
 
@@ -176,7 +189,9 @@ def _harmonic(n: int) -> np.ndarray:
     return h
 
 
-def _tie_sum(h: np.ndarray, s: np.ndarray, n: np.ndarray, r: np.ndarray, r_before: np.ndarray) -> np.ndarray:
+def _tie_sum(
+    h: np.ndarray, s: np.ndarray, n: np.ndarray, r: np.ndarray, r_before: np.ndarray
+) -> np.ndarray:
     """Expected ``sum_j rel(s+j) * cum(s+j) / (s+j)`` over ``n`` tied items in random order.
 
     The group holds ``r`` relevant items and starts after rank ``s`` with ``r_before`` relevant
@@ -250,8 +265,10 @@ def _pn_points(points: Iterable[int] | None, num_database: int) -> np.ndarray:
     for p in pts:
         _check_int(p, "precision@N point", 1)
     # points beyond the database are clipped to it: the curve then ends at the whole database
-    return np.unique(np.minimum(np.asarray(pts, dtype=np.int64), num_database)) if pts else np.asarray(
-        [num_database], dtype=np.int64
+    return (
+        np.unique(np.minimum(np.asarray(pts, dtype=np.int64), num_database))
+        if pts
+        else np.asarray([num_database], dtype=np.int64)
     )
 
 
@@ -399,18 +416,35 @@ def _pr_over_radius(hist: np.ndarray, total_rel: np.ndarray) -> dict[str, list]:
 
 
 def mean_average_precision(
-    query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray, topk: int = 1000
+    query_codes: np.ndarray,
+    db_codes: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    topk: int = 1000,
 ) -> float:
     """mAP@K with ties broken by database position (see :func:`evaluate_codes`)."""
-    out = evaluate_codes(query_codes, db_codes, query_labels, db_labels, topk=topk, curves=False, tie_averaged=False)
+    out = evaluate_codes(
+        query_codes, db_codes, query_labels, db_labels, topk=topk, curves=False, tie_averaged=False
+    )
     return out["map"]
 
 
 def precision_at_radius(
-    query_codes: np.ndarray, db_codes: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray, radius: int = 2
+    query_codes: np.ndarray,
+    db_codes: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    radius: int = 2,
 ) -> float:
     """Mean share of relevant items within Hamming distance ``<= radius`` (0 for an empty lookup)."""
     out = evaluate_codes(
-        query_codes, db_codes, query_labels, db_labels, topk=1, radius=radius, curves=False, tie_averaged=False
+        query_codes,
+        db_codes,
+        query_labels,
+        db_labels,
+        topk=1,
+        radius=radius,
+        curves=False,
+        tie_averaged=False,
     )
     return out["precision_at_radius"]

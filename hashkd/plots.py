@@ -27,7 +27,9 @@ def _figure(width: float = 5.0, height: float = 4.0):
 def _curves(result: Mapping[str, Any]) -> Mapping[str, Any]:
     curves = result.get("curves")
     if not curves:
-        raise ValueError("the evaluation result has no curves: expected evaluate_codes(..., curves=True)")
+        raise ValueError(
+            "the evaluation result has no curves: expected evaluate_codes(..., curves=True)"
+        )
     return curves
 
 
@@ -55,7 +57,9 @@ def plot_pr_curve(results: Mapping[str, Mapping[str, Any]], path: str | os.PathL
     return out
 
 
-def plot_precision_at_n(results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+def plot_precision_at_n(
+    results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]
+) -> Path:
     """Precision@N (left) and recall@N (right) of Hamming ranking (one line per result)."""
     fig = _figure(9.0, 4.0)
     ax_p = fig.add_subplot(1, 2, 1)
@@ -78,10 +82,15 @@ def plot_precision_at_n(results: Mapping[str, Mapping[str, Any]], path: str | os
     return out
 
 
-def write_plots(results: Mapping[str, Mapping[str, Any]], directory: str | os.PathLike[str]) -> list[Path]:
+def write_plots(
+    results: Mapping[str, Mapping[str, Any]], directory: str | os.PathLike[str]
+) -> list[Path]:
     """Write :data:`PR_CURVE_FILE` and :data:`PRECISION_AT_N_FILE` into ``directory`` (created)."""
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ValueError(f"plots directory {str(out)!r} is a file: expected a directory")
     out.mkdir(parents=True, exist_ok=True)
-    return [plot_pr_curve(results, out / PR_CURVE_FILE), plot_precision_at_n(results, out / PRECISION_AT_N_FILE)]
+    return [
+        plot_pr_curve(results, out / PR_CURVE_FILE),
+        plot_precision_at_n(results, out / PRECISION_AT_N_FILE),
+    ]

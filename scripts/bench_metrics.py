@@ -32,19 +32,25 @@ def loop_map(qc: np.ndarray, dc: np.ndarray, ql: np.ndarray, dl: np.ndarray, top
         order = np.argsort(dist, kind="stable")[:topk]
         rel = (dl[order] @ ql[i]) > 0
         hits = np.cumsum(rel)
-        aps.append(float((hits[rel] / (np.flatnonzero(rel) + 1)).sum() / hits[-1]) if hits[-1] else 0.0)
+        aps.append(
+            float((hits[rel] / (np.flatnonzero(rel) + 1)).sum() / hits[-1]) if hits[-1] else 0.0
+        )
     return float(np.mean(aps))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--database", type=int, default=50_000)
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--topk", type=int, default=1000)
     p.add_argument("--radius", type=int, default=2)
-    p.add_argument("--loop-queries", type=int, default=200, help="queries evaluated by the loop baseline")
+    p.add_argument(
+        "--loop-queries", type=int, default=200, help="queries evaluated by the loop baseline"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -55,10 +61,14 @@ def main() -> None:
     ql = eye[rng.integers(0, args.classes, args.queries)]
     dl = eye[rng.integers(0, args.classes, args.database)]
 
-    print(f"python {platform.python_version()}, numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{args.queries} queries x {args.database} database items, {args.bits} bits, {args.classes} classes, "
-          f"mAP@{args.topk}")
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{args.queries} queries x {args.database} database items, {args.bits} bits, {args.classes} classes, "
+        f"mAP@{args.topk}"
+    )
     runs = {
         "evaluate_codes (mAP + P@r + curves + tie-averaged)": {},
         "evaluate_codes (mAP + P@r only)": {"curves": False, "tie_averaged": False},
@@ -68,21 +78,29 @@ def main() -> None:
         t, c = time.perf_counter(), time.process_time()
         res = evaluate_codes(qc, dc, ql, dl, topk=args.topk, radius=args.radius, **kwargs)
         seconds[name] = (time.perf_counter() - t, time.process_time() - c)
-        print(f"{name}: wall {seconds[name][0]:.2f} s, CPU {seconds[name][1]:.2f} s  (mAP {res['map']:.5f}, "
-              f"P@r<={args.radius} {res['precision_at_radius']:.5f}, tie-averaged {res['map_tie_averaged']})")
+        print(
+            f"{name}: wall {seconds[name][0]:.2f} s, CPU {seconds[name][1]:.2f} s  (mAP {res['map']:.5f}, "
+            f"P@r<={args.radius} {res['precision_at_radius']:.5f}, tie-averaged {res['map_tie_averaged']})"
+        )
 
     n = min(args.loop_queries, args.queries)
     t, c = time.perf_counter(), time.process_time()
     loop = loop_map(qc[:n], dc, ql[:n], dl, args.topk)
     loop_wall, loop_cpu = time.perf_counter() - t, time.process_time() - c
-    sub = evaluate_codes(qc[:n], dc, ql[:n], dl, topk=args.topk, curves=False, tie_averaged=False)["map"]
+    sub = evaluate_codes(qc[:n], dc, ql[:n], dl, topk=args.topk, curves=False, tie_averaged=False)[
+        "map"
+    ]
     assert abs(loop - sub) < 1e-9, (loop, sub)
     scale = args.queries / n
-    print(f"per-query loop: wall {loop_wall:.2f} s, CPU {loop_cpu:.2f} s for {n} queries -> estimated "
-          f"wall {loop_wall * scale:.1f} s, CPU {loop_cpu * scale:.1f} s for {args.queries} "
-          f"(same mAP on the subsample: {loop:.6f})")
+    print(
+        f"per-query loop: wall {loop_wall:.2f} s, CPU {loop_cpu:.2f} s for {n} queries -> estimated "
+        f"wall {loop_wall * scale:.1f} s, CPU {loop_cpu * scale:.1f} s for {args.queries} "
+        f"(same mAP on the subsample: {loop:.6f})"
+    )
     for name, (wall, cpu) in seconds.items():
-        print(f"speed-up of {name}: {loop_wall * scale / wall:.1f}x wall, {loop_cpu * scale / cpu:.1f}x CPU")
+        print(
+            f"speed-up of {name}: {loop_wall * scale / wall:.1f}x wall, {loop_cpu * scale / cpu:.1f}x CPU"
+        )
 
 
 if __name__ == "__main__":

@@ -47,15 +47,47 @@ def _one_error_line(capsys) -> str:
 def test_json_equals_function_output_and_files_are_written(tmp_path, code_dirs, capsys):
     q, d = code_dirs
     out, md, plots = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "plots"
-    rc = main(["evaluate", "--query", str(q), "--database", str(d), "--topk", "50", "--radius", "1",
-               "--json", str(out), "--markdown", str(md), "--plots", str(plots), "--pn", "1,10,100"])
+    rc = main(
+        [
+            "evaluate",
+            "--query",
+            str(q),
+            "--database",
+            str(d),
+            "--topk",
+            "50",
+            "--radius",
+            "1",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--plots",
+            str(plots),
+            "--pn",
+            "1,10,100",
+        ]
+    )
     assert rc == 0
     got = json.loads(out.read_text())
     qs, ds = CodeSet.load(q), CodeSet.load(d)
-    want = evaluate_codes(qs.codes, ds.codes, qs.labels, ds.labels, topk=50, radius=1, pn_points=[1, 10, 100])
+    want = evaluate_codes(
+        qs.codes, ds.codes, qs.labels, ds.labels, topk=50, radius=1, pn_points=[1, 10, 100]
+    )
     for key, value in want.items():
-        assert got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value, key
-    for key in ("map", "topk", "precision_at_radius", "radius", "bits", "num_queries", "num_database", "protocol"):
+        assert (
+            got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value
+        ), key
+    for key in (
+        "map",
+        "topk",
+        "precision_at_radius",
+        "radius",
+        "bits",
+        "num_queries",
+        "num_database",
+        "protocol",
+    ):
         assert key in got
     assert (got["bits"], got["num_queries"], got["num_database"], got["topk"]) == (16, 30, 200, 50)
     assert got["protocol"] == "symmetric" and got["protocol_source"] == "meta"
@@ -74,16 +106,34 @@ def test_protocol_from_meta_and_override(tmp_path, rng, capsys):
     out = tmp_path / "r.json"
     assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["protocol"] == "asymmetric"
-    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(out),
-                 "--protocol", "symmetric"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--query",
+                str(q),
+                "--database",
+                str(d),
+                "--json",
+                str(out),
+                "--protocol",
+                "symmetric",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     assert (got["protocol"], got["protocol_source"]) == ("symmetric", "override")
 
 
 def test_retrieval_protocol_rules():
-    assert retrieval_protocol({"model_digest": "a", "model": "/x"}, {"model_digest": "a", "model": "/y"}) == (
-        "symmetric", "meta")  # same weights in two folders
-    assert retrieval_protocol({"model_digest": "a"}, {"model_digest": "b"}) == ("asymmetric", "meta")
+    assert retrieval_protocol(
+        {"model_digest": "a", "model": "/x"}, {"model_digest": "a", "model": "/y"}
+    ) == ("symmetric", "meta")  # same weights in two folders
+    assert retrieval_protocol({"model_digest": "a"}, {"model_digest": "b"}) == (
+        "asymmetric",
+        "meta",
+    )
     assert retrieval_protocol({"model": "/x"}, {"model": "/y"}) == ("asymmetric", "meta")
     assert retrieval_protocol({}, {"model": "/y"}) == ("symmetric", "assumed")
 
@@ -133,10 +183,22 @@ def test_bad_inputs_exit_with_one_line(tmp_path, rng, code_dirs, capsys):
 
 
 def test_markdown_table_shape():
-    row = {"protocol": "asymmetric", "bits": 64, "num_queries": 10, "num_database": 99, "map": 0.5,
-           "precision_at_radius": 0.25, "map_tie_averaged": None, "topk": 1000, "radius": 2}
+    row = {
+        "protocol": "asymmetric",
+        "bits": 64,
+        "num_queries": 10,
+        "num_database": 99,
+        "map": 0.5,
+        "precision_at_radius": 0.25,
+        "map_tie_averaged": None,
+        "topk": 1000,
+        "radius": 2,
+    }
     lines = markdown_table([row]).strip().splitlines()
-    assert lines[0] == "| protocol | bits | queries | database | mAP@1000 | P@r<=2 | mAP@1000 (tie-avg) |"
+    assert (
+        lines[0]
+        == "| protocol | bits | queries | database | mAP@1000 | P@r<=2 | mAP@1000 (tie-avg) |"
+    )
     assert lines[2] == "| asymmetric | 64 | 10 | 99 | 0.5000 | 0.2500 | - |"
 
 
@@ -157,7 +219,8 @@ def image_folder(tmp_path, rng) -> Path:
     for c in ("cat", "dog"):
         (root / c).mkdir(parents=True)
         for i in range(5):
-            px = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)  # not 32x32: the resize is exercised
+            # not 32x32: the resize of the eval transform is exercised
+            px = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
             Image.fromarray(px).save(root / c / f"{i}.png")
     return root
 
@@ -191,8 +254,22 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
     a = _tiny_model_dir(tmp_path, "student", seed=1)
     b = _tiny_model_dir(tmp_path, "teacher", seed=2)
     out = tmp_path / "r.json"
-    rc = main(["evaluate", "--query-model", str(a), "--query-data", str(image_folder),
-               "--database-data", str(image_folder), "--topk", "6", "--no-progress", "--json", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--query-model",
+            str(a),
+            "--query-data",
+            str(image_folder),
+            "--database-data",
+            str(image_folder),
+            "--topk",
+            "6",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     sym = json.loads(out.read_text())
     ds = load_dataset(str(image_folder))
@@ -202,9 +279,26 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
     assert (sym["num_queries"], sym["num_database"]) == (10, 10)
 
     saved = tmp_path / "codes"
-    rc = main(["evaluate", "--query-model", str(a), "--database-model", str(b), "--query-data", str(image_folder),
-               "--database-data", str(image_folder), "--topk", "6", "--no-progress", "--json", str(out),
-               "--save-codes", str(saved)])
+    rc = main(
+        [
+            "evaluate",
+            "--query-model",
+            str(a),
+            "--database-model",
+            str(b),
+            "--query-data",
+            str(image_folder),
+            "--database-data",
+            str(image_folder),
+            "--topk",
+            "6",
+            "--no-progress",
+            "--json",
+            str(out),
+            "--save-codes",
+            str(saved),
+        ]
+    )
     assert rc == 0
     asym = json.loads(out.read_text())
     db_codes = encode_dataset(b, ds, progress=False).codes
@@ -212,8 +306,22 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
     assert asym["protocol"] == "asymmetric" and asym["map"] == pytest.approx(want["map"])
     # the saved code sets remember their models: evaluating them again says asymmetric too
     again = tmp_path / "again.json"
-    assert main(["evaluate", "--query", str(saved / "query"), "--database", str(saved / "database"),
-                 "--topk", "6", "--json", str(again)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--query",
+                str(saved / "query"),
+                "--database",
+                str(saved / "database"),
+                "--topk",
+                "6",
+                "--json",
+                str(again),
+            ]
+        )
+        == 0
+    )
     re = json.loads(again.read_text())
     assert re["protocol"] == "asymmetric" and re["map"] == asym["map"]
 
@@ -221,8 +329,24 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
 def test_named_protocol_splits(tmp_path, capsys):
     a = _tiny_model_dir(tmp_path, "m", seed=3)
     out = tmp_path / "r.json"
-    rc = main(["evaluate", "--query-model", str(a), "--data", "digits", "--split-protocol", "digits", "--seed", "5",
-               "--topk", "100", "--no-progress", "--json", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--query-model",
+            str(a),
+            "--data",
+            "digits",
+            "--split-protocol",
+            "digits",
+            "--seed",
+            "5",
+            "--topk",
+            "100",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     got = json.loads(out.read_text())
     from hashkd.data import load_dataset, make_splits
@@ -230,7 +354,12 @@ def test_named_protocol_splits(tmp_path, capsys):
     splits = make_splits("digits", load_dataset("digits"), seed=5)
     assert got["num_queries"] == len(splits["query"]) == 200
     assert got["num_database"] == len(splits["database"])
-    assert got["splits"]["query"] == {"data_spec": "digits", "split": "query", "protocol": "digits", "seed": 5}
+    assert got["splits"]["query"] == {
+        "data_spec": "digits",
+        "split": "query",
+        "protocol": "digits",
+        "seed": 5,
+    }
 
 
 def test_model_mode_bad_inputs(tmp_path, image_folder, capsys):
@@ -238,7 +367,12 @@ def test_model_mode_bad_inputs(tmp_path, image_folder, capsys):
     b32 = _tiny_model_dir(tmp_path, "b32", seed=2, bits=32)
     assert main(["evaluate", "--query-model", str(a), "--query-data", str(image_folder)]) == 2
     assert "--database-data is missing" in _one_error_line(capsys)
-    assert main(["evaluate", "--query-model", str(a), "--database-model", str(b32), "--data", "digits"]) == 2
+    assert (
+        main(
+            ["evaluate", "--query-model", str(a), "--database-model", str(b32), "--data", "digits"]
+        )
+        == 2
+    )
     line = _one_error_line(capsys)
     assert "16-bit" in line and "32-bit" in line
     assert main(["evaluate", "--query-model", str(tmp_path / "none"), "--data", "digits"]) == 2

@@ -94,7 +94,13 @@ def _random_case(rng, nq, nd, bits, classes, multi):
 
 @pytest.mark.parametrize(
     ("bits", "multi", "topk", "radius"),
-    [(8, False, 40, 2), (8, True, 500, 0), (16, True, 25, 3), (16, False, 150, 2), (24, True, 7, 5)],
+    [
+        (8, False, 40, 2),
+        (8, True, 500, 0),
+        (16, True, 25, 3),
+        (16, False, 150, 2),
+        (24, True, 7, 5),
+    ],
 )
 def test_matches_brute_force_with_many_ties(rng, bits, multi, topk, radius):
     qc, dc, ql, dl = _random_case(rng, 23, 150, bits, 5, multi)
@@ -102,7 +108,9 @@ def test_matches_brute_force_with_many_ties(rng, bits, multi, topk, radius):
     dl[3] = 0  # a database item relevant to nobody
     points = [1, 5, 17, 60, 150]
     # small blocks so that several query blocks are exercised
-    got = evaluate_codes(qc, dc, ql, dl, topk=topk, radius=radius, pn_points=points, block_elements=700)
+    got = evaluate_codes(
+        qc, dc, ql, dl, topk=topk, radius=radius, pn_points=points, block_elements=700
+    )
     want = brute_force(qc, dc, ql, dl, min(topk, 150), radius, points)
     assert got["topk"] == min(topk, 150)
     assert got["map"] == pytest.approx(want["map"], abs=1e-12)
@@ -147,7 +155,9 @@ def test_fast_path_without_curves_agrees(rng):
     for key in ("map", "precision_at_radius", "radius_hit_rate"):
         assert lean[key] == pytest.approx(full[key], abs=1e-12)
     assert mean_average_precision(qc, dc, ql, dl, topk=30) == full["map"]
-    assert precision_at_radius(qc, dc, ql, dl, radius=1) == pytest.approx(full["precision_at_radius"])
+    assert precision_at_radius(qc, dc, ql, dl, radius=1) == pytest.approx(
+        full["precision_at_radius"]
+    )
 
 
 def test_hand_worked_three_items():
@@ -176,13 +186,16 @@ def test_ties_are_broken_by_database_position():
     assert out["map"] == 1.0
     # random tie order: half the time the relevant item is first
     assert out["map_tie_averaged"] == pytest.approx(0.5)
-    assert evaluate_codes(qc, dc, [[1, 0]], [[0, 1], [1, 0]], topk=2)["map_tie_averaged"] == pytest.approx(0.75)
+    assert evaluate_codes(qc, dc, [[1, 0]], [[0, 1], [1, 0]], topk=2)[
+        "map_tie_averaged"
+    ] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("topk", [1, 3, 5, 8])
 def test_tie_averaged_map_equals_exhaustive_enumeration(rng, topk):
     nd = 8
-    qc = rng.integers(0, 4, (6, 1), dtype=np.uint8)  # 2 low bits vary: distances in 0..2 -> big ties
+    # only the 2 low bits vary: distances in 0..2 -> big ties
+    qc = rng.integers(0, 4, (6, 1), dtype=np.uint8)
     dc = rng.integers(0, 4, (nd, 1), dtype=np.uint8)
     ql = (rng.random((6, 3)) < 0.4).astype(np.uint8)
     dl = (rng.random((nd, 3)) < 0.4).astype(np.uint8)
@@ -202,7 +215,9 @@ def test_tie_averaged_equals_stable_without_ties(rng):
 
 def test_precision_at_n_points_are_clipped_to_the_database(rng):
     qc, dc, ql, dl = _random_case(rng, 5, 30, 16, 3, False)
-    pan = evaluate_codes(qc, dc, ql, dl, topk=10, pn_points=[5, 1000, 10])["curves"]["precision_at_n"]
+    pan = evaluate_codes(qc, dc, ql, dl, topk=10, pn_points=[5, 1000, 10])["curves"][
+        "precision_at_n"
+    ]
     assert pan["n"] == [5, 10, 30]
     # at N = database size every relevant item is retrieved
     has_rel = (ql @ dl.T > 0).any(axis=1)
@@ -213,7 +228,9 @@ def test_class_index_labels_equal_one_hot(rng):
     qc, dc, _, _ = _random_case(rng, 10, 60, 16, 4, False)
     qi, di = rng.integers(0, 4, 10), rng.integers(0, 4, 60)
     a = evaluate_codes(qc, dc, qi, di, topk=20)
-    b = evaluate_codes(qc, dc, np.eye(4, dtype=np.uint8)[qi], np.eye(4, dtype=np.uint8)[di], topk=20)
+    b = evaluate_codes(
+        qc, dc, np.eye(4, dtype=np.uint8)[qi], np.eye(4, dtype=np.uint8)[di], topk=20
+    )
     assert a == b
 
 
