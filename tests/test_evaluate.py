@@ -377,3 +377,20 @@ def test_model_mode_bad_inputs(tmp_path, image_folder, capsys):
     assert "16-bit" in line and "32-bit" in line
     assert main(["evaluate", "--query-model", str(tmp_path / "none"), "--data", "digits"]) == 2
     assert "none" in _one_error_line(capsys)
+
+
+def test_plots_compare_several_results_and_refuse_bad_input(tmp_path, rng):
+    from hashkd.plots import write_plots
+
+    q, d = _codeset(rng, 10, 16), _codeset(rng, 50, 16)
+    a = evaluate_codes(q.codes, d.codes, q.labels, d.labels, topk=20)
+    b = evaluate_codes(q.codes[:5], d.codes, q.labels[:5], d.labels, topk=20)
+    paths = write_plots({"teacher": a, "student": b}, tmp_path / "p")
+    assert [p.name for p in paths] == ["pr_curve.png", "precision_at_n.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)
+    lean = evaluate_codes(q.codes, d.codes, q.labels, d.labels, topk=20, curves=False)
+    with pytest.raises(ValueError, match="no curves"):
+        write_plots({"x": lean}, tmp_path / "p2")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        write_plots({"x": a}, tmp_path / "file")
