@@ -70,10 +70,16 @@ class FaissIndex(BinaryIndex):
         """The resolved construction options (saved in the file header)."""
         return {}
 
+    def _stored_ids(self) -> np.ndarray | None:
+        """The ids as the FAISS index (or side map) stores them; None if it does not (IVF)."""
+        return None
+
     def _sections(self) -> dict[str, bytes]:
-        sections = {"ids": npy_bytes(self._ids.array)}
+        sections = {}
         if self._index is not None:
             sections["faiss"] = faiss.serialize_index_binary(self._index).tobytes()
+        if self._stored_ids() is None:  # otherwise derived on load: no second copy in the file
+            sections["ids"] = npy_bytes(self._ids.array)
         return sections
 
     def _raw_save(self, path: str | os.PathLike[str]) -> None:
@@ -92,7 +98,6 @@ class FaissIndex(BinaryIndex):
     def _restore(self, sections: dict[str, bytes], path: str) -> None:
         from indexes.errors import IndexFileError
 
-        self._ids.__init__(npy_load(sections["ids"], "ids", path))
         if "faiss" in sections:
             try:
                 self._index = faiss.deserialize_index_binary(np.frombuffer(sections["faiss"], dtype=np.uint8))
@@ -100,6 +105,16 @@ class FaissIndex(BinaryIndex):
                 raise IndexFileError(f"the FAISS section of index file {path!r} cannot be read: {exc}") from None
             if self._index.d != self.bits:
                 raise IndexFileError(f"index file {path!r} says {self.bits} bits but its FAISS index has {self._index.d}")
+        if "ids" in sections:
+            ids = npy_load(sections["ids"], "ids", path)
+        else:
+            ids = self._stored_ids() if self._index is not None else None
+            if ids is None:
+                raise IndexFileError(f"index file {path!r} lacks its ids section")
+        if ids.dtype != np.int64 or ids.ndim != 1 or len(np.unique(ids)) != len(ids):
+            raise IndexFileError(f"the ids of index file {path!r} are not distinct int64 values")
+        self._ids.__init__(ids)
+        if self._index is not None:
             if self._index.ntotal != len(self._ids):
                 raise IndexFileError(
                     f"index file {path!r} is inconsistent: {self._index.ntotal} codes but {len(self._ids)} ids"
@@ -151,6 +166,9 @@ class FlatIndex(FaissIndex):
 
     def options(self) -> dict[str, Any]:
         return {}  # gpu is a property of the machine: pass gpu=True to load_index to use one
+
+    def _stored_ids(self) -> np.ndarray | None:
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
 
     def _raw_add(self, ids: np.ndarray, codes: np.ndarray) -> None:
         self._index.add_with_ids(codes, ids)
@@ -284,18 +302,19 @@ class _PositionalIndex(FaissIndex):
         sections["pos_to_id"] = npy_bytes(self._pos_to_id)
         return sections
 
+    def _stored_ids(self) -> np.ndarray | None:
+        return self._pos_to_id
+
     def _restore(self, sections: dict[str, bytes], path: str) -> None:
         from indexes.errors import IndexFileError
 
-        super()._restore(sections, path)
         if "pos_to_id" not in sections:
             raise IndexFileError(f"index file {path!r} lacks the side id map of a {self.kind} index")
         pos_to_id = npy_load(sections["pos_to_id"], "pos_to_id", path)
-        if pos_to_id.dtype != np.int64 or pos_to_id.shape != (len(self._ids),) or not np.array_equal(
-            np.sort(pos_to_id), self._ids.array
-        ):
-            raise IndexFileError(f"the side id map of index file {path!r} does not match its ids")
+        if pos_to_id.dtype != np.int64 or pos_to_id.ndim != 1:
+            raise IndexFileError(f"the side id map of index file {path!r} is not a 1-d int64 array")
         self._pos_to_id = pos_to_id
+        super()._restore(sections, path)  # checks len(pos_to_id) == ntotal and distinct ids
 
 
 class HNSWIndex(_PositionalIndex):

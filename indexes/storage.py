@@ -8,8 +8,9 @@ Layout (all integers little-endian)::
     H bytes   header: UTF-8 JSON {"kind", "spec", "bits", "count", "options", "metadata",
               "sections": [{"name", "nbytes", "crc32"}, ...]}
     ...       the sections, in header order: "faiss" (faiss.serialize_index_binary bytes),
-              "ids" (.npy int64, sorted ids), "pos_to_id" (.npy int64, side id map of the
-              backends without native ids)
+              "pos_to_id" (.npy int64, side id map of the backends without native ids),
+              "ids" (.npy int64, sorted ids; only for IVF, whose ids are not otherwise
+              readable -- the others derive them from FAISS's id map or ``pos_to_id``)
 
 No pickle anywhere: the .npy sections are read with ``allow_pickle=False``. A file whose magic,
 version, sizes or CRC-32 checksums do not match raises ``IndexFileError``.

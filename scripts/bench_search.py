@@ -220,14 +220,14 @@ def goal_memory(n: int, rng, tmpdir: Path, log) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="100000,1000000", help="database sizes, comma separated (default 100000,1000000)")
+    p.add_argument("--sizes", default="100000,1000000", help="database sizes, comma separated (default 100000,1000000; empty: none)")
     p.add_argument("--bits", default="64,256", help="code lengths, comma separated (default 64,256)")
     p.add_argument("--queries", type=int, default=100, help="queries per measurement (default 100)")
     p.add_argument("--backends", default="numpy,flat,ivf,hnsw,multihash", help="backends to run (default all)")
     p.add_argument("--hnsw-max", type=int, default=100_000, help="skip hnsw above this size (its single-thread build is slow)")
     p.add_argument("--codeset", action="append", default=[], help="also run on a code set directory (codes.npy, ids.npy); repeatable")
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
-    p.add_argument("--radius-n", type=int, default=1_000_000, help="clustered codes for the radius goal (default 1M)")
+    p.add_argument("--radius-n", type=int, default=1_000_000, help="clustered codes for the radius goal (default 1M; 0 skips)")
     p.add_argument("--radius-queries", type=int, default=1000, help="queries for the radius goal (default 1000)")
     p.add_argument("--memory-n", type=int, default=10_000_000, help="codes for the memory goal (default 10M; 0 skips)")
     p.add_argument("--skip-goals", action="store_true", help="only the QPS/recall grid")
@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(obj), flush=True)
 
     datasets = []
-    for bits in (int(b) for b in args.bits.split(",")):
-        for n in (int(s) for s in args.sizes.split(",")):
+    for bits in (int(b) for b in args.bits.split(",") if b.strip()):
+        for n in (int(s) for s in args.sizes.split(",") if s.strip()):
             datasets.append((f"random n={n} bits={bits}", n, bits, None))
     for d in args.codeset:
         datasets.append((f"codeset {d}", None, None, d))
@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             if g:
                 goals.append(g)
                 log(g)
-            goals.append(goal_multihash_radius(args.radius_n, args.radius_queries, rng, log))
-            log(goals[-1])
+            if args.radius_n:
+                goals.append(goal_multihash_radius(args.radius_n, args.radius_queries, rng, log))
+                log(goals[-1])
             if args.memory_n:
                 goals.append(goal_memory(args.memory_n, rng, tmpdir, log))
     wall = time.perf_counter() - start
