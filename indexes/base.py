@@ -25,7 +25,9 @@ from indexes.idset import IdSet, check_codes, check_ids
 from indexes.rwlock import RWLock
 
 #: Every operation name a backend may list in ``supports``.
-OPERATIONS = frozenset({"add", "remove", "replace", "search", "range_search", "get", "train", "save"})
+OPERATIONS = frozenset(
+    {"add", "remove", "replace", "search", "range_search", "get", "train", "save"}
+)
 
 RangeResult = list[tuple[np.ndarray, np.ndarray]]
 
@@ -33,7 +35,9 @@ RangeResult = list[tuple[np.ndarray, np.ndarray]]
 def check_bits(bits: Any) -> int:
     """Return ``bits`` if it is a positive multiple of 8, else raise ``ValueError``."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise ValueError(f"bits={bits!r} is not valid: expected a positive multiple of 8 (16, 32, 64, 128 ...)")
+        raise ValueError(
+            f"bits={bits!r} is not valid: expected a positive multiple of 8 (16, 32, 64, 128 ...)"
+        )
     return int(bits)
 
 
@@ -45,7 +49,9 @@ def check_k(k: Any) -> int:
 
 def check_radius(radius: Any, bits: int) -> int:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise ValueError(f"radius={radius!r} is not valid: expected an integer >= 0 (Hamming distance in bits)")
+        raise ValueError(
+            f"radius={radius!r} is not valid: expected an integer >= 0 (Hamming distance in bits)"
+        )
     return int(min(radius, bits))
 
 
@@ -114,11 +120,15 @@ class BinaryIndex:
         """Return (distances, ids) of up to ``k`` candidates per query, any order, -1 missing."""
         raise NotImplementedError
 
-    def _raw_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return FAISS-style (lims, distances, ids) with distance <= ``radius`` (inclusive)."""
         raise NotImplementedError
 
-    def _raw_tie_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_tie_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact inclusive range search used to complete tie groups (default: the range search)."""
         return self._raw_range_search(codes, radius)
 
@@ -240,7 +250,11 @@ class BinaryIndex:
         with self._lock.read():
             n = len(self._ids)
             if n == 0 or codes.shape[0] == 0:
-                return sort_rows(np.empty((codes.shape[0], 0), np.int32), np.empty((codes.shape[0], 0), np.int64), k)
+                return sort_rows(
+                    np.empty((codes.shape[0], 0), np.int32),
+                    np.empty((codes.shape[0], 0), np.int64),
+                    k,
+                )
             fetch = min(n, k + max(k, 64))
             dist, ids = self._raw_search(codes, fetch)
             dist, ids = sort_rows(dist, ids, fetch)
@@ -250,8 +264,12 @@ class BinaryIndex:
                 if len(cut):
                     out_d, out_i = dist[:, :k].copy(), ids[:, :k].copy()
                     for q in cut:
-                        _, rd, ri = self._raw_tie_range_search(codes[q : q + 1], int(dist[q, k - 1]))
-                        d1, i1 = sort_rows(rd[None, :].astype(np.int32), ri[None, :].astype(np.int64), k)
+                        _, rd, ri = self._raw_tie_range_search(
+                            codes[q : q + 1], int(dist[q, k - 1])
+                        )
+                        d1, i1 = sort_rows(
+                            rd[None, :].astype(np.int32), ri[None, :].astype(np.int64), k
+                        )
                         out_d[q], out_i[q] = d1[0], i1[0]
                     return out_d, out_i
             return sort_rows(dist[:, :k], ids[:, :k], k)  # pads when the index holds < k

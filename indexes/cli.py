@@ -35,9 +35,13 @@ def read_codeset(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     except ValueError as exc:
         raise ValueError(f"code set {str(path)!r} could not be read: {exc}") from None
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] == 0:
-        raise ValueError(f"{str(path / 'codes.npy')!r} must hold uint8 n x K/8 codes, got {codes.dtype} {codes.shape}")
+        raise ValueError(
+            f"{str(path / 'codes.npy')!r} must hold uint8 n x K/8 codes, got {codes.dtype} {codes.shape}"
+        )
     if ids.ndim != 1 or ids.shape[0] != codes.shape[0] or ids.dtype.kind not in "iu":
-        raise ValueError(f"{str(path / 'ids.npy')!r} must hold {codes.shape[0]} integer ids, got {ids.dtype} {ids.shape}")
+        raise ValueError(
+            f"{str(path / 'ids.npy')!r} must hold {codes.shape[0]} integer ids, got {ids.dtype} {ids.shape}"
+        )
     return codes, ids.astype(np.int64)
 
 
@@ -62,7 +66,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     if (args.k is None) == (args.radius is None):
-        raise ValueError("give exactly one of --k K (nearest neighbours) or --radius R (Hamming radius)")
+        raise ValueError(
+            "give exactly one of --k K (nearest neighbours) or --radius R (Hamming radius)"
+        )
     if args.k is not None and args.k <= 0:
         raise ValueError(f"--k {args.k} is not valid: expected a positive integer")
     if args.radius is not None and args.radius < 0:
@@ -95,31 +101,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=None, help="OpenMP threads FAISS may use (default: all cores)")
-    common.add_argument("--nprobe", type=int, default=None, help="ivf / milvus BIN_IVF_FLAT: inverted lists visited per query (default 16)")
-    common.add_argument("--ef-search", dest="ef_search", type=int, default=None, help="hnsw: candidate list size per query (default 64)")
-    common.add_argument("--collection", default=None, help="milvus: collection name (default hashkd_codes)")
+    common.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OpenMP threads FAISS may use (default: all cores)",
+    )
+    common.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="ivf / milvus BIN_IVF_FLAT: inverted lists visited per query (default 16)",
+    )
+    common.add_argument(
+        "--ef-search",
+        dest="ef_search",
+        type=int,
+        default=None,
+        help="hnsw: candidate list size per query (default 64)",
+    )
+    common.add_argument(
+        "--collection", default=None, help="milvus: collection name (default hashkd_codes)"
+    )
 
     build = sub.add_parser(
-        "build", parents=[common], help="index a code set and save the index to one file",
+        "build",
+        parents=[common],
+        help="index a code set and save the index to one file",
         description="Index the codes of CODESET_DIR (codes.npy uint8 n x K/8, ids.npy int64) and save to --out.",
     )
-    build.add_argument("codeset", metavar="CODESET_DIR", help="code set directory holding codes.npy and ids.npy")
     build.add_argument(
-        "--spec", default="flat",
+        "codeset", metavar="CODESET_DIR", help="code set directory holding codes.npy and ids.npy"
+    )
+    build.add_argument(
+        "--spec",
+        default="flat",
         help="index kind: flat (exact, default), flat:gpu, ivf[:NLIST], hnsw[:M], hash[:B], multihash[:NxB], milvus:URI",
     )
-    build.add_argument("--out", required=True, metavar="FILE", help="index file to write (written atomically)")
+    build.add_argument(
+        "--out", required=True, metavar="FILE", help="index file to write (written atomically)"
+    )
     build.set_defaults(func=run_build)
 
     search = sub.add_parser(
-        "search", parents=[common], help="search an index file with the codes of a query code set",
+        "search",
+        parents=[common],
+        help="search an index file with the codes of a query code set",
         description="Search FILE with every code of --query; write {'ids': [[...]], 'distances': [[...]]} "
         "to --json, one list per query in query order, nearest first, ties by ascending id.",
     )
     search.add_argument("index", metavar="FILE", help="index file written by 'hashkd index build'")
-    search.add_argument("--query", required=True, metavar="CODESET_DIR", help="code set whose codes are the queries")
-    search.add_argument("--k", type=int, default=None, help="return the K nearest codes per query (lists are shorter when the index holds fewer)")
-    search.add_argument("--radius", type=int, default=None, help="return every code within R bits, inclusive (distance <= R)")
-    search.add_argument("--json", required=True, metavar="OUT", help="JSON file to write the results to")
+    search.add_argument(
+        "--query", required=True, metavar="CODESET_DIR", help="code set whose codes are the queries"
+    )
+    search.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="return the K nearest codes per query (lists are shorter when the index holds fewer)",
+    )
+    search.add_argument(
+        "--radius",
+        type=int,
+        default=None,
+        help="return every code within R bits, inclusive (distance <= R)",
+    )
+    search.add_argument(
+        "--json", required=True, metavar="OUT", help="JSON file to write the results to"
+    )
     search.set_defaults(func=run_search)

@@ -17,7 +17,9 @@ def set_threads(threads: int | None) -> None:
     _set(threads)
 
 
-def create_index(spec: str = "flat", bits: int = 64, *, threads: int | None = None, **options: Any) -> BinaryIndex:
+def create_index(
+    spec: str = "flat", bits: int = 64, *, threads: int | None = None, **options: Any
+) -> BinaryIndex:
     """Create an empty index from a spec string.
 
     ``spec``: ``flat`` (exact, default), ``flat:gpu``, ``ivf[:NLIST]``, ``hnsw[:M]``,
@@ -40,7 +42,13 @@ def create_index(spec: str = "flat", bits: int = 64, *, threads: int | None = No
     return parse_spec(spec, bits, **options)
 
 
-def load_index(path: str | os.PathLike[str], bits: int | None = None, *, threads: int | None = None, **overrides: Any) -> BinaryIndex:
+def load_index(
+    path: str | os.PathLike[str],
+    bits: int | None = None,
+    *,
+    threads: int | None = None,
+    **overrides: Any,
+) -> BinaryIndex:
     """Load an index saved by ``BinaryIndex.save``; ``bits`` (if given) must match the file.
 
     ``overrides`` replace saved options (e.g. ``nprobe=64``, ``ef_search=128``, ``gpu=True``).

@@ -100,11 +100,17 @@ class FaissIndex(BinaryIndex):
 
         if "faiss" in sections:
             try:
-                self._index = faiss.deserialize_index_binary(np.frombuffer(sections["faiss"], dtype=np.uint8))
+                self._index = faiss.deserialize_index_binary(
+                    np.frombuffer(sections["faiss"], dtype=np.uint8)
+                )
             except RuntimeError as exc:
-                raise IndexFileError(f"the FAISS section of index file {path!r} cannot be read: {exc}") from None
+                raise IndexFileError(
+                    f"the FAISS section of index file {path!r} cannot be read: {exc}"
+                ) from None
             if self._index.d != self.bits:
-                raise IndexFileError(f"index file {path!r} says {self.bits} bits but its FAISS index has {self._index.d}")
+                raise IndexFileError(
+                    f"index file {path!r} says {self.bits} bits but its FAISS index has {self._index.d}"
+                )
         if "ids" in sections:
             ids = npy_load(sections["ids"], "ids", path)
         else:
@@ -178,7 +184,9 @@ class FlatIndex(FaissIndex):
         self._index.remove_ids(ids)
         self._gpu_index = None
 
-    def _gpu_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    def _gpu_search(
+        self, codes: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         with self._gpu_mutex:
             if self._gpu_index is None:
                 res = faiss.StandardGpuResources()
@@ -194,12 +202,13 @@ class FlatIndex(FaissIndex):
             return self._gpu_search(codes, k)
         return self._index.search(codes, k)
 
-    def _raw_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._index.range_search(codes, radius + 1)  # FAISS is strict: d < radius + 1
 
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
         return np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.uint8)
-
 
 
 class IVFIndex(FaissIndex):
@@ -216,7 +225,9 @@ class IVFIndex(FaissIndex):
     exact = False
     exact_range = False
 
-    def __init__(self, bits: int, spec: str = "ivf", nlist: int | None = None, nprobe: int = 16) -> None:
+    def __init__(
+        self, bits: int, spec: str = "ivf", nlist: int | None = None, nprobe: int = 16
+    ) -> None:
         super().__init__(bits, spec)
         self.nlist = None if nlist is None else _positive("nlist", nlist)
         self.nprobe = _positive("nprobe", nprobe)
@@ -232,7 +243,9 @@ class IVFIndex(FaissIndex):
         from indexes.errors import UnsupportedOperation
 
         if self._index is not None and self._index.ntotal > 0:
-            raise UnsupportedOperation("the ivf index already holds codes: it cannot be trained again")
+            raise UnsupportedOperation(
+                "the ivf index already holds codes: it cannot be trained again"
+            )
         n = codes.shape[0]
         nlist = self.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
         if n < nlist:
@@ -254,7 +267,9 @@ class IVFIndex(FaissIndex):
     def _raw_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._index.search(codes, k)
 
-    def _raw_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._index.range_search(codes, radius + 1)
 
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
@@ -295,7 +310,9 @@ class _PositionalIndex(FaissIndex):
 
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
         storage = self._storage()
-        return np.stack([storage.reconstruct(int(p)) for p in self._positions(ids)]).astype(np.uint8)
+        return np.stack([storage.reconstruct(int(p)) for p in self._positions(ids)]).astype(
+            np.uint8
+        )
 
     def _sections(self) -> dict[str, bytes]:
         sections = super()._sections()
@@ -309,7 +326,9 @@ class _PositionalIndex(FaissIndex):
         from indexes.errors import IndexFileError
 
         if "pos_to_id" not in sections:
-            raise IndexFileError(f"index file {path!r} lacks the side id map of a {self.kind} index")
+            raise IndexFileError(
+                f"index file {path!r} lacks the side id map of a {self.kind} index"
+            )
         pos_to_id = npy_load(sections["pos_to_id"], "pos_to_id", path)
         if pos_to_id.dtype != np.int64 or pos_to_id.ndim != 1:
             raise IndexFileError(f"the side id map of index file {path!r} is not a 1-d int64 array")
@@ -329,7 +348,14 @@ class HNSWIndex(_PositionalIndex):
     supports = frozenset({"add", "search", "get", "save"})
     exact = False
 
-    def __init__(self, bits: int, spec: str = "hnsw", m: int = 32, ef_search: int = 64, ef_construction: int = 40) -> None:
+    def __init__(
+        self,
+        bits: int,
+        spec: str = "hnsw",
+        m: int = 32,
+        ef_search: int = 64,
+        ef_construction: int = 40,
+    ) -> None:
         super().__init__(bits, spec)
         self.m = _positive("M", m)
         self.ef_search = _positive("ef_search", ef_search)
@@ -367,12 +393,16 @@ class HashIndex(_PositionalIndex):
     kind = "multihash"
     supports = frozenset({"add", "search", "range_search", "get", "save"})
 
-    def __init__(self, bits: int, spec: str = "multihash", nhash: int | None = None, b: int | None = None) -> None:
+    def __init__(
+        self, bits: int, spec: str = "multihash", nhash: int | None = None, b: int | None = None
+    ) -> None:
         super().__init__(bits, spec)
         if nhash is None:
             nhash = 1 if spec.split(":")[0] == "hash" else min(4, self.bits // 8)
         self.nhash = _positive("nhash", nhash)
-        self.b = _positive("b", b if b is not None else min(self.bits // self.nhash, 32 if self.nhash > 1 else 16))
+        self.b = _positive(
+            "b", b if b is not None else min(self.bits // self.nhash, 32 if self.nhash > 1 else 16)
+        )
         if self.nhash * self.b > self.bits or self.b > 64:
             raise ValueError(
                 f"hash tables {self.nhash}x{self.b} do not fit {self.bits}-bit codes: "
@@ -399,7 +429,9 @@ class HashIndex(_PositionalIndex):
         nflip = radius // self.nhash
         return self.nhash * sum(math.comb(self.b, h) for h in range(min(nflip, self.b) + 1))
 
-    def _raw_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if radius // self.nhash >= self.b or self.probes(radius) > self.MAX_PROBES:
             return self._raw_tie_range_search(codes, radius)
         with self._nflip_mutex:
@@ -407,7 +439,9 @@ class HashIndex(_PositionalIndex):
             lims, dist, pos = self._index.range_search(codes, radius + 1)
         return lims, dist, self._map_positions(pos)
 
-    def _raw_tie_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_tie_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lims, dist, pos = self._index.storage.range_search(codes, radius + 1)
         return lims, dist, self._map_positions(pos)
 
@@ -418,7 +452,9 @@ _SPEC = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<arg>.*))?$")
 def parse_spec(spec: str, bits: int, **options: Any) -> BinaryIndex:
     """Build a FAISS backend from a spec string (see the module docstring) and options."""
     if not isinstance(spec, str):
-        raise ValueError(f"spec={spec!r} is not valid: expected a string such as 'flat' or 'ivf:1024'")
+        raise ValueError(
+            f"spec={spec!r} is not valid: expected a string such as 'flat' or 'ivf:1024'"
+        )
     m = _SPEC.match(spec.strip().lower())
     kind, arg = (m["kind"], m["arg"]) if m else (None, None)
     bad = ValueError(
@@ -455,4 +491,6 @@ def parse_spec(spec: str, bits: int, **options: Any) -> BinaryIndex:
     raise bad
 
 
-KINDS: dict[str, type[FaissIndex]] = {c.kind: c for c in (FlatIndex, IVFIndex, HNSWIndex, HashIndex)}
+KINDS: dict[str, type[FaissIndex]] = {
+    c.kind: c for c in (FlatIndex, IVFIndex, HNSWIndex, HashIndex)
+}

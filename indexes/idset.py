@@ -15,17 +15,23 @@ def check_ids(ids: Any, count: int | None = None) -> np.ndarray:
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise ValueError(f"ids must be a 1-d array of integers, got dtype {arr.dtype} shape {arr.shape}")
+        raise ValueError(
+            f"ids must be a 1-d array of integers, got dtype {arr.dtype} shape {arr.shape}"
+        )
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError("ids must fit in int64")
     arr = arr.astype(np.int64, copy=False)
     if count is not None and arr.shape[0] != count:
         raise ValueError(f"got {arr.shape[0]} ids for {count} codes: expected one id per code")
     if arr.size and arr.min() < 0:
-        raise ValueError(f"id {int(arr.min())} is negative: ids must be >= 0 (-1 marks missing results)")
+        raise ValueError(
+            f"id {int(arr.min())} is negative: ids must be >= 0 (-1 marks missing results)"
+        )
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.shape[0] != arr.shape[0]:
-        raise DuplicateIdError(uniq[counts > 1], f"ids repeated within one call: {uniq[counts > 1][:5].tolist()}")
+        raise DuplicateIdError(
+            uniq[counts > 1], f"ids repeated within one call: {uniq[counts > 1][:5].tolist()}"
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -35,7 +41,9 @@ def check_codes(codes: Any, code_size: int) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.dtype != np.uint8:
-        raise ValueError(f"codes must be a uint8 array of shape (n, {code_size}), got dtype {arr.dtype} shape {arr.shape}")
+        raise ValueError(
+            f"codes must be a uint8 array of shape (n, {code_size}), got dtype {arr.dtype} shape {arr.shape}"
+        )
     if arr.shape[1] != code_size:
         raise ValueError(
             f"codes are {arr.shape[1] * 8} bits long but the index holds {code_size * 8}-bit codes"
@@ -47,7 +55,9 @@ class IdSet:
     """A sorted array of distinct int64 ids: O(log n) membership, O(n) insert/delete."""
 
     def __init__(self, ids: np.ndarray | None = None) -> None:
-        self._ids = np.unique(np.asarray(ids, dtype=np.int64)) if ids is not None else np.empty(0, np.int64)
+        self._ids = (
+            np.unique(np.asarray(ids, dtype=np.int64)) if ids is not None else np.empty(0, np.int64)
+        )
 
     def __len__(self) -> int:
         return int(self._ids.shape[0])

@@ -57,9 +57,13 @@ class MilvusIndex(BinaryIndex):
                 f"the milvus backend needs pymilvus (pip install 'hashkd[milvus]'): {exc}"
             ) from None
         if not uri:
-            raise ValueError("the milvus backend needs a uri: a Milvus server URL or a local milvus-lite file path")
+            raise ValueError(
+                "the milvus backend needs a uri: a Milvus server URL or a local milvus-lite file path"
+            )
         if index_type not in _INDEX_TYPES:
-            raise ValueError(f"index_type={index_type!r} is not valid: expected one of {', '.join(_INDEX_TYPES)}")
+            raise ValueError(
+                f"index_type={index_type!r} is not valid: expected one of {', '.join(_INDEX_TYPES)}"
+            )
         if not _is_server(uri):
             uri = str(Path(uri).expanduser().resolve())
         self.uri, self.collection, self.index_type = uri, collection, index_type
@@ -75,7 +79,9 @@ class MilvusIndex(BinaryIndex):
             schema.add_field("code", DataType.BINARY_VECTOR, dim=self.bits)
             params = self._client.prepare_index_params()
             extra = {"nlist": self.nlist} if index_type == "BIN_IVF_FLAT" else {}
-            params.add_index(field_name="code", index_type=index_type, metric_type="HAMMING", params=extra)
+            params.add_index(
+                field_name="code", index_type=index_type, metric_type="HAMMING", params=extra
+            )
             self._client.create_collection(
                 collection, schema=schema, index_params=params, consistency_level="Strong"
             )
@@ -91,7 +97,9 @@ class MilvusIndex(BinaryIndex):
             )
 
     def _load_ids(self) -> None:
-        it = self._client.query_iterator(self.collection, batch_size=MAX_HITS, filter="id >= 0", output_fields=["id"])
+        it = self._client.query_iterator(
+            self.collection, batch_size=MAX_HITS, filter="id >= 0", output_fields=["id"]
+        )
         chunks = []
         while True:
             rows = it.next()
@@ -125,7 +133,9 @@ class MilvusIndex(BinaryIndex):
             params["nprobe"] = self.nprobe
         return {"metric_type": "HAMMING", "params": params}
 
-    def _query(self, codes: np.ndarray, limit: int, params: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def _query(
+        self, codes: np.ndarray, limit: int, params: dict[str, Any]
+    ) -> list[list[dict[str, Any]]]:
         return self._client.search(
             self.collection,
             data=[c.tobytes() for c in codes],
@@ -146,7 +156,9 @@ class MilvusIndex(BinaryIndex):
                 dist[q, j], ids[q, j] = int(round(h["distance"])), int(h["id"])
         return dist, ids
 
-    def _raw_range_search(self, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_range_search(
+        self, codes: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Milvus keeps range_filter <= distance < radius for HAMMING: radius + 1 makes it inclusive.
         hits = self._query(codes, MAX_HITS, self._params(radius=radius + 1, range_filter=0))
         lims = np.zeros(len(codes) + 1, dtype=np.int64)
@@ -164,7 +176,9 @@ class MilvusIndex(BinaryIndex):
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
         found: dict[int, bytes] = {}
         for s in range(0, len(ids), MAX_HITS):
-            rows = self._client.query(self.collection, ids=[int(i) for i in ids[s : s + MAX_HITS]], output_fields=["code"])
+            rows = self._client.query(
+                self.collection, ids=[int(i) for i in ids[s : s + MAX_HITS]], output_fields=["code"]
+            )
             for r in rows:
                 code = r["code"]
                 found[int(r["id"])] = code[0] if isinstance(code, list) else code
@@ -191,7 +205,9 @@ class MilvusIndex(BinaryIndex):
         write_index_file(path, header, {})
 
     @classmethod
-    def from_header(cls, header: dict[str, Any], path: str, bits: int | None = None, **overrides: Any) -> MilvusIndex:
+    def from_header(
+        cls, header: dict[str, Any], path: str, bits: int | None = None, **overrides: Any
+    ) -> MilvusIndex:
         header, _ = read_index_file(path, bits)  # checks size, CRC and code length
         options = {**header.get("options", {}), **overrides}
         obj = cls(int(header["bits"]), str(header["spec"]), **options)

@@ -47,15 +47,20 @@ def npy_load(data: bytes, name: str, path: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
-        raise IndexFileError(f"section {name!r} of index file {path!r} is not a valid .npy array: {exc}") from None
+        raise IndexFileError(
+            f"section {name!r} of index file {path!r} is not a valid .npy array: {exc}"
+        ) from None
 
 
-def write_index_file(path: str | os.PathLike[str], header: dict[str, Any], sections: dict[str, bytes]) -> Path:
+def write_index_file(
+    path: str | os.PathLike[str], header: dict[str, Any], sections: dict[str, bytes]
+) -> Path:
     """Write ``header`` and ``sections`` to ``path`` atomically: temp file, fsync, rename, fsync dir."""
     path = Path(path)
     header = dict(header)
     header["sections"] = [
-        {"name": name, "nbytes": len(data), "crc32": zlib.crc32(data)} for name, data in sections.items()
+        {"name": name, "nbytes": len(data), "crc32": zlib.crc32(data)}
+        for name, data in sections.items()
     ]
     head = json.dumps(header, sort_keys=True).encode("utf-8")
     directory = path.parent if str(path.parent) else Path(".")
@@ -114,12 +119,16 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
     return header, _PREFIX.size + hlen
 
 
-def read_index_file(path: str | os.PathLike[str], bits: int | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+def read_index_file(
+    path: str | os.PathLike[str], bits: int | None = None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read ``path``; return (header, sections). ``bits`` (if given) must match the file."""
     p = str(path)
     header, offset = read_header(p)
     if bits is not None and int(header["bits"]) != int(bits):
-        raise IndexFileError(f"index file {p!r} holds {header['bits']}-bit codes, expected {bits}-bit codes")
+        raise IndexFileError(
+            f"index file {p!r} holds {header['bits']}-bit codes, expected {bits}-bit codes"
+        )
     expected = offset + sum(int(s["nbytes"]) for s in header["sections"])
     actual = os.path.getsize(p)
     if actual < expected:
@@ -132,6 +141,8 @@ def read_index_file(path: str | os.PathLike[str], bits: int | None = None) -> tu
         for s in header["sections"]:
             data = fh.read(int(s["nbytes"]))
             if zlib.crc32(data) != int(s["crc32"]):
-                raise IndexFileError(f"section {s['name']!r} of index file {p!r} is corrupted (CRC-32 mismatch)")
+                raise IndexFileError(
+                    f"section {s['name']!r} of index file {p!r} is corrupted (CRC-32 mismatch)"
+                )
             sections[str(s["name"])] = data
     return header, sections

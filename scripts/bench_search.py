@@ -60,7 +60,9 @@ def numpy_prepare(db: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (words.view(np.uint64) if db.shape[1] % 8 == 0 else words), ids[order]
 
 
-def numpy_knn(q: np.ndarray, dbw: np.ndarray, sids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def numpy_knn(
+    q: np.ndarray, dbw: np.ndarray, sids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by a numpy scan: xor + bitwise_count, argpartition; ties by ascending id."""
     qw = q.view(np.uint64) if q.shape[1] % 8 == 0 else q
     n = dbw.shape[0]
@@ -105,7 +107,9 @@ def recall_at_k(found_d: np.ndarray, true_d: np.ndarray, k: int = K) -> float:
     return float(np.mean(out))
 
 
-def clustered_codes(rng: np.random.Generator, n: int, bits: int, centres: int = 20000, max_flips: int = 3) -> np.ndarray:
+def clustered_codes(
+    rng: np.random.Generator, n: int, bits: int, centres: int = 20000, max_flips: int = 3
+) -> np.ndarray:
     """Codes near ``centres`` random centres: each copies a centre and flips 0..max_flips bits."""
     c = np.packbits(rng.integers(0, 2, (centres, bits), dtype=np.uint8), axis=1)
     x = np.unpackbits(c[rng.integers(0, centres, n)], axis=1)
@@ -165,13 +169,26 @@ def bench_backend(backend: str, db, ids, q, true_d, tmpdir: Path, log) -> dict:
 
 
 def goal_flat_vs_numpy(rows: list[dict]) -> dict | None:
-    flat = next((r for r in rows if r["backend"] == "flat" and r["n"] == 1_000_000 and r["bits"] == 64), None)
-    scan = next((r for r in rows if r["backend"] == "numpy" and r["n"] == 1_000_000 and r["bits"] == 64), None)
+    flat = next(
+        (r for r in rows if r["backend"] == "flat" and r["n"] == 1_000_000 and r["bits"] == 64),
+        None,
+    )
+    scan = next(
+        (r for r in rows if r["backend"] == "numpy" and r["n"] == 1_000_000 and r["bits"] == 64),
+        None,
+    )
     if not flat or not scan:
         return None
     ratio = flat["qps_cpu"] / scan["qps_cpu"]
-    out = {"goal": "flat >= 10x numpy scan at 1M x 64 bits, 1 thread", "speedup": round(ratio, 1), "met": ratio >= 10}
-    scan8 = next((r for r in rows if r["backend"] == "numpy8" and r["n"] == 1_000_000 and r["bits"] == 64), None)
+    out = {
+        "goal": "flat >= 10x numpy scan at 1M x 64 bits, 1 thread",
+        "speedup": round(ratio, 1),
+        "met": ratio >= 10,
+    }
+    scan8 = next(
+        (r for r in rows if r["backend"] == "numpy8" and r["n"] == 1_000_000 and r["bits"] == 64),
+        None,
+    )
     if scan8:
         out["speedup_vs_bytewise_scan"] = round(flat["qps_cpu"] / scan8["qps_cpu"], 1)
     return out
@@ -181,8 +198,14 @@ def goal_multihash_radius(n: int, nq: int, rng, log) -> dict:
     db = clustered_codes(rng, n, 64)
     ids = rng.permutation(n).astype(np.int64) * 7 + 3
     q = db[rng.integers(0, n, nq)].copy()
-    q[np.arange(nq), rng.integers(0, 8, nq)] ^= np.uint8(1) << rng.integers(0, 8, nq).astype(np.uint8)
-    out = {"goal": "multihash radius<=2 >= 10x flat range search, 1M clustered 64-bit codes, identical results", "n": n, "queries": nq}
+    q[np.arange(nq), rng.integers(0, 8, nq)] ^= np.uint8(1) << rng.integers(0, 8, nq).astype(
+        np.uint8
+    )
+    out = {
+        "goal": "multihash radius<=2 >= 10x flat range search, 1M clustered 64-bit codes, identical results",
+        "n": n,
+        "queries": nq,
+    }
     results = {}
     for spec in ("flat", "multihash:4x16"):
         index = create_index(spec, 64)
@@ -193,8 +216,12 @@ def goal_multihash_radius(n: int, nq: int, rng, log) -> dict:
         with Timer() as t:
             res = index.range_search(q, 2)
         results[spec] = res
-        out[spec] = {"build_s": round(build, 2), "qps_cpu": round(nq / t.cpu, 1), "qps_wall": round(nq / t.wall, 1),
-                     "cpu_ms_per_query": round(1e3 * t.cpu / nq, 4)}
+        out[spec] = {
+            "build_s": round(build, 2),
+            "qps_cpu": round(nq / t.cpu, 1),
+            "qps_wall": round(nq / t.wall, 1),
+            "cpu_ms_per_query": round(1e3 * t.cpu / nq, 4),
+        }
         log({spec: out[spec]})
         del index
         gc.collect()
@@ -233,7 +260,12 @@ def memory_probe(kind: str, n: int, seed: int) -> dict:
         index.add(ids, db)
     build = time.perf_counter() - t0
     gc.collect()
-    return {"kind": kind, "n": n, "build_s": round(build, 1), "rss_growth_mb": round(rss_mb() - before, 1)}
+    return {
+        "kind": kind,
+        "n": n,
+        "build_s": round(build, 1),
+        "rss_growth_mb": round(rss_mb() - before, 1),
+    }
 
 
 def goal_memory(n: int, seed: int, tmpdir: Path, log) -> dict:
@@ -244,8 +276,19 @@ def goal_memory(n: int, seed: int, tmpdir: Path, log) -> dict:
     probes = {}
     for kind in MEMORY_PROBES:
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", kind, "--memory-n", str(n), "--seed", str(seed)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--memory-probe",
+                kind,
+                "--memory-n",
+                str(n),
+                "--seed",
+                str(seed),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         probes[kind] = json.loads(out.stdout.strip().splitlines()[-1])
         log(probes[kind])
@@ -272,19 +315,55 @@ def goal_memory(n: int, seed: int, tmpdir: Path, log) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="100000,1000000", help="database sizes, comma separated (default 100000,1000000; empty: none)")
-    p.add_argument("--bits", default="64,256", help="code lengths, comma separated (default 64,256)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sizes",
+        default="100000,1000000",
+        help="database sizes, comma separated (default 100000,1000000; empty: none)",
+    )
+    p.add_argument(
+        "--bits", default="64,256", help="code lengths, comma separated (default 64,256)"
+    )
     p.add_argument("--queries", type=int, default=100, help="queries per measurement (default 100)")
-    p.add_argument("--backends", default="numpy,numpy8,flat,ivf,hnsw,multihash",
-                   help="backends to run (default all; numpy = uint64-word scan, the baseline and ground truth; "
-                   "numpy8 = byte-wise scan, for reference)")
-    p.add_argument("--hnsw-max", type=int, default=100_000, help="skip hnsw above this size (its single-thread build is slow)")
-    p.add_argument("--codeset", action="append", default=[], help="also run on a code set directory (codes.npy, ids.npy); repeatable")
+    p.add_argument(
+        "--backends",
+        default="numpy,numpy8,flat,ivf,hnsw,multihash",
+        help="backends to run (default all; numpy = uint64-word scan, the baseline and ground truth; "
+        "numpy8 = byte-wise scan, for reference)",
+    )
+    p.add_argument(
+        "--hnsw-max",
+        type=int,
+        default=100_000,
+        help="skip hnsw above this size (its single-thread build is slow)",
+    )
+    p.add_argument(
+        "--codeset",
+        action="append",
+        default=[],
+        help="also run on a code set directory (codes.npy, ids.npy); repeatable",
+    )
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
-    p.add_argument("--radius-n", type=int, default=1_000_000, help="clustered codes for the radius goal (default 1M; 0 skips)")
-    p.add_argument("--radius-queries", type=int, default=1000, help="queries for the radius goal (default 1000)")
-    p.add_argument("--memory-n", type=int, default=10_000_000, help="codes for the memory goal (default 10M; 0 skips)")
+    p.add_argument(
+        "--radius-n",
+        type=int,
+        default=1_000_000,
+        help="clustered codes for the radius goal (default 1M; 0 skips)",
+    )
+    p.add_argument(
+        "--radius-queries",
+        type=int,
+        default=1000,
+        help="queries for the radius goal (default 1000)",
+    )
+    p.add_argument(
+        "--memory-n",
+        type=int,
+        default=10_000_000,
+        help="codes for the memory goal (default 10M; 0 skips)",
+    )
     p.add_argument("--skip-goals", action="store_true", help="only the QPS/recall grid")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
@@ -316,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             if directory:
                 db = np.load(Path(directory) / "codes.npy", allow_pickle=False)
                 ids_path = Path(directory) / "ids.npy"
-                ids = np.load(ids_path, allow_pickle=False) if ids_path.is_file() else np.arange(len(db))
+                ids = (
+                    np.load(ids_path, allow_pickle=False)
+                    if ids_path.is_file()
+                    else np.arange(len(db))
+                )
                 ids = ids.astype(np.int64)
                 q = db[rng.integers(0, len(db), args.queries)]
             else:
@@ -330,18 +413,33 @@ def main(argv: list[str] | None = None) -> int:
                 true_d, _ = numpy_knn(q, dbw, sids, K)
             del dbw, sids
             if "numpy" in backends:
-                row = {"backend": "numpy", "spec": "xor+bitwise_count", "n": n, "bits": bits, "dataset": name,
-                       "qps_cpu": round(len(q) / t.cpu, 1), "qps_wall": round(len(q) / t.wall, 1),
-                       "cpu_ms_per_query": round(1e3 * t.cpu / len(q), 3), f"recall@{K}": 1.0,
-                       "file_mb_per_million": round(bits / 8 * 1e6 / 2**20, 1)}
+                row = {
+                    "backend": "numpy",
+                    "spec": "xor+bitwise_count",
+                    "n": n,
+                    "bits": bits,
+                    "dataset": name,
+                    "qps_cpu": round(len(q) / t.cpu, 1),
+                    "qps_wall": round(len(q) / t.wall, 1),
+                    "cpu_ms_per_query": round(1e3 * t.cpu / len(q), 3),
+                    f"recall@{K}": 1.0,
+                    "file_mb_per_million": round(bits / 8 * 1e6 / 2**20, 1),
+                }
                 log(row)
                 rows.append(row)
             if "numpy8" in backends:
                 with Timer() as t:
                     numpy_bytes_scan(q, db, K)
-                row = {"backend": "numpy8", "spec": "uint8 xor+bitwise_count (bytes)", "n": n, "bits": bits, "dataset": name,
-                       "qps_cpu": round(len(q) / t.cpu, 1), "qps_wall": round(len(q) / t.wall, 1),
-                       "cpu_ms_per_query": round(1e3 * t.cpu / len(q), 3)}
+                row = {
+                    "backend": "numpy8",
+                    "spec": "uint8 xor+bitwise_count (bytes)",
+                    "n": n,
+                    "bits": bits,
+                    "dataset": name,
+                    "qps_cpu": round(len(q) / t.cpu, 1),
+                    "qps_wall": round(len(q) / t.wall, 1),
+                    "cpu_ms_per_query": round(1e3 * t.cpu / len(q), 3),
+                }
                 log(row)
                 rows.append(row)
             for backend in backends:
@@ -366,8 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     result = {
         "load_average_at_end": os.getloadavg(),
-        "command": " ".join(["python", "scripts/bench_search.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
+        "command": " ".join(
+            ["python", "scripts/bench_search.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "threads": args.threads,
+        },
         "rows": rows,
         "goals": goals,
         "wall_s": round(wall, 1),

@@ -71,9 +71,13 @@ def clustered(rng, n, bits=BITS, centres=40, flips=3):
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(7)
-    db = np.concatenate([clustered(rng, 3000), rng.integers(0, 256, (1000, BITS // 8), dtype=np.uint8)])
+    db = np.concatenate(
+        [clustered(rng, 3000), rng.integers(0, 256, (1000, BITS // 8), dtype=np.uint8)]
+    )
     ids = rng.choice(10**9, size=len(db), replace=False).astype(np.int64)
-    q = np.concatenate([db[rng.integers(0, len(db), 20)], rng.integers(0, 256, (10, BITS // 8), dtype=np.uint8)])
+    q = np.concatenate(
+        [db[rng.integers(0, len(db), 20)], rng.integers(0, 256, (10, BITS // 8), dtype=np.uint8)]
+    )
     return db, ids, q
 
 
@@ -111,7 +115,10 @@ def test_approximate_backends_recall(spec, data):
     for r in range(len(q)):
         valid = got[r] >= 0
         # every returned distance is the true distance of that id, and rows are sorted (d, id)
-        assert all(truth[r, lookup[int(i)]] == d for d, i in zip(dist[r][valid], got[r][valid], strict=True))
+        assert all(
+            truth[r, lookup[int(i)]] == d
+            for d, i in zip(dist[r][valid], got[r][valid], strict=True)
+        )
         pairs = list(zip(dist[r][valid], got[r][valid], strict=True))
         assert pairs == sorted(pairs)
         recalls.append(tie_aware_recall(dist[r], td[r], 10))
@@ -142,7 +149,9 @@ def test_range_search_is_inclusive_and_matches_oracle(spec, data):
         assert len(res) == len(q)
         for (d, i), t in zip(res, truth, strict=True):
             assert dict(zip(i.tolist(), d.tolist(), strict=True)) == t
-            assert list(zip(d.tolist(), i.tolist(), strict=True)) == sorted(zip(d.tolist(), i.tolist(), strict=True))
+            assert list(zip(d.tolist(), i.tolist(), strict=True)) == sorted(
+                zip(d.tolist(), i.tolist(), strict=True)
+            )
 
 
 def test_radius_inclusive_hand_example():
@@ -417,7 +426,9 @@ def test_gpu_flat_refused_cleanly_without_gpu():
         pytest.skip("a GPU is present: the refusal path does not apply")
     code = "import indexes\ntry:\n    indexes.create_index('flat:gpu', 64)\nexcept ValueError as e:\n    print('refused:', e)\n"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr  # no abort
     assert "refused:" in out.stdout and "GPU" in out.stdout
 
