@@ -55,12 +55,14 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[Any]) -> Future[np.ndarray]:
-        """Queue ``images`` for encoding; the future's result is their codes (n x K/8)."""
+    def submit(self, images: Sequence[Any], then: Callable[[np.ndarray], Any] | None = None) -> Future[Any]:
+        """Queue ``images`` for encoding; the future's result is their codes (n x K/8), or
+        ``then(codes)`` when given -- run in the worker thread right after the batch is
+        encoded, which saves the caller another hop through a thread pool."""
         if self._closed:
             raise RuntimeError("the micro-batcher is closed")
-        fut: Future[np.ndarray] = Future()
-        self._queue.put((list(images), fut))
+        fut: Future[Any] = Future()
+        self._queue.put((list(images), fut, then))
         return fut
 
     def encode(self, images: Sequence[Any]) -> np.ndarray:
@@ -99,28 +101,37 @@ class MicroBatcher:
             if stop:
                 return
 
-    def _process(self, batch: list[tuple[list[Any], Future[np.ndarray]]]) -> None:
-        live = [(imgs, fut) for imgs, fut in batch if fut.set_running_or_notify_cancel()]
+    @staticmethod
+    def _finish(fut: Future[Any], codes: np.ndarray, then: Callable[[np.ndarray], Any] | None) -> None:
+        try:
+            fut.set_result(then(codes) if then is not None else codes)
+        except Exception as exc:  # noqa: BLE001 - the caller's error, for the caller
+            fut.set_exception(exc)
+
+    def _process(self, batch: list[tuple[list[Any], Future[Any], Any]]) -> None:
+        live = [item for item in batch if item[1].set_running_or_notify_cancel()]
         if not live:
             return
-        images = [img for imgs, _ in live for img in imgs]
+        images = [img for imgs, _, _ in live for img in imgs]
         try:
             codes = self._encode(images)
         except Exception as exc:  # noqa: BLE001 - isolate the failing request below
             if len(live) == 1:
                 live[0][1].set_exception(exc)
                 return
-            for imgs, fut in live:
+            for imgs, fut, then in live:
                 try:
-                    fut.set_result(self._encode(imgs))
-                    self._count(len(imgs))
+                    own = self._encode(imgs)
                 except Exception as exc:  # noqa: BLE001
                     fut.set_exception(exc)
+                    continue
+                self._count(len(imgs))
+                self._finish(fut, own, then)
             return
         self._count(len(images))
         start = 0
-        for imgs, fut in live:
-            fut.set_result(codes[start : start + len(imgs)])
+        for imgs, fut, then in live:
+            self._finish(fut, codes[start : start + len(imgs)], then)
             start += len(imgs)
 
     def _count(self, n: int) -> None:

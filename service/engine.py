@@ -135,13 +135,26 @@ class Engine:
         self._query_batches.observe(len(images))
         return self._encode_queries_now(images)
 
-    async def aencode_queries(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Encode with the query model without blocking the event loop."""
+    async def asearch_images(
+        self, images: Sequence[Image.Image], k: int | None, radius: int | None
+    ) -> tuple[list[list[dict]], bool]:
+        """Encode with the query model and search, without blocking the event loop.
+
+        One hop off the loop: with batching, the micro-batcher's worker encodes the batch and
+        then runs each request's search; without, one thread-pool call does both.
+        """
         if self.batcher is not None:
-            return await asyncio.wrap_future(self.batcher.submit(images))
+            fut = self.batcher.submit(images, then=lambda codes: self.search(codes, k, radius))
+            return await asyncio.wrap_future(fut)
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(self.encode_queries, images)
+        return await run_in_threadpool(self.search_images, images, k, radius)
+
+    def search_images(
+        self, images: Sequence[Image.Image], k: int | None, radius: int | None
+    ) -> tuple[list[list[dict]], bool]:
+        """Blocking encode + search (call from a worker thread)."""
+        return self.search(self.encode_queries(images), k, radius)
 
     def encode_items(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Encode stored items with the database model (blocking; call from a worker thread)."""

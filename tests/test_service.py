@@ -447,7 +447,9 @@ def test_micro_batcher_groups_concurrent_requests_and_isolates_failures():
         with pytest.raises(ValueError, match="negative"):
             bad.result(5)
         assert max(sizes) > 2  # requests were really encoded together
-        assert sum(sizes) == 12  # every good image exactly once
+        # ``then`` runs on the request's own rows in the worker thread.
+        assert batcher.submit([3, 4], then=lambda c: c[:, 0].tolist()).result(5) == [3, 4]
+        assert sum(sizes) == 14  # every good image exactly once
         assert all(s <= 8 for s in sizes)
     finally:
         batcher.close()

@@ -6,7 +6,6 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.deps import EngineDep, SettingsDep
 from service.routers.common import check_k_radius, error_responses, read_images
@@ -37,8 +36,7 @@ async def search(
     start = time.perf_counter()
     k, radius = check_k_radius(k, radius)
     images = await read_images([image], settings, "image")
-    codes = await engine.aencode_queries(images)
-    results, truncated = await run_in_threadpool(engine.search, codes, k, radius)
+    results, truncated = await engine.asearch_images(images, k, radius)
     return SearchResponse(
         results=results[0], bits=engine.bits, took_ms=(time.perf_counter() - start) * 1000, truncated=truncated
     )
@@ -58,8 +56,7 @@ async def search_batch(
     start = time.perf_counter()
     k, radius = check_k_radius(k, radius)
     decoded = await read_images(images, settings, "images")
-    codes = await engine.aencode_queries(decoded)
-    results, truncated = await run_in_threadpool(engine.search, codes, k, radius)
+    results, truncated = await engine.asearch_images(decoded, k, radius)
     return BatchSearchResponse(
         results=results, bits=engine.bits, took_ms=(time.perf_counter() - start) * 1000, truncated=truncated
     )
