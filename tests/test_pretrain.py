@@ -1,0 +1,203 @@
+"""``hashkd pretrain``: weights the teacher loads, exact resume, SSL losses against oracles, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hashkd.cli import main
+from hashkd.training.cibhash import nt_xent
+from hashkd.training.pretrain import (
+    PretrainConfig,
+    build_ssl_model,
+    knn_accuracy,
+    lr_at,
+    moco_contrastive,
+    read_log,
+    simclr_loss,
+)
+from tests.conftest import TINY_VIT
+
+KW = "depth=1,embed_dim=48,num_heads=2"  # patch_size=4 is added by the CLI below 64 px
+TINY = ["--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs", KW, "--max-images", "96",
+        "--batch-size", "32", "--no-progress", "--seed", "3"]
+
+
+def _pretrain(out, *extra: str) -> int:
+    return main(["pretrain", *TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "w.safetensors"
+    assert _pretrain(out, "--epochs", "1") == 0
+    return out
+
+
+def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
+    desc = json.loads(weights.with_name("w.safetensors.json").read_text())
+    assert desc["backbone"] == TINY_VIT["backbone"]
+    assert desc["backbone_kwargs"] == {"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 4}
+    assert desc["method"] == "simclr" and desc["seed"] == 3 and desc["img_size"] == 32 and desc["epochs"] == 1
+    saved = load_file(str(weights))
+    assert all(not k.startswith(("backbone.", "projector.", "module.")) for k in saved)  # timm's own keys
+
+    out = tmp_path / "teacher"
+    code = main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--weights", str(weights),
+                 "--freeze-backbone", "--feature-cache", "2", "--epochs", "1", "--bits", "16", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    from hashkd.models import load_artifact
+
+    teacher = load_artifact(out)
+    own = teacher.backbone.state_dict()
+    assert set(saved) == set(own)  # every backbone tensor was written ...
+    for k, v in saved.items():  # ... and loaded unchanged (the frozen backbone is not trained)
+        assert torch.equal(own[k], v), k
+    fresh = build_ssl_model(PretrainConfig(out="x.safetensors", backbone=TINY_VIT["backbone"],
+                                           backbone_kwargs=desc["backbone_kwargs"]))[1].state_dict()
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)  # and they are not the random init
+
+
+def test_resume_logs_epoch_1_then_2(tmp_path):
+    out = tmp_path / "r.safetensors"
+    assert _pretrain(out, "--epochs", "1") == 0
+    assert [r["epoch"] for r in read_log(out)] == [1]
+    assert _pretrain(out, "--epochs", "2", "--resume") == 0
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[1]["step"] == 2 * log[0]["step"] == 2 * (96 // 32)
+    assert json.loads((tmp_path / "r.safetensors.json").read_text())["steps"] == 6
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    """A run stopped by --time-limit mid-epoch and resumed ends with the weights of a straight run."""
+    straight, stopped = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert _pretrain(straight, "--epochs", "2", "--method", "mocov3") == 0
+    assert _pretrain(stopped, "--epochs", "2", "--method", "mocov3", "--time-limit", "1e-9") == 0
+    first = read_log(stopped)
+    assert first[-1]["event"] == "stopped" and first[-1]["step"] == 1
+    assert _pretrain(stopped, "--epochs", "2", "--method", "mocov3", "--resume") == 0
+    assert [r["epoch"] for r in read_log(stopped) if r["event"] == "epoch"] == [1, 2]
+    a, b = load_file(str(straight)), load_file(str(stopped))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov3"])
+def test_ssl_loss_decreases_on_a_fixed_batch(method):
+    torch.manual_seed(0)
+    cfg = PretrainConfig(out="x.safetensors", method=method, backbone=TINY_VIT["backbone"],
+                         backbone_kwargs=TINY_VIT["backbone_kwargs"], proj_hidden=64, proj_dim=32)
+    model, _ = build_ssl_model(cfg)
+    x = torch.randn(16, 3, 32, 32)
+    x1, x2 = x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(x1, x2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if method == "mocov3":
+            model.update_momentum(0.9)
+        losses.append(float(loss))
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_simclr_loss_equals_nt_xent_and_a_loop_oracle():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    ours = float(simclr_loss(z1, z2, 0.3))
+    assert ours == pytest.approx(float(nt_xent(z1, z2, 0.3)), rel=1e-6)
+    z = np.concatenate([z1.numpy(), z2.numpy()])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    total = 0.0
+    for i in range(10):
+        j = (i + 5) % 10
+        den = sum(math.exp(z[i] @ z[k] / 0.3) for k in range(10) if k != i)
+        total += -math.log(math.exp(z[i] @ z[j] / 0.3) / den)
+    assert ours == pytest.approx(total / 10, rel=1e-5)
+
+
+def test_moco_contrastive_loop_oracle():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    qn = (q / q.norm(dim=1, keepdim=True)).numpy()
+    kn = (k / k.norm(dim=1, keepdim=True)).numpy()
+    ce = np.mean([-math.log(math.exp(qn[i] @ kn[i] / 0.2) / sum(math.exp(qn[i] @ kn[m] / 0.2) for m in range(4)))
+                  for i in range(4)])
+    assert float(moco_contrastive(q, k, 0.2)) == pytest.approx(2 * 0.2 * ce, rel=1e-5)
+
+
+def test_knn_accuracy_matches_brute_force(rng):
+    tr, te = rng.standard_normal((40, 5)), rng.standard_normal((15, 5))
+    ytr, yte = rng.integers(0, 3, 40), rng.integers(0, 3, 15)
+    trn = tr / np.linalg.norm(tr, axis=1, keepdims=True)
+    correct = 0
+    for i in range(15):
+        t = te[i] / np.linalg.norm(te[i])
+        sims = trn @ t
+        votes = np.zeros(3)
+        for j in np.argsort(-sims)[:7]:
+            votes[ytr[j]] += math.exp(sims[j] / 0.07)
+        correct += int(np.argmax(votes) == yte[i])
+    assert knn_accuracy(tr, ytr, te, yte, k=7) == pytest.approx(correct / 15)
+    assert knn_accuracy(tr, ytr, tr, ytr, k=1) == 1.0  # each point is its own nearest neighbour
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mismatched_backbone_is_refused(weights, tmp_path, capsys):
+    code = main(["train-teacher", "--data", "digits", "--backbone", "resnet10t", "--weights", str(weights),
+                 "--freeze-backbone", "--epochs", "1", "--bits", "16", "--no-progress", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "vit_tiny_patch16_224" in err and "resnet10t" in err
+
+
+def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
+    code = main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs",
+                 "depth=2", "--weights", str(weights), "--freeze-backbone", "--epochs", "1", "--bits", "16",
+                 "--no-progress", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "depth=2" in err and "depth=1" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--out", "w.pt"], "w.pt"),
+        (["--out", "X.safetensors", "--batch-size", "500"], "batch-size=500"),
+        (["--out", "X.safetensors", "--momentum", "1.5"], "momentum=1.5"),
+        (["--out", "X.safetensors", "--group", "nope"], "nope"),
+        (["--out", "X.safetensors", "--resume"], "--resume"),
+    ],
+)
+def test_bad_values_exit_non_zero_with_one_line(extra, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs", KW,
+            "--no-progress", *extra]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize("extra", [["--tau", "0"], ["--epochs", "0"], ["--method", "byol"]])
+def test_bad_cli_values_are_usage_errors(extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--out", "x.safetensors", *extra])
+    assert exc.value.code != 0
+    assert extra[1] in capsys.readouterr().err
