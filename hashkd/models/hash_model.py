@@ -206,5 +206,10 @@ def build_model(config: ModelConfig, pretrained: bool = False, weights: str | Pa
                     f"weights file {str(weights)!r} is for backbone {info['backbone']!r}, not {config.backbone!r}"
                 )
             for k, v in info.get("backbone_kwargs", {}).items():
+                if k in config.backbone_kwargs and config.backbone_kwargs[k] != v:
+                    raise ModelError(
+                        f"backbone argument {k}={config.backbone_kwargs[k]!r} does not match the weights file "
+                        f"{str(weights)!r}, made with {k}={v!r}: expected the same value (or none)"
+                    )
                 config.backbone_kwargs.setdefault(k, v)
     return HashModel(config, pretrained=pretrained, weights=weights)
