@@ -112,6 +112,7 @@ def test_export_round_trip_dynamic_batch(tmp_path, rng, kind, fmt, exporter):
     entry = export_model(src, fmt, out, check_images=16, exporter=exporter)
     if fmt == "onnx":
         assert entry["exporter"] == ("dynamo" if exporter == "auto" else exporter)
+        assert Encoder.from_artifact(out).backend == "onnx"  # auto prefers onnxruntime
     assert entry["check"]["bit_agreement"] >= 0.999 and entry["check"]["images"] == 16
     # the output is a complete artifact: config + weights + graph, loadable by every backend
     config, raw = read_config(out)
