@@ -394,3 +394,15 @@ def test_plots_compare_several_results_and_refuse_bad_input(tmp_path, rng):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         write_plots({"x": a}, tmp_path / "file")
+
+
+def test_model_digest_handles_batchnorm_scalars():
+    """BatchNorm's 0-d ``num_batches_tracked`` must not break the digest (CNN students)."""
+    from hashkd.encoding import model_digest
+    from hashkd.models import ModelConfig, build_model
+    from tests.conftest import TINY_CNN
+
+    a = build_model(ModelConfig(bits=16, **TINY_CNN))
+    b = build_model(ModelConfig(bits=16, **TINY_CNN))
+    assert model_digest(a) == model_digest(a)
+    assert model_digest(a) != model_digest(b)  # different random init
