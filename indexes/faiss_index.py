@@ -5,7 +5,7 @@ Spec strings (a compact name like FAISS's own factory strings):
 =================  ==============================================  ==========================
 spec               FAISS index                                     notes
 =================  ==============================================  ==========================
-``flat``           ``IndexBinaryIDMap2`` over ``IndexBinaryFlat``  exact; the default
+``flat``           ``IndexBinaryFlat``, codes in id order          exact; the default
 ``flat:gpu``       same, searched on a GPU clone                   needs faiss-gpu and a GPU
 ``ivf[:NLIST]``    ``IndexBinaryIVF`` + hashtable direct map       approximate (``nprobe``)
 ``hnsw[:M]``       ``IndexBinaryHNSW``                             approximate; no remove
@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from indexes.base import BinaryIndex
+from indexes.idset import sorted_unique
 from indexes.storage import npy_bytes, npy_load, write_index_file
 
 ALL_OPS = frozenset({"add", "remove", "replace", "search", "range_search", "get", "save"})
@@ -54,6 +55,23 @@ def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}={value!r} is not valid: expected a positive integer")
     return int(value)
+
+
+def _deserialize(data: bytes, path: str, bits: int) -> Any:
+    """The FAISS binary index in a file's ``faiss`` section; ``IndexFileError`` if unreadable."""
+    from indexes.errors import IndexFileError
+
+    try:
+        index = faiss.deserialize_index_binary(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise IndexFileError(
+            f"the FAISS section of index file {path!r} cannot be read: {exc}"
+        ) from None
+    if index.d != bits:
+        raise IndexFileError(
+            f"index file {path!r} says {bits} bits but its FAISS index has {index.d}"
+        )
+    return index
 
 
 class FaissIndex(BinaryIndex):
@@ -99,25 +117,14 @@ class FaissIndex(BinaryIndex):
         from indexes.errors import IndexFileError
 
         if "faiss" in sections:
-            try:
-                self._index = faiss.deserialize_index_binary(
-                    np.frombuffer(sections["faiss"], dtype=np.uint8)
-                )
-            except RuntimeError as exc:
-                raise IndexFileError(
-                    f"the FAISS section of index file {path!r} cannot be read: {exc}"
-                ) from None
-            if self._index.d != self.bits:
-                raise IndexFileError(
-                    f"index file {path!r} says {self.bits} bits but its FAISS index has {self._index.d}"
-                )
+            self._index = _deserialize(sections["faiss"], path, self.bits)
         if "ids" in sections:
             ids = npy_load(sections["ids"], "ids", path)
         else:
             ids = self._stored_ids() if self._index is not None else None
             if ids is None:
                 raise IndexFileError(f"index file {path!r} lacks its ids section")
-        if ids.dtype != np.int64 or ids.ndim != 1 or len(np.unique(ids)) != len(ids):
+        if ids.dtype != np.int64 or ids.ndim != 1 or len(sorted_unique(ids)) != len(ids):
             raise IndexFileError(f"the ids of index file {path!r} are not distinct int64 values")
         self._ids.__init__(ids)
         if self._index is not None:
@@ -144,7 +151,18 @@ class FaissIndex(BinaryIndex):
 
 
 class FlatIndex(FaissIndex):
-    """Exact search: ``IndexBinaryIDMap2`` over ``IndexBinaryFlat`` (ids stored by FAISS).
+    """Exact search: an ``IndexBinaryFlat`` whose codes are kept in ascending-id order.
+
+    Memory is the codes plus one int64 per code: position ``p`` of the FAISS storage holds the
+    code of the ``p``-th smallest id, so the sorted id array that ``BinaryIndex`` keeps for its
+    duplicate/unknown-id checks is also the position -> id map, and id -> position is a binary
+    search in it (``np.searchsorted``). No id hash map (FAISS's ``IndexBinaryIDMap2`` adds
+    ~40 bytes per code for one) and no second id array. ``add`` into a non-empty index
+    rebuilds the storage at its exact new size with the new codes merged in (O(n), like the
+    sorted id array); ``remove`` compacts it in place (FAISS ``remove_ids`` keeps the order).
+
+    This relies on ``BinaryIndex`` calling ``_raw_add`` / ``_raw_remove`` *before* it updates
+    its id set, so that ``self._ids`` still describes the current storage.
 
     ``gpu=True`` searches a GPU clone of the flat codes (``faiss.index_binary_cpu_to_gpu``),
     rebuilt after writes; it needs faiss-gpu and ``faiss.get_num_gpus() > 0`` -- without a GPU
@@ -165,7 +183,7 @@ class FlatIndex(FaissIndex):
                     "gpu=True needs faiss-gpu and a visible CUDA GPU, but faiss sees none "
                     "(install the 'gpu' extra on a GPU machine, or use spec 'flat')"
                 )
-        self._index = faiss.index_binary_factory(self.bits, "IDMap2,BFlat")
+        self._index = faiss.IndexBinaryFlat(self.bits)
         self._gpu_index: Any = None
         self._gpu_ids: np.ndarray | None = None
         self._gpu_mutex = threading.Lock()
@@ -173,15 +191,48 @@ class FlatIndex(FaissIndex):
     def options(self) -> dict[str, Any]:
         return {}  # gpu is a property of the machine: pass gpu=True to load_index to use one
 
-    def _stored_ids(self) -> np.ndarray | None:
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+    # -- storage in ascending-id order ----------------------------------------------------------
+    def _codes(self) -> np.ndarray:
+        """A view (ntotal x code_size) of FAISS's code storage; valid until the next write."""
+        n = self._index.ntotal
+        if n == 0:
+            return np.empty((0, self.code_size), dtype=np.uint8)
+        flat = faiss.rev_swig_ptr(self._index.xb.data(), n * self.code_size)
+        return flat.reshape(n, self.code_size)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Storage positions of ``ids`` (all present: ``BinaryIndex`` checked them)."""
+        return np.searchsorted(self._ids.array, ids)
+
+    def _to_ids(self, pos: np.ndarray) -> np.ndarray:
+        ids = self._ids.array
+        return np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
 
     def _raw_add(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        self._index.add_with_ids(codes, ids)
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            ids, codes = ids[order], codes[order]
+        old = self._ids.array  # none of ``ids`` is in it (checked or removed by BinaryIndex)
+        if len(old) == 0:
+            self._index.add(codes)
+        else:
+            # A fresh storage of the exact size: appending to FAISS's vector would let it
+            # double its capacity (libstdc++ growth), up to 2x the codes' memory.
+            if ids[0] > old[-1]:
+                merged = np.concatenate([self._codes(), codes])
+            else:
+                merged = np.insert(self._codes(), np.searchsorted(old, ids), codes, axis=0)
+            index = faiss.IndexBinaryFlat(self.bits)
+            index.add(merged)
+            del merged
+            self._index = index
         self._gpu_index = None
 
     def _raw_remove(self, ids: np.ndarray) -> None:
-        self._index.remove_ids(ids)
+        pos = self._positions(ids)
+        removed = self._index.remove_ids(pos)  # an IDSelectorBatch of positions; order kept
+        if removed != len(ids):  # pragma: no cover - guarded by BinaryIndex's id checks
+            raise RuntimeError(f"FAISS removed {removed} codes, expected {len(ids)}")
         self._gpu_index = None
 
     def _gpu_search(
@@ -190,9 +241,8 @@ class FlatIndex(FaissIndex):
         with self._gpu_mutex:
             if self._gpu_index is None:
                 res = faiss.StandardGpuResources()
-                inner = self._index.index  # owned by the IDMap2, kept alive by self._index
-                self._gpu_index = (res, faiss.index_binary_cpu_to_gpu(res, 0, inner))
-                self._gpu_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+                self._gpu_index = (res, faiss.index_binary_cpu_to_gpu(res, 0, self._index))
+                self._gpu_ids = self._ids.array.copy()
             gpu_index, ids = self._gpu_index[1], self._gpu_ids
         dist, pos = gpu_index.search(codes, k)
         return dist, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
@@ -200,15 +250,62 @@ class FlatIndex(FaissIndex):
     def _raw_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu and k <= self.GPU_MAX_K:  # pragma: no cover - needs a GPU
             return self._gpu_search(codes, k)
-        return self._index.search(codes, k)
+        dist, pos = self._index.search(codes, k)
+        return dist, self._to_ids(pos)
 
     def _raw_range_search(
         self, codes: np.ndarray, radius: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self._index.range_search(codes, radius + 1)  # FAISS is strict: d < radius + 1
+        # FAISS is strict (d < radius + 1); its positions are mapped to ids
+        lims, dist, pos = self._index.range_search(codes, radius + 1)
+        return lims, dist, self._ids.array[pos]
 
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
-        return np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.uint8)
+        return self._codes()[self._positions(ids)]  # fancy indexing: a copy
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _restore(self, sections: dict[str, bytes], path: str) -> None:
+        """Format 2: ``IndexBinaryFlat`` in ascending-id order + the sorted ``ids`` section.
+
+        Format 1 (hashkd before the memory rework): an ``IndexBinaryIDMap2`` holding its ids;
+        it is converted on load (codes re-ordered by id). Save writes format 2.
+        """
+        from indexes.errors import IndexFileError
+
+        if "faiss" not in sections:
+            raise IndexFileError(f"index file {path!r} lacks the FAISS section of a flat index")
+        index = _deserialize(sections["faiss"], path, self.bits)
+        if isinstance(index, faiss.IndexBinaryIDMap):  # format 1 (IDMap2 is a subclass)
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            inner = faiss.downcast_IndexBinary(index.index)
+            if not isinstance(inner, faiss.IndexBinaryFlat) or inner.ntotal != len(ids):
+                raise IndexFileError(f"index file {path!r} holds a flat index of an unknown layout")
+            order = np.argsort(ids, kind="stable")
+            # copy the codes out while ``index`` (their owner) is alive
+            codes = faiss.vector_to_array(inner.xb).reshape(-1, self.code_size)[order]
+            del inner
+            ids = ids[order]
+            index = faiss.IndexBinaryFlat(self.bits)
+            index.add(codes)
+            del codes
+        elif isinstance(index, faiss.IndexBinaryFlat):
+            if "ids" not in sections:
+                raise IndexFileError(f"index file {path!r} lacks its ids section")
+            ids = npy_load(sections["ids"], "ids", path)
+        else:
+            raise IndexFileError(
+                f"index file {path!r} holds a {type(index).__name__}, not a flat index"
+            )
+        if ids.dtype != np.int64 or ids.ndim != 1 or not bool(np.all(ids[1:] > ids[:-1])):
+            raise IndexFileError(
+                f"the ids of index file {path!r} are not distinct ascending int64 values"
+            )
+        if index.ntotal != len(ids):
+            raise IndexFileError(
+                f"index file {path!r} is inconsistent: {index.ntotal} codes but {len(ids)} ids"
+            )
+        self._index = index
+        self._ids.__init__(ids)
 
 
 class IVFIndex(FaissIndex):

@@ -3,14 +3,21 @@
 Layout (all integers little-endian)::
 
     8 bytes   magic  b"HKDBIDX\\0"
-    4 bytes   format version (uint32, currently 1)
+    4 bytes   format version (uint32, currently 2; version 1 files are still read)
     4 bytes   header length H (uint32)
     H bytes   header: UTF-8 JSON {"kind", "spec", "bits", "count", "options", "metadata",
               "sections": [{"name", "nbytes", "crc32"}, ...]}
     ...       the sections, in header order: "faiss" (faiss.serialize_index_binary bytes),
               "pos_to_id" (.npy int64, side id map of the backends without native ids),
-              "ids" (.npy int64, sorted ids; only for IVF, whose ids are not otherwise
-              readable -- the others derive them from FAISS's id map or ``pos_to_id``)
+              "ids" (.npy int64, sorted ids; for IVF, whose ids are not otherwise
+              readable, and for flat, whose codes are stored in ascending-id order --
+              hnsw/hash derive them from ``pos_to_id``)
+
+Version 2 changed only the flat backend's sections: version 1 stored an
+``IndexBinaryIDMap2`` (ids inside FAISS, no "ids" section); version 2 stores an
+``IndexBinaryFlat`` whose position p holds the code of the p-th smallest id, plus "ids".
+Version 1 files of every kind are read (a version 1 flat file is converted on load); the
+version was raised so that older hashkd refuses a version 2 file instead of misreading it.
 
 No pickle anywhere: the .npy sections are read with ``allow_pickle=False``. A file whose magic,
 version, sizes or CRC-32 checksums do not match raises ``IndexFileError``.
@@ -32,7 +39,9 @@ import numpy as np
 from indexes.errors import IndexFileError
 
 MAGIC = b"HKDBIDX\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions ``read_header`` accepts (1: flat stored as ``IndexBinaryIDMap2``, converted on load).
+READABLE_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("<8sII")
 _MAX_HEADER = 1 << 20
 
@@ -100,9 +109,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
         if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
             raise IndexFileError(f"{p!r} is not a hashkd index file (bad magic number)")
         _, version, hlen = _PREFIX.unpack(prefix)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise IndexFileError(
-                f"index file {p!r} has format version {version}; this version of hashkd reads version {FORMAT_VERSION}"
+                f"index file {p!r} has format version {version}; this version of hashkd reads "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))} (a newer hashkd wrote it?)"
             )
         if hlen > _MAX_HEADER:
             raise IndexFileError(f"index file {p!r} has an implausible header length {hlen}")

@@ -476,3 +476,113 @@ def test_untrained_ivf_round_trips(tmp_path, data):
     loaded.add(ids[:500], db[:500])
     td, ti = oracle_knn(q, db[:500], ids[:500], 5)
     np.testing.assert_array_equal(loaded.search(q, 5)[1], np.stack(ti))
+
+
+# -- flat: codes kept in ascending-id order (format 2), format 1 files still read --------------
+def test_flat_random_writes_match_a_dict_oracle(data):
+    """Adds below, between and above existing ids, removes and upserts, checked after each step."""
+    db, _, q = data
+    rng = np.random.default_rng(11)
+    index = create_index("flat", BITS)
+    truth: dict[int, np.ndarray] = {}
+    for step in range(12):
+        op = ("add", "add", "remove", "upsert")[step % 4] if step else "add"
+        if op == "add":
+            new = rng.choice(np.arange(0, 5000, dtype=np.int64), 150, replace=False)
+            new = new[~np.isin(new, list(truth))]
+            codes = db[rng.integers(0, len(db), len(new))]
+            index.add(new, codes)
+            truth.update(zip(new.tolist(), codes, strict=True))
+        elif op == "remove":
+            gone = rng.choice(sorted(truth), 60, replace=False)
+            assert index.remove(gone) == 60
+            for i in gone.tolist():
+                del truth[i]
+        else:
+            old = rng.choice(sorted(truth), 40, replace=False)
+            fresh = np.setdiff1d(np.arange(5000, 5040), list(truth))[:10]
+            both = np.concatenate([old, fresh])
+            codes = db[rng.integers(0, len(db), len(both))]
+            index.upsert(both, codes)
+            truth.update(zip(both.tolist(), codes, strict=True))
+        ids = np.array(sorted(truth), dtype=np.int64)
+        codes = np.stack([truth[i] for i in ids.tolist()])
+        assert len(index) == len(ids)
+        np.testing.assert_array_equal(index.ids(), ids)
+        perm = rng.permutation(len(ids))
+        np.testing.assert_array_equal(index.get(ids[perm]), codes[perm])
+        td, ti = oracle_knn(q, codes, ids, 20)
+        dist, got = index.search(q, 20)
+        np.testing.assert_array_equal(dist, np.stack(td))
+        np.testing.assert_array_equal(got, np.stack(ti))
+        hits = index.range_search(q[:5], 20)
+        for (d, i), t in zip(hits, oracle_range(q[:5], codes, ids, 20), strict=True):
+            assert dict(zip(i.tolist(), d.tolist(), strict=True)) == t
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite the version field of a saved file to 1 (the header is not checksummed)."""
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = (1).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("n", [0, 700])
+def test_flat_reads_format_1_files(n, data, tmp_path):
+    """A version-1 flat file (FAISS IndexBinaryIDMap2 holding the ids) loads and re-saves."""
+    import faiss
+
+    from indexes.storage import FORMAT_VERSION, write_index_file
+
+    db, ids, q = data
+    rng = np.random.default_rng(5)
+    pick = rng.choice(len(db), n, replace=False)
+    legacy = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(BITS))
+    if n:
+        legacy.add_with_ids(db[pick], ids[pick])  # FAISS storage in insertion (not id) order
+    header = {"backend": "faiss", "kind": "flat", "spec": "flat", "bits": BITS, "count": n}
+    header |= {"options": {}, "metadata": {"src": "v1"}}
+    path = tmp_path / "v1.idx"
+    sections = {"faiss": faiss.serialize_index_binary(legacy).tobytes()}
+    write_index_file(path, header, sections)
+    _as_format_1(path)
+    loaded = load_index(path, bits=BITS)
+    assert len(loaded) == n and loaded.metadata == {"src": "v1"}
+    np.testing.assert_array_equal(loaded.ids(), np.sort(ids[pick]))
+    if n:
+        np.testing.assert_array_equal(loaded.get(ids[pick][::-1]), db[pick][::-1])
+        np.testing.assert_array_equal(
+            loaded.search(q, 15)[1], np.stack(oracle_knn(q, db[pick], ids[pick], 15)[1])
+        )
+    loaded.save(tmp_path / "v2.idx")
+    assert int.from_bytes((tmp_path / "v2.idx").read_bytes()[8:12], "little") == FORMAT_VERSION
+    again = load_index(tmp_path / "v2.idx")
+    np.testing.assert_array_equal(again.ids(), loaded.ids())
+    if n:
+        np.testing.assert_array_equal(again.search(q, 15)[1], loaded.search(q, 15)[1])
+
+
+def test_newer_format_version_refused_and_bad_flat_ids_refused(data, tmp_path):
+    db, ids, _ = data
+    path = tmp_path / "f.idx"
+    build("flat", db[:50], ids[:50]).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = (3).to_bytes(4, "little")
+    (tmp_path / "v3.idx").write_bytes(bytes(raw))
+    with pytest.raises(IndexFileError, match="format version 3"):
+        load_index(tmp_path / "v3.idx")
+    # a format-2 flat file whose ids are not ascending (codes would be misattributed)
+    import faiss
+
+    from indexes.storage import npy_bytes, write_index_file
+
+    flat = faiss.IndexBinaryFlat(BITS)
+    flat.add(db[:3])
+    header = {"backend": "faiss", "kind": "flat", "spec": "flat", "bits": BITS, "count": 3}
+    sections = {
+        "faiss": faiss.serialize_index_binary(flat).tobytes(),
+        "ids": npy_bytes(np.array([5, 2, 9], dtype=np.int64)),
+    }
+    write_index_file(tmp_path / "unsorted.idx", header, sections)
+    with pytest.raises(IndexFileError, match="ascending"):
+        load_index(tmp_path / "unsorted.idx")
