@@ -106,7 +106,7 @@ def test_ssl_loss_decreases_on_a_fixed_batch(method):
         opt.step()
         if method == "mocov3":
             model.update_momentum(0.9)
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]
 
@@ -180,7 +180,7 @@ def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
     ("extra", "needle"),
     [
         (["--out", "w.pt"], "w.pt"),
-        (["--out", "X.safetensors", "--batch-size", "500"], "batch-size=500"),
+        (["--out", "X.safetensors", "--batch-size", "5000"], "batch-size=5000"),
         (["--out", "X.safetensors", "--momentum", "1.5"], "momentum=1.5"),
         (["--out", "X.safetensors", "--group", "nope"], "nope"),
         (["--out", "X.safetensors", "--resume"], "--resume"),
@@ -201,3 +201,36 @@ def test_bad_cli_values_are_usage_errors(extra, capsys):
         main(["pretrain", "--out", "x.safetensors", *extra])
     assert exc.value.code != 0
     assert extra[1] in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, world: int, init: str, z1: torch.Tensor, z2: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    n = z1.shape[0] // world
+    a = z1[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    b = z2[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    loss = simclr_loss(a, b, 0.5)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    torch.save({"loss": total / world, "ga": a.grad / world, "gb": b.grad / world}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_simclr_gathered_negatives_equal_one_process_with_the_global_batch(tmp_path):
+    """Two gloo processes with half the batch each: the loss and gradients of the global-batch NT-Xent."""
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    init = f"file://{tmp_path / 'rdzv'}"
+    mp.spawn(_ddp_worker, args=(2, init, z1, z2, str(tmp_path / "r")), nprocs=2, join=True)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    ref = nt_xent(a, b, 0.5)
+    ref.backward()
+    parts = [torch.load(tmp_path / f"r.{r}", weights_only=True) for r in range(2)]
+    assert float(parts[0]["loss"]) == pytest.approx(float(ref.detach()), rel=1e-5)
+    torch.testing.assert_close(torch.cat([p["ga"] for p in parts]), a.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.cat([p["gb"] for p in parts]), b.grad, rtol=1e-4, atol=1e-6)

@@ -177,13 +177,28 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_bn: bool =
     return nn.Sequential(*mods)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums every process's gradient and returns this process's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.n = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank() * ctx.n : (dist.get_rank() + 1) * ctx.n]
+
+
 def _gather(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     if differentiable:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x))
+        return _GatherWithGrad.apply(x)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
