@@ -21,6 +21,7 @@ through their commands.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -49,11 +50,12 @@ class DemoConfig:
     keep_serving: bool = False
     port: int | None = None
     seed: int = 0
-    teacher_epochs: int = 30
-    student_epochs: int = 15
+    teacher_epochs: int = 15
+    student_epochs: int = 10
     max_train: int | None = None
     queries_to_show: int = 5
     progress: bool = False
+    fresh: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,7 +96,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.args = ["serve", *args, "--host", "127.0.0.1", "--port", str(port)]
         _say("$ hashkd " + shlex.join(self.args))
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in stop(), outlives this call
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "hashkd", *self.args], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env)
@@ -161,33 +163,36 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if not cfg.progress:
         common.append("--no-progress")
 
-    def timed(name: str, fn) -> Any:
+    def timed(name: str, fn, artifact: Path | None = None) -> Any:
+        if artifact is not None and (artifact / "config.json").is_file() and not cfg.fresh:
+            _say(f"reusing {artifact} (delete it, or pass --fresh, to run this stage again)")
+            return None
         t0 = time.perf_counter()
         out = fn()
         cfg.timings[name] = round(time.perf_counter() - t0, 1)
         return out
 
-    _stage(1, "train the ViT teacher with CIBHash (no labels)")
+    _stage(1, "train the ViT teacher (conv-stem ViT, hashkd.models.backbones) with CIBHash (no labels)")
     teacher = w / "teacher"
     timed("teacher", lambda: _run_cli([
-        "train-teacher", *common, "--backbone", "vit_tiny_patch16_224",
-        "--backbone-kwargs", "depth=4,embed_dim=96,num_heads=3,patch_size=4", "--epochs", str(cfg.teacher_epochs),
-        "--lr", "1e-3", "--val-every", str(max(1, cfg.teacher_epochs // 3)), "--out", str(teacher)]))
+        "train-teacher", *common, "--backbone", "vitc_micro",
+        "--backbone-kwargs", "global_pool=avg,class_token=false", "--epochs", str(cfg.teacher_epochs),
+        "--lr", "1e-3", "--val-every", str(max(1, cfg.teacher_epochs // 3)), "--out", str(teacher)]), teacher)
 
     student_common = [*common, "--teacher", str(teacher), "--student", "mobilenetv3_small_050", "--epochs",
                       str(cfg.student_epochs), "--val-every", str(max(1, cfg.student_epochs // 3)), "--view-bank", "6"]
     _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)")
     nokd = w / "student_nokd"
-    timed("student_nokd", lambda: _run_cli(["distill", *student_common, "--loss", "none", "--out", str(nokd)]))
+    timed("student_nokd", lambda: _run_cli(["distill", *student_common, "--loss", "none", "--out", str(nokd)]), nokd)
 
     _stage(3, "distil the MobileNetV3 student with BRCD")
     brcd = w / "student_brcd"
     timed("student_brcd", lambda: _run_cli(["distill", *student_common, "--loss", "brcd", "--loss-opt", "brcd.k=10",
-                                            "--out", str(brcd)]))
+                                            "--out", str(brcd)]), brcd)
 
     _stage(4, "export the BRCD student to ONNX")
     onnx_dir = w / "student_brcd_onnx"
-    timed("export", lambda: _run_cli(["export", str(brcd), "--format", "onnx", "--out", str(onnx_dir)]))
+    timed("export", lambda: _run_cli(["export", str(brcd), "--format", "onnx", "--out", str(onnx_dir)]), onnx_dir)
 
     _stage(5, "encode queries and database (the database with the teacher: asymmetric)")
     codes = w / "codes"
@@ -253,10 +258,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             _say(f"query {i} [{qname}] -> " + "  ".join(shown) + f"   ({res['took_ms']:.1f} ms)")
         if cfg.keep_serving:
             _say(f"\nserving on {server.url} (web page: {server.url}/) -- Ctrl-C to stop")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 server.proc.wait()
-            except KeyboardInterrupt:
-                pass
     finally:
         server.stop()
 
@@ -270,10 +273,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         files = [("images", (f"db{i}.png", _png(db_ds.load_image(i)), "image/png")) for i in range(n_check)]
         r = httpx.post(server.url + "/v1/items", files=files, data={"ids": ",".join(map(str, ids))}, timeout=120)
         r.raise_for_status()
-        r = httpx.post(server.url + "/v1/search/batch", params={"k": 1}, files=files, timeout=120)
+        # radius 0: every stored item with exactly the query's code (several, if codes collide)
+        r = httpx.post(server.url + "/v1/search/batch", params={"radius": 0}, files=files, timeout=120)
         r.raise_for_status()
         found = sum(1 for i, res in zip(ids, r.json()["results"], strict=True)
-                    if res and res[0]["id"] == i and res[0]["distance"] == 0)
+                    if any(h["id"] == i and h["distance"] == 0 for h in res))
     finally:
         server.stop()
     _say(f"{found}/{n_check} uploaded images came back as their own id at distance 0")

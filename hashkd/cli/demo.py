@@ -21,14 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="root of a list file's paths")
     p.add_argument("--bits", type=positive_int, default=64, help="code length (default 64)")
     p.add_argument("--workdir", default=None, help="where the artifacts go (default: a new temporary folder)")
-    p.add_argument("--teacher-epochs", type=positive_int, default=30, help="teacher epochs (default 30)")
-    p.add_argument("--student-epochs", type=positive_int, default=15, help="student epochs (default 15)")
+    p.add_argument("--teacher-epochs", type=positive_int, default=15, help="teacher epochs (default 15)")
+    p.add_argument("--student-epochs", type=positive_int, default=10, help="student epochs (default 10)")
     p.add_argument("--max-train", type=positive_int, default=None,
                    help="use at most this many training images (a small subset of a large folder)")
     p.add_argument("--quick", action="store_true", help="a reduced run (2 epochs, 200 training images) for CI")
     p.add_argument("--keep-serving", action="store_true", help="keep the service running after the queries")
     p.add_argument("--port", type=int, default=None, help="service port (default: a free one)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, augmentation and initialisation (default 0)")
+    p.add_argument("--fresh", action="store_true", help="re-run every stage even when --workdir holds its artifact")
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars")
     p.set_defaults(func=run)
 
@@ -40,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(workdir=workdir, data=args.data, root=args.root, bits=args.bits, quick=args.quick,
                      keep_serving=args.keep_serving, port=args.port, seed=args.seed,
                      teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                     max_train=args.max_train, progress=args.progress)
+                     max_train=args.max_train, progress=args.progress, fresh=args.fresh)
     run_demo(cfg)
     return 0

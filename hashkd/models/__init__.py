@@ -1,5 +1,6 @@
 """Hash models: a timm backbone + a hash head, and the on-disk model artifact."""
 
+from hashkd.models import backbones  # noqa: F401  (registers the vitc_* timm models)
 from hashkd.models.artifact import ArtifactError, load_artifact, save_artifact
 from hashkd.models.hash_model import HashModel, ModelConfig, build_model, sign_ste
 
