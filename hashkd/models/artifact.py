@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from hashkd.io import atomic_write, atomic_write_bytes
 from hashkd.models.hash_model import HashModel, ModelConfig
 
 ARTIFACT_FORMAT_VERSION = 1
@@ -24,36 +24,16 @@ class ArtifactError(ValueError):
     """A model artifact directory is missing, incomplete or of an unknown format."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_artifact(model: HashModel, directory: str | os.PathLike[str], extra: dict | None = None) -> Path:
     """Write ``model`` as an artifact directory; returns its path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=WEIGHTS_NAME, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, out / WEIGHTS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
     cfg = {"format_version": ARTIFACT_FORMAT_VERSION, **model.config.to_dict()}
     if extra:
         cfg.update(extra)
-    _atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True).encode())
     return out
 
 

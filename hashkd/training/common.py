@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -99,3 +100,51 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def epoch_loader(ds, batch_size: int, info, gen: torch.Generator, seed: int, epoch: int,
+                 num_workers: int = 0) -> DataLoader:
+    """The loader of one epoch: seeded shuffling, or a DistributedSampler under torchrun."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=True) if info.enabled else None
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                      generator=gen if sampler is None else None, drop_last=len(ds) > batch_size,
+                      num_workers=num_workers)
+
+
+def end_epoch(
+    run,
+    info,
+    model: nn.Module,
+    record: dict[str, Any],
+    epochs: int,
+    val_every: int,
+    best: float,
+    validate: Callable[[], float],
+    checkpoint: Callable[[float], dict[str, Any]],
+) -> float:
+    """Validate when due, keep the best model as the run's artifact, log, checkpoint.
+
+    Returns the best validation mAP so far. Only the main process validates and writes.
+    """
+    from hashkd.models import save_artifact
+    from hashkd.training.distributed import barrier
+
+    epoch = int(record["epoch"])
+    improved = False
+    if info.is_main and (epoch % val_every == 0 or epoch == epochs):
+        record["val_map"] = validate()
+        if record["val_map"] > best:
+            best, improved = record["val_map"], True
+    if info.is_main:
+        if improved or not (run.path / "model.safetensors").exists():
+            model.config.meta.update({"epoch": epoch, "val_map": record.get("val_map")})
+            save_artifact(model, run.path)
+        run.log(record)
+        run.save_checkpoint(checkpoint(best))
+        print(json.dumps(record), flush=True)
+    barrier(info)
+    return best

@@ -15,7 +15,6 @@ teacher (:mod:`hashkd.training.teacher`).
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,17 +22,18 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hashkd.codes import check_bits, codes_to_signs
 from hashkd.losses import DistillBatch, build_loss, get_loss_class
-from hashkd.models import ModelConfig, build_model, load_artifact, save_artifact
+from hashkd.models import ModelConfig, build_model, load_artifact
 from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Timer,
     encode_split,
+    end_epoch,
+    epoch_loader,
     seed_everything,
     trainable_parameters,
     validation_map,
@@ -42,7 +42,6 @@ from hashkd.training.data_setup import prepare_data
 from hashkd.training.distributed import (
     DistInfo,
     all_reduce_mean,
-    barrier,
     cleanup,
     init_distributed,
 )
@@ -195,12 +194,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         losses.train()
         ds = PairIndexDataset(bank.pick_pairs(gen)) if use_bank else TwoViewDataset(
             data.train.source, data.train.indices, view_tf)
-        sampler = DistributedSampler(ds, shuffle=True, seed=cfg.seed, drop_last=True) if info.enabled else None
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                            generator=gen if sampler is None else None, drop_last=len(ds) > cfg.batch_size,
-                            num_workers=0 if use_bank else cfg.num_workers)
+        loader = epoch_loader(ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_bank else cfg.num_workers)
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
@@ -243,21 +237,11 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             bar.set_postfix(loss=f"{float(total.detach()):.4f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "elapsed_s": round(timer.elapsed(), 2)}
         record.update({k: all_reduce_mean(v / max(count, 1), info) for k, v in sums.items()})
-        improved = False
-        if info.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            val_map = validation_map(student, data.val, data.val_database, s_eval_tf, info.device)
-            record["val_map"] = val_map
-            if val_map > best:
-                best, improved = val_map, True
-        if info.is_main:
-            if improved or not (Path(cfg.out) / "model.safetensors").exists():
-                student.config.meta.update({"epoch": epoch + 1, "val_map": record.get("val_map")})
-                save_artifact(student, cfg.out)
-            run.log(record)
-            run.save_checkpoint({
-                "model": student.state_dict(), "losses": losses.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1, "best_map": best, "generator": gen.get_state(),
-            })
-            print(json.dumps(record), flush=True)
-        barrier(info)
+        best = end_epoch(
+            run, info, student, record, cfg.epochs, cfg.val_every, best,
+            validate=lambda: validation_map(student, data.val, data.val_database, s_eval_tf, info.device),
+            checkpoint=lambda b, e=epoch + 1: {"model": student.state_dict(), "losses": losses.state_dict(),
+                                  "optimizer": optimizer.state_dict(), "epoch": e, "best_map": b,
+                                  "generator": gen.get_state()},
+        )
     return Path(cfg.out)

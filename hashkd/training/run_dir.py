@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hashkd.io import atomic_write, atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
@@ -55,21 +56,12 @@ class RunDir:
 
     def write_json(self, name: str, obj: dict[str, Any]) -> None:
         if self.is_main:
-            _atomic_write(self.path / name, json.dumps(obj, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(self.path / name, json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=CHECKPOINT_NAME, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.checkpoint_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
         if not self.checkpoint_path.is_file():
@@ -79,15 +71,3 @@ class RunDir:
             )
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,7 +14,6 @@ The loop supports:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +21,17 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from hashkd.codes import check_bits
-from hashkd.models import ModelConfig, build_model, save_artifact
+from hashkd.models import ModelConfig, build_model
 from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Split,
     Timer,
+    end_epoch,
+    epoch_loader,
     seed_everything,
     trainable_parameters,
     validation_map,
@@ -40,7 +40,6 @@ from hashkd.training.data_setup import prepare_data
 from hashkd.training.distributed import (
     DistInfo,
     all_reduce_mean,
-    barrier,
     cleanup,
     init_distributed,
 )
@@ -150,12 +149,7 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             ds = PairIndexDataset(pairs)
         else:
             ds = TwoViewDataset(data.train.source, data.train.indices, view_tf)
-        sampler = DistributedSampler(ds, shuffle=True, seed=cfg.seed, drop_last=True) if info.enabled else None
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                            generator=gen if sampler is None else None, drop_last=len(ds) > cfg.batch_size,
-                            num_workers=0 if use_cache else cfg.num_workers)
+        loader = epoch_loader(ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_cache else cfg.num_workers)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
                    leave=False)
@@ -177,23 +171,12 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         epoch_loss = all_reduce_mean(total / max(count, 1), info)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": epoch_loss, "elapsed_s": round(timer.elapsed(), 2)}
-        improved = False
-        if info.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            val_map = validation_map(model, data.val, data.val_database, eval_tf, info.device)
-            record["val_map"] = val_map
-            if val_map > best:
-                best, improved = val_map, True
-        if info.is_main:
-            if improved or not (Path(cfg.out) / "model.safetensors").exists():
-                model.config.meta.update({"epoch": epoch + 1, "val_map": record.get("val_map")})
-                save_artifact(model, cfg.out)
-            run.log(record)
-            run.save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "best_map": best, "generator": gen.get_state(),
-            })
-            print(json.dumps(record), flush=True)
-        barrier(info)
+        best = end_epoch(
+            run, info, model, record, cfg.epochs, cfg.val_every, best,
+            validate=lambda: validation_map(model, data.val, data.val_database, eval_tf, info.device),
+            checkpoint=lambda b, e=epoch + 1: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "epoch": e, "best_map": b, "generator": gen.get_state()},
+        )
     return Path(cfg.out)
 
 
