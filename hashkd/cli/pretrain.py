@@ -19,7 +19,7 @@ def _positive_float(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from hashkd.training.pretrain import METHODS
+    from hashkd.training import PRETRAIN_METHODS as METHODS
 
     p = sub.add_parser(
         "pretrain",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -259,14 +259,11 @@ class FileDataset(ImageDataset):
         return self._paths
 
     def _decode(self, i: int) -> Image.Image:
-        path = self._paths[i]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ValueError(
-                f"image file {path} cannot be decoded ({exc}): expected a readable image"
-            ) from exc
+        # The serving runtime's decoder: the same RGB conversion (EXIF orientation, alpha on
+        # white, palette, 16-bit) at training time as at query time, and the same clear errors.
+        from hashkd.runtime.images import load_image
+
+        return load_image(self._paths[i])
 
 
 def _is_image(name: str) -> bool:

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hashkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from hashkd.training import PRETRAIN_METHODS as METHODS
 from hashkd.training.common import Split, Timer, seed_everything
 from hashkd.training.distributed import (
     DistInfo,
@@ -67,8 +68,6 @@ from hashkd.training.distributed import (
     cleanup,
     init_distributed,
 )
-
-METHODS = ("simclr", "mocov3")
 
 
 @dataclass
