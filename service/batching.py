@@ -1,10 +1,13 @@
 """Micro-batching: encode the images of concurrent requests in one forward pass.
 
 A request hands its decoded images to :meth:`MicroBatcher.submit` and gets a
-``concurrent.futures.Future``. One worker thread takes the first waiting request, then keeps
-collecting requests until ``max_batch`` images are gathered or ``max_wait`` seconds have
-passed since the first one arrived, encodes them all with one ``encode`` call and hands each
-request its rows. (The same dynamic-batching idea as TensorFlow Serving's and Triton's
+``concurrent.futures.Future``. One worker thread takes the first waiting request and every
+request already queued behind it; when the previous batch served several requests (there is
+concurrency), it also keeps collecting until ``max_batch`` images are gathered or
+``max_wait`` seconds have passed since the first one arrived. It then encodes them all with
+one ``encode`` call and hands each request its rows. A lone client therefore never waits
+for a batch that will not come, while under load requests accumulate during each forward
+pass and are served together. (The same dynamic-batching idea as TensorFlow Serving's and Triton's
 batchers: a bounded wait trades a little latency at low load for much higher throughput
 under concurrency, since a forward pass over B images costs far less than B passes.)
 
@@ -52,6 +55,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
+        self._last_requests = 0  # requests in the previous batch: > 1 means concurrency
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -84,7 +88,8 @@ class MicroBatcher:
                 return
             batch = [first]
             size = len(first[0])
-            deadline = time.monotonic() + self.max_wait
+            wait = self.max_wait if self._last_requests > 1 else 0.0
+            deadline = time.monotonic() + wait
             stop = False
             while size < self.max_batch:
                 remaining = deadline - time.monotonic()
@@ -97,6 +102,7 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 size += len(item[0])
+            self._last_requests = len(batch)
             self._process(batch)
             if stop:
                 return
