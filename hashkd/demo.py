@@ -50,8 +50,8 @@ class DemoConfig:
     keep_serving: bool = False
     port: int | None = None
     seed: int = 0
-    teacher_epochs: int = 15
-    student_epochs: int = 10
+    teacher_epochs: int = 30
+    student_epochs: int = 20
     max_train: int | None = None
     queries_to_show: int = 5
     progress: bool = False

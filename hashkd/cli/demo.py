@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="root of a list file's paths")
     p.add_argument("--bits", type=positive_int, default=64, help="code length (default 64)")
     p.add_argument("--workdir", default=None, help="where the artifacts go (default: a new temporary folder)")
-    p.add_argument("--teacher-epochs", type=positive_int, default=15, help="teacher epochs (default 15)")
-    p.add_argument("--student-epochs", type=positive_int, default=10, help="student epochs (default 10)")
+    p.add_argument("--teacher-epochs", type=positive_int, default=30, help="teacher epochs (default 30)")
+    p.add_argument("--student-epochs", type=positive_int, default=20, help="student epochs (default 20)")
     p.add_argument("--max-train", type=positive_int, default=None,
                    help="use at most this many training images (a small subset of a large folder)")
     p.add_argument("--quick", action="store_true", help="a reduced run (2 epochs, 200 training images) for CI")
