@@ -148,3 +148,21 @@ def end_epoch(
         print(json.dumps(record), flush=True)
     barrier(info)
     return best
+
+
+def checkpoint_state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, epoch: int, best: float,
+                     gen: torch.Generator) -> dict[str, Any]:
+    """What a resumable checkpoint holds: tensors and plain values only (weights_only loadable)."""
+    return {**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
+            "epoch": int(epoch), "best_map": float(best), "generator": gen.get_state()}
+
+
+def resume_from(run, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                gen: torch.Generator) -> tuple[int, float]:
+    """Restore a :func:`checkpoint_state` from ``run``; returns (epochs done, best val mAP)."""
+    state = run.load_checkpoint()
+    for name, m in modules.items():
+        m.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    return int(state["epoch"]), float(state["best_map"])

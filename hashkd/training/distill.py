@@ -31,9 +31,11 @@ from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Timer,
+    checkpoint_state,
     encode_split,
     end_epoch,
     epoch_loader,
+    resume_from,
     seed_everything,
     trainable_parameters,
     validation_map,
@@ -169,12 +171,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
 
     start_epoch, best = 0, -math.inf
     if cfg.resume:
-        state = run.load_checkpoint()
-        student.load_state_dict(state["model"])
-        losses.load_state_dict(state["losses"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best = int(state["epoch"]), float(state["best_map"])
-        gen.set_state(state["generator"])
+        start_epoch, best = resume_from(run, {"model": student, "losses": losses}, optimizer, gen)
         if start_epoch >= cfg.epochs:
             return Path(cfg.out)
     run.write_json("run.json", {"kind": "student", "config": asdict(cfg), "splits": data.summary(),
@@ -240,8 +237,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         best = end_epoch(
             run, info, student, record, cfg.epochs, cfg.val_every, best,
             validate=lambda: validation_map(student, data.val, data.val_database, s_eval_tf, info.device),
-            checkpoint=lambda b, e=epoch + 1: {"model": student.state_dict(), "losses": losses.state_dict(),
-                                  "optimizer": optimizer.state_dict(), "epoch": e, "best_map": b,
-                                  "generator": gen.get_state()},
+            checkpoint=lambda b, e=epoch + 1: checkpoint_state({"model": student, "losses": losses}, optimizer, e, b,
+                                                              gen),
         )
     return Path(cfg.out)

@@ -30,8 +30,10 @@ from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Split,
     Timer,
+    checkpoint_state,
     end_epoch,
     epoch_loader,
+    resume_from,
     seed_everything,
     trainable_parameters,
     validation_map,
@@ -117,11 +119,7 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
 
     start_epoch, best = 0, -math.inf
     if cfg.resume:
-        state = run.load_checkpoint()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best = int(state["epoch"]), float(state["best_map"])
-        gen.set_state(state["generator"])
+        start_epoch, best = resume_from(run, {"model": model}, optimizer, gen)
         if start_epoch >= cfg.epochs:
             if info.is_main:
                 print(f"run in {cfg.out} already finished {start_epoch} epochs")
@@ -174,8 +172,7 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
         best = end_epoch(
             run, info, model, record, cfg.epochs, cfg.val_every, best,
             validate=lambda: validation_map(model, data.val, data.val_database, eval_tf, info.device),
-            checkpoint=lambda b, e=epoch + 1: {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "epoch": e, "best_map": b, "generator": gen.get_state()},
+            checkpoint=lambda b, e=epoch + 1: checkpoint_state({"model": model}, optimizer, e, b, gen),
         )
     return Path(cfg.out)
 
