@@ -88,6 +88,26 @@ def test_same_codes_for_file_bytes_and_pil_and_model_encode(artifact, tmp_path, 
     np.testing.assert_allclose(logits, ref, atol=1e-5)
 
 
+def test_auto_batch_size_follows_the_pixel_budget(artifact, rng):
+    from hashkd.runtime.encoder import AUTO_BATCH_PIXELS, auto_batch_size
+
+    assert auto_batch_size(224) == 4  # 4 x 224^2 pixels per backend call
+    assert auto_batch_size(32) == AUTO_BATCH_PIXELS // 1024 == 196
+    assert auto_batch_size(4096) == 1  # never zero
+    path, model = artifact
+    enc = Encoder.from_artifact(path, backend="torch")
+    assert enc.batch_size == auto_batch_size(enc.img_size)
+    calls = []
+    run = enc._backend.run
+    enc._backend.run = lambda x: calls.append(len(x)) or run(x)
+    x = rng.standard_normal((enc.batch_size * 2 + 1, 3, 32, 32)).astype(np.float32)
+    assert np.array_equal(enc.encode_arrays(x), model.encode(torch.from_numpy(x)))
+    assert calls == [enc.batch_size, enc.batch_size, 1]  # chunked, the codes unchanged
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            Encoder.from_artifact(path, backend="torch", batch_size=bad)
+
+
 def test_encode_arrays_and_batching(artifact, rng):
     path, model = artifact
     enc = Encoder.from_artifact(path, backend="torch", batch_size=3)
