@@ -75,6 +75,25 @@ def test_resume_logs_epoch_1_then_2(tmp_path):
     assert json.loads((tmp_path / "r.safetensors.json").read_text())["steps"] == 6
 
 
+def test_keep_every_snapshots_the_weights_of_those_epochs(tmp_path):
+    from hashkd.training.pretrain import snapshot_path
+
+    out = tmp_path / "k.safetensors"
+    assert _pretrain(out, "--epochs", "3", "--keep-every", "2") == 0
+    assert snapshot_path(out, 2) == tmp_path / "k-epoch002.safetensors"
+    kept = sorted(p.name for p in tmp_path.glob("k-epoch*.safetensors"))
+    assert kept == ["k-epoch002.safetensors"]  # epochs 1 and 3 are not multiples of 2
+    desc = json.loads((tmp_path / "k-epoch002.safetensors.json").read_text())
+    assert desc["steps"] == 2 * (96 // 32) and desc["backbone"] == TINY_VIT["backbone"]
+    final = load_file(str(out))
+    two = load_file(str(tmp_path / "k-epoch002.safetensors"))
+    assert set(two) == set(final) and any(not torch.equal(two[k], final[k]) for k in final)  # epoch 2 != epoch 3
+    # a snapshot is a weights file like the final one: it loads as a frozen teacher backbone
+    assert main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--weights",
+                 str(tmp_path / "k-epoch002.safetensors"), "--freeze-backbone", "--feature-cache", "2",
+                 "--epochs", "1", "--bits", "16", "--no-progress", "--out", str(tmp_path / "t")]) == 0
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     """A run stopped by --time-limit mid-epoch and resumed ends with the weights of a straight run."""
     straight, stopped = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

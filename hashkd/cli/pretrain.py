@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", default=None, help="split protocol of --knn-eval (default: the data's own)")
     p.add_argument("--checkpoint-every", type=non_negative_int, default=0,
                    help="also checkpoint (and write the weights) every N steps inside an epoch (default 0: per epoch)")
+    p.add_argument("--keep-every", type=non_negative_int, default=0, metavar="N",
+                   help="also keep the weights of every N-th epoch as OUT-epochNNN.safetensors (+ .json), e.g. "
+                   "to plot hashing mAP against pretraining time (default 0: only the latest)")
     p.add_argument("--time-limit", type=_positive_float, default=None, metavar="MIN",
                    help="stop after MIN minutes, writing the weights and a checkpoint that --resume continues")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         tau=args.tau, proj_dim=args.proj_dim, proj_hidden=args.proj_hidden, momentum=args.momentum,
         max_images=args.max_images, seed=args.seed, knn_eval=args.knn_eval, knn_every=args.knn_every,
         knn_k=args.knn_k, protocol=args.protocol, checkpoint_every=args.checkpoint_every,
+        keep_every=args.keep_every,
         time_limit_min=args.time_limit, num_workers=args.num_workers, device=args.device, resume=args.resume,
         progress=not args.no_progress,
     )

@@ -98,6 +98,7 @@ class PretrainConfig:
     knn_k: int = 20
     protocol: str | None = None
     checkpoint_every: int = 0
+    keep_every: int = 0
     time_limit_min: float | None = None
     num_workers: int = 0
     device: str = "auto"
@@ -114,7 +115,7 @@ class PretrainConfig:
                 raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
         if self.batch_size < 2:
             raise ValueError(f"batch-size={self.batch_size} is not valid: contrastive learning needs at least 2 images")
-        for name in ("knn_every", "checkpoint_every", "num_workers"):
+        for name in ("knn_every", "checkpoint_every", "keep_every", "num_workers"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected 0 or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -137,6 +138,12 @@ def side_paths(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     return {"weights": out, "json": Path(f"{out}.json"), "checkpoint": Path(f"{out}.ckpt.pt"),
             "log": Path(f"{out}.log.jsonl")}
+
+
+def snapshot_path(out: str | Path, epoch: int) -> Path:
+    """Where ``--keep-every`` keeps the weights after ``epoch``: ``OUT`` with ``-epochNNN`` before ``.safetensors``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-epoch{int(epoch):03d}{out.suffix}")
 
 
 # --------------------------------------------------------------------------- augmentations
@@ -359,13 +366,13 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any]) -> None:
-    """Write the backbone's state dict (safetensors) and its JSON description."""
+def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any], out: Path | None = None) -> None:
+    """Write the backbone's state dict (safetensors) and its JSON description (to ``out``, default cfg.out)."""
     from safetensors.torch import save_file
 
     import hashkd
 
-    paths = side_paths(cfg.out)
+    paths = side_paths(out if out is not None else cfg.out)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     _atomic(paths["weights"], lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}))
     desc = {
@@ -543,6 +550,9 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         }
         if info.is_main:
             checkpoint(True)
+            if cfg.keep_every and record["epoch"] and record["epoch"] % cfg.keep_every == 0:
+                save_backbone(backbone, cfg, {"steps": step, "epochs_done": step / steps_per_epoch,
+                                              "pool_images": int(len(pool))}, snapshot_path(cfg.out, record["epoch"]))
             last = step >= total_steps or stop
             if cfg.knn_eval and (last or (cfg.knn_every and record["epoch"] and record["epoch"] % cfg.knn_every == 0)):
                 record.update(knn_eval(backbone, cfg, info.device))
