@@ -9,7 +9,8 @@
 #
 # --budget full (default): the 3-hour recipe for a 2-core machine: a conv-stem ViT-Tiny (vitc_tiny,
 #   16 tokens), all 50,000 images, 10 epochs, pretraining capped at 150 min with --time-limit;
-#   heads and evaluation take the rest.
+#   heads and evaluation take the rest, including a 64-bit head on the weights kept every 2
+#   epochs (the mAP-vs-pretraining-time curve).
 # --quick: the shortened run (about an hour on a heavily shared machine): a smaller hybrid ViT,
 #   10,000 of the training images, 2 epochs.
 # Everything is written under --out (default /work/runs/pretrain/<budget>), never in the
@@ -25,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --quick) BUDGET=quick; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "recipe_cpu_teacher.sh: unknown argument $1: expected --quick, --budget full|quick or --out DIR" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +56,7 @@ else
   # inside 150 min whatever the load (the run then ends early, before the cosine schedule ends).
   BACKBONE=vitc_tiny
   KW="patch_size=8"
-  PRE=(--epochs 10 --warmup-epochs 1 --batch-size 256 --time-limit 150 --checkpoint-every 50)
+  PRE=(--epochs 10 --warmup-epochs 1 --batch-size 256 --time-limit 150 --checkpoint-every 50 --keep-every 2)
   HEAD_EPOCHS=100; CACHE_VIEWS=5
 fi
 W="$OUT/backbone.safetensors"
@@ -131,4 +132,11 @@ hash_head untrained_64 64
 lsh
 hash_head pretrained_32 32 --weights "$W"
 hash_head pretrained_16 16 --weights "$W"
+# 4. the curve of hashing mAP against pretraining time: a 64-bit head on each kept epoch's weights
+#    (--keep-every; the wall time of each epoch is in backbone.safetensors.log.jsonl).
+for snap in "$OUT"/backbone-epoch*.safetensors; do
+  [[ -f "$snap" ]] || continue
+  e="${snap##*-epoch}"; e="${e%.safetensors}"
+  hash_head "curve_epoch$e" 64 --weights "$snap"
+done
 say "done; figures in $SUMMARY"
