@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --quick) BUDGET=quick; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     *) echo "recipe_cpu_teacher.sh: unknown argument $1: expected --quick, --budget full|quick or --out DIR" >&2; exit 2 ;;
   esac
 done
