@@ -26,7 +26,7 @@ def test_grid_with_two_jobs_then_resume(tmp_path):
            "--view-bank", "2", "--topk", "100", "--speed-seconds", "0.2", "--jobs", "2", "--threads", "1", "--out", str(out),
            "--variants", "no KD (CIBHash only),BRCD: + bit mask (full)"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=1500)
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted(r["model"] for r in rows) == ["BRCD: + bit mask (full)", "no KD (CIBHash only)", "teacher"]
     for r in rows:
@@ -37,7 +37,7 @@ def test_grid_with_two_jobs_then_resume(tmp_path):
     body = [line for line in table if line.startswith("| 16 |")]
     assert [line.split(" | ")[1] for line in body] == ["teacher", "no KD (CIBHash only)", "BRCD: + bit mask (full)"]
     # Same --out again: every row is done, nothing is retrained.
-    done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=1500)
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     assert '"model"' not in done.stdout  # no new row printed
 
