@@ -43,6 +43,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -366,13 +367,13 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any], out: Path | None = None) -> None:
-    """Write the backbone's state dict (safetensors) and its JSON description (to ``out``, default cfg.out)."""
+def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any]) -> None:
+    """Write the backbone's state dict (safetensors) and its JSON description."""
     from safetensors.torch import save_file
 
     import hashkd
 
-    paths = side_paths(out if out is not None else cfg.out)
+    paths = side_paths(cfg.out)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     _atomic(paths["weights"], lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}))
     desc = {
@@ -551,8 +552,9 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         if info.is_main:
             checkpoint(True)
             if cfg.keep_every and record["epoch"] and record["epoch"] % cfg.keep_every == 0:
-                save_backbone(backbone, cfg, {"steps": step, "epochs_done": step / steps_per_epoch,
-                                              "pool_images": int(len(pool))}, snapshot_path(cfg.out, record["epoch"]))
+                snap = side_paths(snapshot_path(cfg.out, record["epoch"]))
+                for kind in ("weights", "json"):  # the files checkpoint(True) has just written
+                    _atomic(snap[kind], lambda tmp, src=paths[kind]: shutil.copyfile(src, tmp))
             last = step >= total_steps or stop
             if cfg.knn_eval and (last or (cfg.knn_every and record["epoch"] and record["epoch"] % cfg.knn_every == 0)):
                 record.update(knn_eval(backbone, cfg, info.device))
