@@ -99,6 +99,9 @@ class BinaryIndex:
     supports: frozenset[str] = frozenset()
     exact: bool = True
     exact_range: bool = True
+    #: ``_raw_search(codes, k)`` itself returns the exact top-k ordered by (distance, id), tie
+    #: groups cut by ascending id: ``search`` then needs no over-fetch and no tie completion.
+    ranks_ties: bool = False
 
     def __init__(self, bits: int, spec: str) -> None:
         self.bits = check_bits(bits)
@@ -255,6 +258,9 @@ class BinaryIndex:
                     np.empty((codes.shape[0], 0), np.int64),
                     k,
                 )
+            if self.ranks_ties:
+                dist, ids = self._raw_search(codes, min(n, k))
+                return sort_rows(dist, ids, k)  # already in order: pads when the index holds < k
             fetch = min(n, k + max(k, 64))
             dist, ids = self._raw_search(codes, fetch)
             dist, ids = sort_rows(dist, ids, fetch)

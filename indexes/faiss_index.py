@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from indexes import hamming_scan
 from indexes.base import BinaryIndex
 from indexes.idset import sorted_unique
 from indexes.storage import npy_bytes, npy_load, write_index_file
@@ -164,6 +165,12 @@ class FlatIndex(FaissIndex):
     This relies on ``BinaryIndex`` calling ``_raw_add`` / ``_raw_remove`` *before* it updates
     its id set, so that ``self._ids`` still describes the current storage.
 
+    Top-k search runs ``indexes.hamming_scan.knn_scan`` over FAISS's code storage (read in
+    place): a blocked, vectorised exact scan that returns the top-k in (distance, position) =
+    (distance, id) order directly, several times faster than ``IndexBinaryFlat.search``
+    (docs/bench-indexes.md). Without numba it falls back to FAISS's scan. Range search uses
+    FAISS's.
+
     ``gpu=True`` searches a GPU clone of the flat codes (``faiss.index_binary_cpu_to_gpu``),
     rebuilt after writes; it needs faiss-gpu and ``faiss.get_num_gpus() > 0`` -- without a GPU
     it raises at construction and never builds a GPU index (that would abort the process).
@@ -184,6 +191,7 @@ class FlatIndex(FaissIndex):
                     "(install the 'gpu' extra on a GPU machine, or use spec 'flat')"
                 )
         self._index = faiss.IndexBinaryFlat(self.bits)
+        self.ranks_ties = hamming_scan.AVAILABLE and not self.gpu
         self._gpu_index: Any = None
         self._gpu_ids: np.ndarray | None = None
         self._gpu_mutex = threading.Lock()
@@ -250,7 +258,12 @@ class FlatIndex(FaissIndex):
     def _raw_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu and k <= self.GPU_MAX_K:  # pragma: no cover - needs a GPU
             return self._gpu_search(codes, k)
-        dist, pos = self._index.search(codes, k)
+        if self.ranks_ties:
+            dist, pos = hamming_scan.knn_scan(
+                self._codes(), codes, k, threads=faiss.omp_get_max_threads()
+            )
+        else:
+            dist, pos = self._index.search(codes, k)
         return dist, self._to_ids(pos)
 
     def _raw_range_search(
