@@ -18,7 +18,8 @@ hashing", CVPR 2012): the code is cut into N substrings, each indexed by a hash 
 ``d(q, x) <= r`` then by the pigeonhole principle some substring is within ``floor(r / N)``
 bits, so probing every table with all keys within ``nflip = floor(r / N)`` bit flips and
 checking the full distance finds *every* code within ``r`` -- the range search is exact. Top-k
-search on the hash backends scans the codes kept in the index's flat storage (exact).
+search on the hash backends scans the codes kept in the index's flat storage (exact), with the
+same ``indexes.hamming_scan`` kernel as ``flat``.
 
 HNSW and the hash indexes number codes by position; the caller's ids live in a side map
 (``pos_to_id``) that is saved with the index.
@@ -528,7 +529,14 @@ class HashIndex(_PositionalIndex):
         return self._index.storage
 
     def _raw_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        dist, pos = self._index.storage.search(codes, k)
+        if not hamming_scan.AVAILABLE:  # pragma: no cover - numba is a core dependency
+            dist, pos = self._index.storage.search(codes, k)
+            return dist, self._map_positions(pos)
+        storage = faiss.downcast_IndexBinary(self._index.storage)
+        n = storage.ntotal
+        stored = faiss.rev_swig_ptr(storage.xb.data(), n * self.code_size).reshape(n, self.code_size)
+        # exact top-k by (distance, position); ``search`` re-sorts by id and completes ties
+        dist, pos = hamming_scan.knn_scan(stored, codes, k, threads=faiss.omp_get_max_threads())
         return dist, self._map_positions(pos)
 
     #: Above this many hash-table probes per query, a flat scan of the storage is cheaper.
