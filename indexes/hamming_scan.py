@@ -207,3 +207,11 @@ def knn_scan(
     out_d[:, :kk] = res_d
     out_p[:, :kk] = res_p
     return out_d, out_p
+
+
+def warm_up(code_size: int) -> None:
+    """Compile (or load from the on-disk cache) the kernel for ``code_size``-byte codes now,
+    so that a server's first search does not pay for it. A no-op without numba."""
+    if AVAILABLE and code_size > 0:
+        codes = np.zeros((2, code_size), dtype=np.uint8)
+        knn_scan(codes, codes[:1], 1)

@@ -23,6 +23,7 @@ from PIL import Image
 import indexes
 from hashkd.models.artifact import read_config
 from hashkd.runtime import Encoder
+from indexes import hamming_scan
 from service.batching import MicroBatcher
 from service.catalog import Catalog
 from service.metrics import Metrics
@@ -104,6 +105,7 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
         )
         metrics.track_index_size(lambda: float(len(self.catalog)))
+        hamming_scan.warm_up(self.bits // 8)  # the exact scan's machine code, before the first query
         self._query_batches = metrics.encode_batch.labels("query")
         self._db_batches = metrics.encode_batch.labels("database")
         self.batcher: MicroBatcher | None = None
