@@ -171,3 +171,9 @@ def test_bench_search_smoke_exact_backends_have_full_recall(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     recall = {r["backend"]: r["recall@10"] for r in rows}
     assert recall == {"numpy": 1.0, "faiss_bflat": 1.0, "flat": 1.0, "multihash": 1.0}
+
+
+def test_warm_up_compiles_the_kernel_for_a_code_size():
+    hamming_scan.warm_up(7)  # a layout no other test uses: 7 bytes = 7 uint8 words
+    assert (7, np.dtype(np.uint8).str) in hamming_scan._kernels
+    hamming_scan.warm_up(0)  # nothing to do
