@@ -59,6 +59,15 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
+def stored_codes(index: Any, code_size: int) -> np.ndarray:
+    """A view (ntotal x code_size) of an ``IndexBinaryFlat``'s codes, no copy; valid until the
+    index is next written to."""
+    n = index.ntotal
+    if n == 0:
+        return np.empty((0, code_size), dtype=np.uint8)
+    return faiss.rev_swig_ptr(index.xb.data(), n * code_size).reshape(n, code_size)
+
+
 def _deserialize(data: bytes, path: str, bits: int) -> Any:
     """The FAISS binary index in a file's ``faiss`` section; ``IndexFileError`` if unreadable."""
     from indexes.errors import IndexFileError
@@ -203,11 +212,7 @@ class FlatIndex(FaissIndex):
     # -- storage in ascending-id order ----------------------------------------------------------
     def _codes(self) -> np.ndarray:
         """A view (ntotal x code_size) of FAISS's code storage; valid until the next write."""
-        n = self._index.ntotal
-        if n == 0:
-            return np.empty((0, self.code_size), dtype=np.uint8)
-        flat = faiss.rev_swig_ptr(self._index.xb.data(), n * self.code_size)
-        return flat.reshape(n, self.code_size)
+        return stored_codes(self._index, self.code_size)
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Storage positions of ``ids`` (all present: ``BinaryIndex`` checked them)."""
@@ -532,9 +537,7 @@ class HashIndex(_PositionalIndex):
         if not hamming_scan.AVAILABLE:  # pragma: no cover - numba is a core dependency
             dist, pos = self._index.storage.search(codes, k)
             return dist, self._map_positions(pos)
-        storage = faiss.downcast_IndexBinary(self._index.storage)
-        n = storage.ntotal
-        stored = faiss.rev_swig_ptr(storage.xb.data(), n * self.code_size).reshape(n, self.code_size)
+        stored = stored_codes(faiss.downcast_IndexBinary(self._storage()), self.code_size)
         # exact top-k by (distance, position); ``search`` re-sorts by id and completes ties
         dist, pos = hamming_scan.knn_scan(stored, codes, k, threads=faiss.omp_get_max_threads())
         return dist, self._map_positions(pos)

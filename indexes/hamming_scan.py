@@ -182,10 +182,8 @@ def knn_scan(
         raise ValueError(f"codes of {code_size * 8} bits are longer than the 65535-bit limit")
     n, nq = db.shape[0], queries.shape[0]
     kk = min(k, n)
-    out_d = np.full((nq, k), -1, dtype=np.int32)
-    out_p = np.full((nq, k), -1, dtype=np.int64)
     if kk == 0 or nq == 0:
-        return out_d, out_p
+        return np.full((nq, k), -1, dtype=np.int32), np.full((nq, k), -1, dtype=np.int64)
     dtype = _word_dtype(code_size)
     words = code_size // dtype.itemsize
     flat_db = np.ascontiguousarray(db).reshape(-1).view(dtype)
@@ -204,9 +202,10 @@ def knn_scan(
         bounds = np.linspace(0, nq, threads + 1).astype(int)
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(part, bounds[:-1], bounds[1:]))
-    out_d[:, :kk] = res_d
-    out_p[:, :kk] = res_p
-    return out_d, out_p
+    if kk == k:
+        return res_d, res_p
+    pad = ((0, 0), (0, k - kk))  # fewer codes than k: missing slots are -1
+    return np.pad(res_d, pad, constant_values=-1), np.pad(res_p, pad, constant_values=-1)
 
 
 def warm_up(code_size: int) -> None:

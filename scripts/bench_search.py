@@ -194,15 +194,16 @@ def bench_faiss_bflat(db: np.ndarray, q: np.ndarray, true_d: np.ndarray, log) ->
     return row
 
 
+def row_at_1m_64(rows: list[dict], backend: str) -> dict | None:
+    """The row of ``backend`` on 1M x 64-bit random codes, if it ran."""
+    return next(
+        (r for r in rows if r["backend"] == backend and r["n"] == 1_000_000 and r["bits"] == 64),
+        None,
+    )
+
+
 def goal_flat_vs_numpy(rows: list[dict]) -> dict | None:
-    flat = next(
-        (r for r in rows if r["backend"] == "flat" and r["n"] == 1_000_000 and r["bits"] == 64),
-        None,
-    )
-    scan = next(
-        (r for r in rows if r["backend"] == "numpy" and r["n"] == 1_000_000 and r["bits"] == 64),
-        None,
-    )
+    flat, scan = row_at_1m_64(rows, "flat"), row_at_1m_64(rows, "numpy")
     if not flat or not scan:
         return None
     ratio = flat["qps_cpu"] / scan["qps_cpu"]
@@ -211,20 +212,10 @@ def goal_flat_vs_numpy(rows: list[dict]) -> dict | None:
         "speedup": round(ratio, 1),
         "met": ratio >= 10,
     }
-    scan8 = next(
-        (r for r in rows if r["backend"] == "numpy8" and r["n"] == 1_000_000 and r["bits"] == 64),
-        None,
-    )
+    scan8 = row_at_1m_64(rows, "numpy8")
     if scan8:
         out["speedup_vs_bytewise_scan"] = round(flat["qps_cpu"] / scan8["qps_cpu"], 1)
-    raw = next(
-        (
-            r
-            for r in rows
-            if r["backend"] == "faiss_bflat" and r["n"] == 1_000_000 and r["bits"] == 64
-        ),
-        None,
-    )
+    raw = row_at_1m_64(rows, "faiss_bflat")
     if raw:
         out["faiss_bflat_speedup_vs_numpy"] = round(raw["qps_cpu"] / scan["qps_cpu"], 1)
         out["flat_speedup_vs_faiss_bflat"] = round(flat["qps_cpu"] / raw["qps_cpu"], 1)
