@@ -31,8 +31,12 @@ class PixelLSH:
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         if self.planes is None or self.mean is None:
-            raise ValueError("PixelLSH.encode was called before fit: expected fit(train_pixels) first")
+            raise ValueError(
+                "PixelLSH.encode was called before fit: expected fit(train_pixels) first"
+            )
         x = np.asarray(pixels, dtype=np.float32).reshape(len(pixels), -1)
         if x.shape[1] != self.planes.shape[0]:
-            raise ValueError(f"pixel vectors have {x.shape[1]} values: expected {self.planes.shape[0]} as in fit")
+            raise ValueError(
+                f"pixel vectors have {x.shape[1]} values: expected {self.planes.shape[0]} as in fit"
+            )
         return np.packbits((x - self.mean) @ self.planes > 0, axis=1)

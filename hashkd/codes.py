@@ -28,7 +28,9 @@ class CodeSetError(ValueError):
 def check_bits(bits: int) -> int:
     """Return ``bits`` if it is a positive multiple of 8, else raise ``ValueError``."""
     if not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise ValueError(f"bits={bits!r} is not valid: expected a positive multiple of 8 (16, 32, 64, 128 ...)")
+        raise ValueError(
+            f"bits={bits!r} is not valid: expected a positive multiple of 8 (16, 32, 64, 128 ...)"
+        )
     return int(bits)
 
 
@@ -83,7 +85,9 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     q = as_codes(query)
     d = as_codes(database)
     if q.shape[1] != d.shape[1]:
-        raise ValueError(f"query codes are {q.shape[1] * 8} bits, database codes {d.shape[1] * 8} bits")
+        raise ValueError(
+            f"query codes are {q.shape[1] * 8} bits, database codes {d.shape[1] * 8} bits"
+        )
     out = np.empty((q.shape[0], d.shape[0]), dtype=np.int32)
     nbytes = q.shape[1]
     # Compare as uint64 words when possible: 8x fewer popcounts.
@@ -138,7 +142,12 @@ class CodeSet:
             np.save(path / "labels.npy", self.labels)
         elif (path / "labels.npy").exists():
             (path / "labels.npy").unlink()
-        meta = {"format_version": CODESET_FORMAT_VERSION, "bits": self.bits, "count": len(self), **self.meta}
+        meta = {
+            "format_version": CODESET_FORMAT_VERSION,
+            "bits": self.bits,
+            "count": len(self),
+            **self.meta,
+        }
         (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return path
 
@@ -169,9 +178,13 @@ class CodeSet:
             try:
                 meta = json.loads((path / "meta.json").read_text())
             except json.JSONDecodeError as exc:
-                raise CodeSetError(f"{str(path / 'meta.json')!r} is not valid JSON: {exc}") from None
+                raise CodeSetError(
+                    f"{str(path / 'meta.json')!r} is not valid JSON: {exc}"
+                ) from None
         if codes.dtype != np.uint8 or codes.ndim != 2:
-            raise CodeSetError(f"{str(path / 'codes.npy')!r} must hold uint8 n x K/8 codes, got {codes.dtype} {codes.shape}")
+            raise CodeSetError(
+                f"{str(path / 'codes.npy')!r} must hold uint8 n x K/8 codes, got {codes.dtype} {codes.shape}"
+            )
         for key in ("format_version", "bits", "count"):
             meta.pop(key, None)
         return cls(codes=codes, ids=ids, labels=labels, meta=meta)

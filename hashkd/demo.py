@@ -98,8 +98,12 @@ class Server:
         _say("$ hashkd " + shlex.join(self.args))
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop(), outlives this call
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "hashkd", *self.args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hashkd", *self.args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         import httpx
@@ -107,14 +111,18 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with code {self.proc.returncode}; see {self.log.name}")
+                raise RuntimeError(
+                    f"the service exited with code {self.proc.returncode}; see {self.log.name}"
+                )
             try:
                 if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"the service did not become ready within {timeout:.0f} s; see {self.log.name}")
+        raise RuntimeError(
+            f"the service did not become ready within {timeout:.0f} s; see {self.log.name}"
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -136,7 +144,9 @@ def _png(img) -> bytes:
 def _evaluate(q: CodeSet, d: CodeSet, topk: int) -> dict[str, float]:
     from hashkd.metrics import evaluate_codes
 
-    r = evaluate_codes(q.codes, d.codes, q.labels, d.labels, topk=min(topk, len(d)), radius=2, curves=False)
+    r = evaluate_codes(
+        q.codes, d.codes, q.labels, d.labels, topk=min(topk, len(d)), radius=2, curves=False
+    )
     return {"map": float(r["map"]), "p_r2": float(r["precision_at_radius"])}
 
 
@@ -158,8 +168,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     w = Path(cfg.workdir).resolve()
     w.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    data_args = ["--data", cfg.data] + (["--root", cfg.root] if cfg.root else []) + ["--seed", str(cfg.seed)]
-    common = [*data_args, "--bits", str(cfg.bits)] + (["--max-train", str(cfg.max_train)] if cfg.max_train else [])
+    data_args = (
+        ["--data", cfg.data]
+        + (["--root", cfg.root] if cfg.root else [])
+        + ["--seed", str(cfg.seed)]
+    )
+    common = [*data_args, "--bits", str(cfg.bits)] + (
+        ["--max-train", str(cfg.max_train)] if cfg.max_train else []
+    )
     if not cfg.progress:
         common.append("--no-progress")
 
@@ -172,32 +188,95 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         cfg.timings[name] = round(time.perf_counter() - t0, 1)
         return out
 
-    _stage(1, "train the ViT teacher (conv-stem ViT, hashkd.models.backbones) with CIBHash (no labels)")
+    _stage(
+        1, "train the ViT teacher (conv-stem ViT, hashkd.models.backbones) with CIBHash (no labels)"
+    )
     teacher = w / "teacher"
-    timed("teacher", lambda: _run_cli([
-        "train-teacher", *common, "--backbone", "vitc_micro",
-        "--backbone-kwargs", "global_pool=avg,class_token=false", "--epochs", str(cfg.teacher_epochs),
-        "--lr", "1e-3", "--val-every", str(max(1, cfg.teacher_epochs // 3)), "--out", str(teacher)]), teacher)
+    timed(
+        "teacher",
+        lambda: _run_cli(
+            [
+                "train-teacher",
+                *common,
+                "--backbone",
+                "vitc_micro",
+                "--backbone-kwargs",
+                "global_pool=avg,class_token=false",
+                "--epochs",
+                str(cfg.teacher_epochs),
+                "--lr",
+                "1e-3",
+                "--val-every",
+                str(max(1, cfg.teacher_epochs // 3)),
+                "--out",
+                str(teacher),
+            ]
+        ),
+        teacher,
+    )
 
-    student_common = [*common, "--teacher", str(teacher), "--student", "mobilenetv3_small_050", "--epochs",
-                      str(cfg.student_epochs), "--val-every", str(max(1, cfg.student_epochs // 3)), "--view-bank", "6"]
+    student_common = [
+        *common,
+        "--teacher",
+        str(teacher),
+        "--student",
+        "mobilenetv3_small_050",
+        "--epochs",
+        str(cfg.student_epochs),
+        "--val-every",
+        str(max(1, cfg.student_epochs // 3)),
+        "--view-bank",
+        "6",
+    ]
     _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)")
     nokd = w / "student_nokd"
-    timed("student_nokd", lambda: _run_cli(["distill", *student_common, "--loss", "none", "--out", str(nokd)]), nokd)
+    timed(
+        "student_nokd",
+        lambda: _run_cli(["distill", *student_common, "--loss", "none", "--out", str(nokd)]),
+        nokd,
+    )
 
     _stage(3, "distil the MobileNetV3 student with BRCD")
     brcd = w / "student_brcd"
-    timed("student_brcd", lambda: _run_cli(["distill", *student_common, "--loss", "brcd", "--loss-opt", "brcd.k=10",
-                                            "--out", str(brcd)]), brcd)
+    timed(
+        "student_brcd",
+        lambda: _run_cli(
+            [
+                "distill",
+                *student_common,
+                "--loss",
+                "brcd",
+                "--loss-opt",
+                "brcd.k=10",
+                "--out",
+                str(brcd),
+            ]
+        ),
+        brcd,
+    )
 
     _stage(4, "export the BRCD student to ONNX")
     onnx_dir = w / "student_brcd_onnx"
-    timed("export", lambda: _run_cli(["export", str(brcd), "--format", "onnx", "--out", str(onnx_dir)]), onnx_dir)
+    timed(
+        "export",
+        lambda: _run_cli(["export", str(brcd), "--format", "onnx", "--out", str(onnx_dir)]),
+        onnx_dir,
+    )
 
     _stage(5, "encode queries and database (the database with the teacher: asymmetric)")
     codes = w / "codes"
-    _run_cli(["encode", str(teacher), *data_args, "--split", "database", "--out", str(codes / "db_teacher"),
-              "--no-progress"])
+    _run_cli(
+        [
+            "encode",
+            str(teacher),
+            *data_args,
+            "--split",
+            "database",
+            "--out",
+            str(codes / "db_teacher"),
+            "--no-progress",
+        ]
+    )
     query_ds, qinfo = select_split(cfg.data, root=cfg.root, split="query", seed=cfg.seed)
     db_ds, dinfo = select_split(cfg.data, root=cfg.root, split="database", seed=cfg.seed)
     sets: dict[str, CodeSet] = {"db_teacher": CodeSet.load(codes / "db_teacher")}
@@ -212,29 +291,48 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "teacher (symmetric)": _evaluate(sets["q_teacher"], sets["db_teacher"], topk),
         "student, no KD (symmetric)": _evaluate(sets["q_nokd"], sets["db_nokd"], topk),
         "student, BRCD (symmetric)": _evaluate(sets["q_brcd"], sets["db_brcd"], topk),
-        "student, BRCD (asymmetric: teacher database)": _evaluate(sets["q_brcd"], sets["db_teacher"], topk),
+        "student, BRCD (asymmetric: teacher database)": _evaluate(
+            sets["q_brcd"], sets["db_teacher"], topk
+        ),
     }
 
     _stage(6, "build the FAISS index of the teacher-coded database")
-    _run_cli(["index", "build", str(codes / "db_teacher"), "--spec", "flat", "--out", str(w / "index.faiss")])
+    _run_cli(
+        [
+            "index",
+            "build",
+            str(codes / "db_teacher"),
+            "--spec",
+            "flat",
+            "--out",
+            str(w / "index.faiss"),
+        ]
+    )
 
     _stage(7, "serve: student queries against the teacher-coded database over REST")
     port = cfg.port or _free_port()
     store = w / "store"
-    server = Server(["--model", str(onnx_dir), "--database-model", str(teacher), "--store", str(store)], port,
-                    w / "service.log")
+    server = Server(
+        ["--model", str(onnx_dir), "--database-model", str(teacher), "--store", str(store)],
+        port,
+        w / "service.log",
+    )
     hits_out: list[dict[str, Any]] = []
     try:
         server.wait_ready()
         info = httpx.get(server.url + "/v1/info", timeout=10).json()
         if info.get("size", info.get("index_size", 0)) == 0:
             db = codes / "db_teacher"
-            files = {"codes": ("codes.npy", (db / "codes.npy").read_bytes()),
-                     "ids": ("ids.npy", (db / "ids.npy").read_bytes())}
+            files = {
+                "codes": ("codes.npy", (db / "codes.npy").read_bytes()),
+                "ids": ("ids.npy", (db / "ids.npy").read_bytes()),
+            }
             if (db / "labels.npy").is_file():
                 files["labels"] = ("labels.npy", (db / "labels.npy").read_bytes())
-            _say(f"$ curl -F codes=@{db}/codes.npy -F ids=@{db}/ids.npy -F labels=@{db}/labels.npy "
-                 f"{server.url}/v1/items/codes")
+            _say(
+                f"$ curl -F codes=@{db}/codes.npy -F ids=@{db}/ids.npy -F labels=@{db}/labels.npy "
+                f"{server.url}/v1/items/codes"
+            )
             r = httpx.post(server.url + "/v1/items/codes", files=files, timeout=120)
             r.raise_for_status()
             _say(f"added {len(r.json()['ids'])} teacher codes")
@@ -242,11 +340,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         for i in range(min(cfg.queries_to_show, len(query_ds))):
             img = query_ds.load_image(i)
             label = int(np.argmax(query_ds.labels[i]))
-            r = httpx.post(server.url + "/v1/search", params={"k": 5},
-                           files={"image": (f"query{i}.png", _png(img), "image/png")}, timeout=60)
+            r = httpx.post(
+                server.url + "/v1/search",
+                params={"k": 5},
+                files={"image": (f"query{i}.png", _png(img), "image/png")},
+                timeout=60,
+            )
             r.raise_for_status()
             res = r.json()
-            hits_out.append({"query": i, "label": label, "results": res["results"], "took_ms": res["took_ms"]})
+            hits_out.append(
+                {"query": i, "label": label, "results": res["results"], "took_ms": res["took_ms"]}
+            )
             shown = []
             for h in res["results"]:
                 labs = (h.get("metadata") or {}).get("labels")
@@ -264,20 +368,36 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         server.stop()
 
     _stage(8, "symmetric check: images added by upload are found at distance 0")
-    server = Server(["--model", str(onnx_dir), "--store", str(w / "store_symmetric")], _free_port(),
-                    w / "service_symmetric.log")
+    server = Server(
+        ["--model", str(onnx_dir), "--store", str(w / "store_symmetric")],
+        _free_port(),
+        w / "service_symmetric.log",
+    )
     n_check = min(20, len(db_ds))
     try:
         server.wait_ready()
         ids = [int(x) for x in sets["db_brcd"].ids[:n_check]]
-        files = [("images", (f"db{i}.png", _png(db_ds.load_image(i)), "image/png")) for i in range(n_check)]
-        r = httpx.post(server.url + "/v1/items", files=files, data={"ids": ",".join(map(str, ids))}, timeout=120)
+        files = [
+            ("images", (f"db{i}.png", _png(db_ds.load_image(i)), "image/png"))
+            for i in range(n_check)
+        ]
+        r = httpx.post(
+            server.url + "/v1/items",
+            files=files,
+            data={"ids": ",".join(map(str, ids))},
+            timeout=120,
+        )
         r.raise_for_status()
         # radius 0: every stored item with exactly the query's code (several, if codes collide)
-        r = httpx.post(server.url + "/v1/search/batch", params={"radius": 0}, files=files, timeout=120)
+        r = httpx.post(
+            server.url + "/v1/search/batch", params={"radius": 0}, files=files, timeout=120
+        )
         r.raise_for_status()
-        found = sum(1 for i, res in zip(ids, r.json()["results"], strict=True)
-                    if any(h["id"] == i and h["distance"] == 0 for h in res))
+        found = sum(
+            1
+            for i, res in zip(ids, r.json()["results"], strict=True)
+            if any(h["id"] == i and h["distance"] == 0 for h in res)
+        )
     finally:
         server.stop()
     _say(f"{found}/{n_check} uploaded images came back as their own id at distance 0")
@@ -288,13 +408,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     s_speed, s_backend = _encode_speed(onnx_dir, images)
     lines = [f"| model | mAP@{topk} | P@r<=2 |", "|---|---|---|"]
     lines += [f"| {k} | {v['map']:.4f} | {v['p_r2']:.4f} |" for k, v in table.items()]
-    lines += ["", "| encoder | images/s (batch 64) | backend |", "|---|---|---|",
-              f"| teacher ViT | {t_speed:.0f} | {t_backend} |", f"| student MobileNetV3 | {s_speed:.0f} | {s_backend} |"]
+    lines += [
+        "",
+        "| encoder | images/s (batch 64) | backend |",
+        "|---|---|---|",
+        f"| teacher ViT | {t_speed:.0f} | {t_backend} |",
+        f"| student MobileNetV3 | {s_speed:.0f} | {s_backend} |",
+    ]
     _say("\n".join(lines))
     total = round(time.perf_counter() - t_start, 1)
     _say(f"\nall stages done in {total} s; artifacts in {w}")
-    result = {"table": table, "encode_images_per_s": {"teacher": t_speed, "student": s_speed},
-              "self_check": {"found": found, "checked": n_check}, "hits": hits_out, "timings": cfg.timings,
-              "total_s": total, "workdir": str(w)}
+    result = {
+        "table": table,
+        "encode_images_per_s": {"teacher": t_speed, "student": s_speed},
+        "self_check": {"found": found, "checked": n_check},
+        "hits": hits_out,
+        "timings": cfg.timings,
+        "total_s": total,
+        "workdir": str(w),
+    }
     (w / "demo_results.json").write_text(json.dumps(result, indent=2))
     return result

@@ -14,25 +14,59 @@ from typing import Any
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "full-scale": {
         "teacher": {
-            "backbone": "vit_base_patch16_224", "pretrained": True, "freeze_backbone": True, "head": "linear",
-            "img_size": 224, "bits": 64, "epochs": 200, "batch_size": 64, "lr": 5e-4, "tau": 0.3, "beta": 0.001,
-            "feature_cache_views": 20, "val_every": 10, "device": "auto",
+            "backbone": "vit_base_patch16_224",
+            "pretrained": True,
+            "freeze_backbone": True,
+            "head": "linear",
+            "img_size": 224,
+            "bits": 64,
+            "epochs": 200,
+            "batch_size": 64,
+            "lr": 5e-4,
+            "tau": 0.3,
+            "beta": 0.001,
+            "feature_cache_views": 20,
+            "val_every": 10,
+            "device": "auto",
         },
         "student": {
-            "student": "efficientnet_b0", "pretrained": True, "head": "mlp", "img_size": 224, "bits": 64,
-            "losses": ["brcd"], "loss_options": {"brcd": {"alpha": 0.5, "tau": 0.3, "margin": 0.5, "k": 10}},
-            "epochs": 400, "batch_size": 64, "lr": 1e-3, "tau": 0.3, "beta": 0.001, "val_every": 10,
+            "student": "efficientnet_b0",
+            "pretrained": True,
+            "head": "mlp",
+            "img_size": 224,
+            "bits": 64,
+            "losses": ["brcd"],
+            "loss_options": {"brcd": {"alpha": 0.5, "tau": 0.3, "margin": 0.5, "k": 10}},
+            "epochs": 400,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "tau": 0.3,
+            "beta": 0.001,
+            "val_every": 10,
             "device": "auto",
         },
     },
     "cpu": {
         "teacher": {
-            "backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 6, "patch_size": 4}, "head": "linear",
-            "img_size": 32, "bits": 64, "epochs": 12, "batch_size": 64, "lr": 5e-4,
+            "backbone": "vit_tiny_patch16_224",
+            "backbone_kwargs": {"depth": 6, "patch_size": 4},
+            "head": "linear",
+            "img_size": 32,
+            "bits": 64,
+            "epochs": 12,
+            "batch_size": 64,
+            "lr": 5e-4,
         },
         "student": {
-            "student": "mobilenetv3_small_100", "head": "mlp", "img_size": 32, "losses": ["brcd"],
-            "loss_options": {"brcd": {"k": 10}}, "epochs": 20, "batch_size": 64, "lr": 1e-3, "view_bank": 10,
+            "student": "mobilenetv3_small_100",
+            "head": "mlp",
+            "img_size": 32,
+            "losses": ["brcd"],
+            "loss_options": {"brcd": {"k": 10}},
+            "epochs": 20,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "view_bank": 10,
         },
     },
 }
@@ -70,7 +104,16 @@ def recipe_commands(name: str, data: str, workdir: str) -> list[list[str]]:
     for k, v in t.items():
         teacher_cmd += _flag(rename.get(k, k), v)
     s = dict(recipe["student"])
-    student_cmd = ["hashkd", "distill", "--teacher", f"{workdir}/teacher", "--data", data, "--out", f"{workdir}/student"]
+    student_cmd = [
+        "hashkd",
+        "distill",
+        "--teacher",
+        f"{workdir}/teacher",
+        "--data",
+        data,
+        "--out",
+        f"{workdir}/student",
+    ]
     for k, v in s.items():
         if k == "losses":
             student_cmd += ["--loss", ",".join(v)]

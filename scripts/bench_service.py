@@ -62,8 +62,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def _client_proc(base: str, images: list[bytes], threads: int, seconds: float, max_requests: int, k: int,
-                 start_at: float) -> tuple[list[float], list[str], float]:
+def _client_proc(
+    base: str,
+    images: list[bytes],
+    threads: int,
+    seconds: float,
+    max_requests: int,
+    k: int,
+    start_at: float,
+) -> tuple[list[float], list[str], float]:
     """One load-generator process: ``threads`` clients searching in a loop until the deadline."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -83,7 +90,9 @@ def _client_proc(base: str, images: list[bytes], threads: int, seconds: float, m
                 img = images[n % len(images)]
                 t0 = time.perf_counter()
                 try:
-                    r = c.post("/v1/search", params={"k": k}, files={"image": ("q.png", img, "image/png")})
+                    r = c.post(
+                        "/v1/search", params={"k": k}, files={"image": ("q.png", img, "image/png")}
+                    )
                     ok, why = r.status_code == 200, f"{r.status_code} {r.text[:100]}"
                 except httpx.HTTPError as exc:
                     ok, why = False, repr(exc)
@@ -104,8 +113,15 @@ def _client_proc(base: str, images: list[bytes], threads: int, seconds: float, m
     return latencies, errors, time.perf_counter() - t0
 
 
-def load(base: str, images: list[bytes], clients: int, seconds: float, max_requests: int, k: int,
-         procs: int) -> dict:
+def load(
+    base: str,
+    images: list[bytes],
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    k: int,
+    procs: int,
+) -> dict:
     """``clients`` concurrent clients (threads spread over ``procs`` processes, so that the load
     generator's own GIL does not cap the rate) search for ``seconds``; rps and latency percentiles."""
     import multiprocessing as mp
@@ -155,8 +171,10 @@ def server_counters(base: str) -> dict[str, float]:
 def server_stats(before: dict[str, float], after: dict[str, float]) -> dict:
     """Server-side mean search latency and mean encode batch size between two readings."""
     d = {key: after[key] - before[key] for key in after}
-    return {"server_mean_ms": round(1000 * d["total"] / d["n"], 2) if d["n"] else None,
-            "mean_encode_batch": round(d["bs"] / d["bn"], 2) if d["bn"] else None}
+    return {
+        "server_mean_ms": round(1000 * d["total"] / d["n"], 2) if d["n"] else None,
+        "mean_encode_batch": round(d["bs"] / d["bn"], 2) if d["bn"] else None,
+    }
 
 
 def raw_setup(model: Path, codes_db: np.ndarray):
@@ -188,12 +206,17 @@ def paired_overhead(base: str, enc, index, images: list[bytes], k: int, pairs: i
             raws.append(t1 - t0)
             served.append(t2 - t1)
             diffs.append((t2 - t1) - (t1 - t0))
-    return {"pairs": pairs, "raw_p50_ms": round(percentile(raws, 50) * 1000, 2),
-            "server_p50_ms": round(percentile(served, 50) * 1000, 2),
-            "overhead_p50_ms": round(percentile(diffs, 50) * 1000, 2)}
+    return {
+        "pairs": pairs,
+        "raw_p50_ms": round(percentile(raws, 50) * 1000, 2),
+        "server_p50_ms": round(percentile(served, 50) * 1000, 2),
+        "overhead_p50_ms": round(percentile(diffs, 50) * 1000, 2),
+    }
 
 
-def raw_in_process(model: Path, codes_db: np.ndarray, images: list[bytes], k: int, repeats: int) -> dict:
+def raw_in_process(
+    model: Path, codes_db: np.ndarray, images: list[bytes], k: int, repeats: int
+) -> dict:
     """Decode + encode + search of the same images in-process, one at a time (no server)."""
     import indexes
     from hashkd.runtime import Encoder
@@ -210,13 +233,19 @@ def raw_in_process(model: Path, codes_db: np.ndarray, images: list[bytes], k: in
         t0 = time.perf_counter()
         index.search(enc.encode([load_image(img)]), k)
         times.append(time.perf_counter() - t0)
-    return {"p50_ms": round(percentile(times, 50) * 1000, 2), "p99_ms": round(percentile(times, 99) * 1000, 2),
-            "n": repeats, "backend": enc.backend}
+    return {
+        "p50_ms": round(percentile(times, 50) * 1000, 2),
+        "p99_ms": round(percentile(times, 99) * 1000, 2),
+        "n": repeats,
+        "backend": enc.backend,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, help="student artifact (default: a random-init tiny ViT at 32 px)")
+    ap.add_argument(
+        "--model", type=Path, help="student artifact (default: a random-init tiny ViT at 32 px)"
+    )
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--items", type=int, default=10_000, help="random codes in the index")
     ap.add_argument("--queries", type=int, default=64, help="distinct query images (32 px PNG)")
@@ -238,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(args.queries, 32, seed=1)
     codes_db = np.random.default_rng(0).integers(0, 256, (args.items, bits // 8), dtype=np.uint8)
     raw = raw_in_process(model, codes_db, images, args.k, repeats=200)
-    print(f"raw in-process decode+encode+search: p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms", flush=True)
+    print(
+        f"raw in-process decode+encode+search: p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms",
+        flush=True,
+    )
 
     results: dict[str, list[dict]] = {}
     baselines: dict[str, float] = {}
@@ -248,17 +280,30 @@ def main(argv: list[str] | None = None) -> int:
         name = "batching" if batching else "no-batching"
         store = work / f"store-{name}"
         port = free_port()
-        server_args = ["--model", str(model), "--store", str(store), "--max-batch", str(args.max_batch),
-                       "--max-wait-ms", str(args.max_wait_ms), "--batching" if batching else "--no-batching",
-                       "--log-level", "warning"]
+        server_args = [
+            "--model",
+            str(model),
+            "--store",
+            str(store),
+            "--max-batch",
+            str(args.max_batch),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--batching" if batching else "--no-batching",
+            "--log-level",
+            "warning",
+        ]
         proc = start_server(server_args, port, work / f"{name}.log")
         try:
             base = f"http://127.0.0.1:{port}"
             buf, ids_buf = io.BytesIO(), io.BytesIO()
             np.save(buf, codes_db)
             np.save(ids_buf, np.arange(args.items, dtype=np.int64))
-            r = httpx.post(f"{base}/v1/items/codes", files={"codes": ("c.npy", buf.getvalue()),
-                                                            "ids": ("i.npy", ids_buf.getvalue())}, timeout=120)
+            r = httpx.post(
+                f"{base}/v1/items/codes",
+                files={"codes": ("c.npy", buf.getvalue()), "ids": ("i.npy", ids_buf.getvalue())},
+                timeout=120,
+            )
             assert r.status_code == 201, r.text
             load(base, images, 2, 1.0, 50, args.k, 1)  # warm-up
             # The cost of a bare HTTP round trip on this machine (client + uvicorn + FastAPI).
@@ -275,14 +320,24 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = []
             for clients in args.clients:
                 before = server_counters(base)
-                row = load(base, images, clients, args.seconds, args.max_requests, args.k, args.client_procs)
+                row = load(
+                    base,
+                    images,
+                    clients,
+                    args.seconds,
+                    args.max_requests,
+                    args.k,
+                    args.client_procs,
+                )
                 after = server_stats(before, server_counters(base))
                 row.update(after)
                 results[name].append(row)
-                print(f"{name:12s} clients={clients:3d} rps={row['rps']:7.1f} p50={row['p50_ms']:7.2f} ms "
-                      f"p99={row['p99_ms']:7.2f} ms errors={row['errors']} "
-                      f"(server mean {after['server_mean_ms']} ms, mean batch {after['mean_encode_batch']})",
-                      flush=True)
+                print(
+                    f"{name:12s} clients={clients:3d} rps={row['rps']:7.1f} p50={row['p50_ms']:7.2f} ms "
+                    f"p99={row['p99_ms']:7.2f} ms errors={row['errors']} "
+                    f"(server mean {after['server_mean_ms']} ms, mean batch {after['mean_encode_batch']})",
+                    flush=True,
+                )
         finally:
             stop_server(proc)
 
@@ -296,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "healthz_rtt_p50_ms": baselines,
         "server_side_mean_minus_raw_p50_ms_1_client": {
-            n: round(by[n][one]["server_mean_ms"] - raw["p50_ms"], 2) for n in by if by[n][one]["server_mean_ms"]
+            n: round(by[n][one]["server_mean_ms"] - raw["p50_ms"], 2)
+            for n in by
+            if by[n][one]["server_mean_ms"]
         },
         "speedup_at_max_clients": round(speedup, 2),
         "p50_overhead_ms_1_client_no_batching": round(overhead_off, 2),
@@ -308,9 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     report = {
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "bits": bits,
-                   "model": str(model), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                   "load_avg": os.getloadavg()},
+        "config": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "bits": bits,
+            "model": str(model),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg": os.getloadavg(),
+        },
         "raw": raw,
         "paired_overhead": paired,
         "results": results,

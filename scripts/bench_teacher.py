@@ -39,15 +39,31 @@ def pixels(split: Split, img_size: int) -> np.ndarray:
 
 
 def row(name: str, q: np.ndarray, d: np.ndarray, data, topk: int, seconds: float) -> dict:
-    r = evaluate_codes(q, d, data.query.labels, data.database.labels, topk=topk, radius=2, curves=False)
-    return {"model": name, "bits": int(q.shape[1] * 8), "map": float(r["map"]),
-            "precision_at_radius": float(r["precision_at_radius"]), "topk": topk,
-            "num_queries": len(q), "num_database": len(d), "encode_s": round(seconds, 1)}
+    r = evaluate_codes(
+        q, d, data.query.labels, data.database.labels, topk=topk, radius=2, curves=False
+    )
+    return {
+        "model": name,
+        "bits": int(q.shape[1] * 8),
+        "map": float(r["map"]),
+        "precision_at_radius": float(r["precision_at_radius"]),
+        "topk": topk,
+        "num_queries": len(q),
+        "num_database": len(d),
+        "encode_s": round(seconds, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", nargs="+", required=True, help="teacher artifact directories (same code length)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--teacher",
+        nargs="+",
+        required=True,
+        help="teacher artifact directories (same code length)",
+    )
     ap.add_argument("--data", default="cifar10")
     ap.add_argument("--protocol", default=None)
     ap.add_argument("--seed", type=int, default=0, help="split seed (must be the teacher's)")
@@ -67,26 +83,57 @@ def main(argv: list[str] | None = None) -> int:
         tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
         t0 = time.perf_counter()
         q, d = encode_split(model, data.query, tf, dev), encode_split(model, data.database, tf, dev)
-        rows.append(row(f"teacher {Path(t).name} ({cfg.meta.get('objective', '?')}, epoch {cfg.meta.get('epoch')})",
-                        q, d, data, args.topk, time.perf_counter() - t0))
+        rows.append(
+            row(
+                f"teacher {Path(t).name} ({cfg.meta.get('objective', '?')}, epoch {cfg.meta.get('epoch')})",
+                q,
+                d,
+                data,
+                args.topk,
+                time.perf_counter() - t0,
+            )
+        )
         print(rows[-1], flush=True)
     cfg = first_cfg
     torch.manual_seed(args.seed)
     untrained = build_model(type(cfg).from_dict({**cfg.to_dict(), "freeze_backbone": False}))
     tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
     t0 = time.perf_counter()
-    q, d = encode_split(untrained, data.query, tf, dev), encode_split(untrained, data.database, tf, dev)
-    rows.append(row(f"same architecture untrained ({cfg.backbone})", q, d, data, args.topk, time.perf_counter() - t0))
+    q, d = (
+        encode_split(untrained, data.query, tf, dev),
+        encode_split(untrained, data.database, tf, dev),
+    )
+    rows.append(
+        row(
+            f"same architecture untrained ({cfg.backbone})",
+            q,
+            d,
+            data,
+            args.topk,
+            time.perf_counter() - t0,
+        )
+    )
     print(rows[-1], flush=True)
     t0 = time.perf_counter()
     lsh = PixelLSH(cfg.bits, seed=args.seed).fit(pixels(data.train, cfg.img_size))
-    q, d = lsh.encode(pixels(data.query, cfg.img_size)), lsh.encode(pixels(data.database, cfg.img_size))
+    q, d = (
+        lsh.encode(pixels(data.query, cfg.img_size)),
+        lsh.encode(pixels(data.database, cfg.img_size)),
+    )
     rows.append(row("LSH on raw pixels", q, d, data, args.topk, time.perf_counter() - t0))
     print(rows[-1], flush=True)
 
-    lines = [f"Protocol {data.protocol} (seed {args.seed}): {len(data.query)} queries, {len(data.database)} database, "
-             f"mAP@{args.topk}", "", "| model | bits | mAP | P@r<=2 |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['bits']} | {r['map']:.4f} | {r['precision_at_radius']:.4f} |" for r in rows]
+    lines = [
+        f"Protocol {data.protocol} (seed {args.seed}): {len(data.query)} queries, {len(data.database)} database, "
+        f"mAP@{args.topk}",
+        "",
+        "| model | bits | mAP | P@r<=2 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['bits']} | {r['map']:.4f} | {r['precision_at_radius']:.4f} |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print(table)
     result = {"protocol": data.protocol, "seed": args.seed, "splits": data.summary(), "rows": rows}

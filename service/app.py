@@ -49,14 +49,21 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.engine = None
             await run_in_threadpool(engine.close)
 
-    image_body = settings.max_upload_bytes * settings.max_images + settings.max_metadata_bytes + MULTIPART_SLACK
+    image_body = (
+        settings.max_upload_bytes * settings.max_images
+        + settings.max_metadata_bytes
+        + MULTIPART_SLACK
+    )
     codes_body = 3 * settings.max_codes_bytes + settings.max_metadata_bytes + MULTIPART_SLACK
     app = FastAPI(
         title="hashkd image search",
         description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
-        form_limits={"max_files": settings.max_images, "max_part_size": settings.max_metadata_bytes},
+        form_limits={
+            "max_files": settings.max_images,
+            "max_part_size": settings.max_metadata_bytes,
+        },
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -59,7 +59,9 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[Any], then: Callable[[np.ndarray], Any] | None = None) -> Future[Any]:
+    def submit(
+        self, images: Sequence[Any], then: Callable[[np.ndarray], Any] | None = None
+    ) -> Future[Any]:
         """Queue ``images`` for encoding; the future's result is their codes (n x K/8), or
         ``then(codes)`` when given -- run in the worker thread right after the batch is
         encoded, which saves the caller another hop through a thread pool."""
@@ -94,7 +96,11 @@ class MicroBatcher:
             while size < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -108,7 +114,9 @@ class MicroBatcher:
                 return
 
     @staticmethod
-    def _finish(fut: Future[Any], codes: np.ndarray, then: Callable[[np.ndarray], Any] | None) -> None:
+    def _finish(
+        fut: Future[Any], codes: np.ndarray, then: Callable[[np.ndarray], Any] | None
+    ) -> None:
         try:
             fut.set_result(then(codes) if then is not None else codes)
         except Exception as exc:  # noqa: BLE001 - the caller's error, for the caller
@@ -146,4 +154,3 @@ class MicroBatcher:
                 self._on_batch(n)
             except Exception:  # noqa: BLE001 - metrics must never break encoding
                 log.exception("batch-size callback failed")
-

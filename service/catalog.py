@@ -106,7 +106,12 @@ class Catalog:
         if len(touched):
             self._replay(index, touched)
             self.recovery = "snapshot+replay"
-            log.info("index snapshot at seq %d brought up to seq %d (%d ids replayed)", seq, last, len(touched))
+            log.info(
+                "index snapshot at seq %d brought up to seq %d (%d ids replayed)",
+                seq,
+                last,
+                len(touched),
+            )
         else:
             self.recovery = "snapshot"
         self.snapshot_seq = seq
@@ -119,7 +124,11 @@ class Catalog:
             return None, 0
         info = json.loads(pointer.read_text(encoding="utf-8"))
         if info.get("spec") != self.spec or int(info.get("bits", -1)) != self.bits:
-            log.info("snapshot was made with spec %r, %s bits: rebuilding", info.get("spec"), info.get("bits"))
+            log.info(
+                "snapshot was made with spec %r, %s bits: rebuilding",
+                info.get("spec"),
+                info.get("bits"),
+            )
             return None, 0
         index = indexes.load_index(self.index_dir / str(info["file"]))
         if index.bits != self.bits:
@@ -195,7 +204,15 @@ class Catalog:
         _fsync_dir(self.index_dir)
         _atomic_write_text(
             self.index_dir / SNAPSHOT_NAME,
-            json.dumps({"file": name, "seq": seq, "spec": self.spec, "bits": self.bits, "count": len(index)}),
+            json.dumps(
+                {
+                    "file": name,
+                    "seq": seq,
+                    "spec": self.spec,
+                    "bits": self.bits,
+                    "count": len(index),
+                }
+            ),
         )
         for old in self.index_dir.glob("index-*.bin*"):
             if old.name != name:

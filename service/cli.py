@@ -15,9 +15,27 @@ from pydantic import ValidationError
 
 # Flags that map one-to-one onto Settings fields (None: not given, let env/defaults decide).
 _FIELDS = (
-    "model", "database_model", "store", "index_spec", "host", "port", "api_key_env", "backend", "threads",
-    "search_threads", "batching", "max_batch", "max_wait_ms", "max_upload_bytes", "max_image_pixels",
-    "max_images", "thumbnail_px", "snapshot_every", "sqlite_synchronous", "access_log", "log_level",
+    "model",
+    "database_model",
+    "store",
+    "index_spec",
+    "host",
+    "port",
+    "api_key_env",
+    "backend",
+    "threads",
+    "search_threads",
+    "batching",
+    "max_batch",
+    "max_wait_ms",
+    "max_upload_bytes",
+    "max_image_pixels",
+    "max_images",
+    "thumbnail_px",
+    "snapshot_every",
+    "sqlite_synchronous",
+    "access_log",
+    "log_level",
 )
 
 
@@ -29,28 +47,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "binary index. Every option can also be set by an environment variable HASHKD_<NAME>.",
     )
     p.add_argument("--model", help="query model artifact directory (the student)")
-    p.add_argument("--database-model", help="model artifact that encodes stored items (asymmetric mode; "
-                   "e.g. the teacher); default: --model")
-    p.add_argument("--store", help="store directory (SQLite items + index snapshots); created if needed")
+    p.add_argument(
+        "--database-model",
+        help="model artifact that encodes stored items (asymmetric mode; "
+        "e.g. the teacher); default: --model",
+    )
+    p.add_argument(
+        "--store", help="store directory (SQLite items + index snapshots); created if needed"
+    )
     p.add_argument("--index-spec", help="index spec for stored codes (default flat; e.g. ivf:1024)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--api-key-env", metavar="NAME",
-                   help="environment variable holding the API key required for writes (X-API-Key)")
-    p.add_argument("--backend", choices=["auto", "torch", "torchscript", "onnx"], help="encoder backend")
+    p.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="environment variable holding the API key required for writes (X-API-Key)",
+    )
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "torchscript", "onnx"], help="encoder backend"
+    )
     p.add_argument("--threads", type=int, help="encoder threads")
     p.add_argument("--search-threads", type=int, help="FAISS OpenMP threads per search (default 1)")
-    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
-                   help="micro-batch concurrent search requests (default on)")
+    p.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="micro-batch concurrent search requests (default on)",
+    )
     p.add_argument("--max-batch", type=int, help="most images per micro-batch (default 32)")
     p.add_argument("--max-wait-ms", type=float, help="longest micro-batch wait in ms (default 2)")
     p.add_argument("--max-upload-bytes", type=int, help="largest image upload (default 10 MiB)")
-    p.add_argument("--max-image-pixels", type=int, help="largest decoded image in pixels (default 40M)")
+    p.add_argument(
+        "--max-image-pixels", type=int, help="largest decoded image in pixels (default 40M)"
+    )
     p.add_argument("--max-images", type=int, help="most images per batch request (default 64)")
     p.add_argument("--thumbnail-px", type=int, help="stored thumbnail size (default 96; 0: none)")
-    p.add_argument("--snapshot-every", type=int, help="index snapshot after this many changes (default 1000)")
-    p.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], help="SQLite durability (default FULL)")
-    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None, help="uvicorn access log")
+    p.add_argument(
+        "--snapshot-every", type=int, help="index snapshot after this many changes (default 1000)"
+    )
+    p.add_argument(
+        "--sqlite-synchronous", choices=["FULL", "NORMAL"], help="SQLite durability (default FULL)"
+    )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="uvicorn access log",
+    )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -74,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     check_models(settings)  # refuse mismatched code lengths before binding the port
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -41,8 +41,9 @@ def require_api_key(
     if not key or not secrets.compare_digest(key.encode(), expected):
         raise ApiError(
             401,
-            "this write needs a valid API key in the X-API-Key header" if key else
-            "this write needs an API key: send it in the X-API-Key header",
+            "this write needs a valid API key in the X-API-Key header"
+            if key
+            else "this write needs an API key: send it in the X-API-Key header",
             headers={"WWW-Authenticate": "APIKey"},
         )
 

@@ -82,16 +82,23 @@ class Engine:
         self.bits = check_models(settings)
         indexes.set_threads(settings.search_threads)
         self.query_encoder = Encoder.from_artifact(
-            settings.model, backend=settings.backend, threads=settings.threads, max_pixels=settings.max_image_pixels
+            settings.model,
+            backend=settings.backend,
+            threads=settings.threads,
+            max_pixels=settings.max_image_pixels,
         )
         if settings.asymmetric:
             self.db_encoder = Encoder.from_artifact(
-                settings.db_model, backend=settings.backend, threads=settings.threads,
+                settings.db_model,
+                backend=settings.backend,
+                threads=settings.threads,
                 max_pixels=settings.max_image_pixels,
             )
         else:
             self.db_encoder = self.query_encoder
-        if self.query_encoder.bits != self.db_encoder.bits:  # config said equal; the runtime must agree
+        if (
+            self.query_encoder.bits != self.db_encoder.bits
+        ):  # config said equal; the runtime must agree
             raise ModelMismatchError(
                 f"the query model makes {self.query_encoder.bits}-bit codes but the database model "
                 f"{self.db_encoder.bits}-bit codes: expected the same code length"
@@ -105,7 +112,9 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
         )
         metrics.track_index_size(lambda: float(len(self.catalog)))
-        hamming_scan.warm_up(self.bits // 8)  # the exact scan's machine code, before the first query
+        hamming_scan.warm_up(
+            self.bits // 8
+        )  # the exact scan's machine code, before the first query
         self._query_batches = metrics.encode_batch.labels("query")
         self._db_batches = metrics.encode_batch.labels("database")
         self.batcher: MicroBatcher | None = None
@@ -118,7 +127,11 @@ class Engine:
             )
         log.info(
             "serving %s protocol, %d bits, %d items (index %s, %s)",
-            self.protocol, self.bits, len(self.catalog), settings.index_spec, self.catalog.recovery,
+            self.protocol,
+            self.bits,
+            len(self.catalog),
+            settings.index_spec,
+            self.catalog.recovery,
         )
 
     def close(self) -> None:
@@ -164,7 +177,9 @@ class Engine:
         return np.asarray(self.db_encoder.encode(list(images)), dtype=np.uint8)
 
     # -- search ------------------------------------------------------------------------------------
-    def search(self, codes: np.ndarray, k: int | None, radius: int | None) -> tuple[list[list[dict]], bool]:
+    def search(
+        self, codes: np.ndarray, k: int | None, radius: int | None
+    ) -> tuple[list[list[dict]], bool]:
         """Hits (id, distance, metadata) per query; and whether a radius search was truncated."""
         index = self.catalog.index
         per_query: list[tuple[np.ndarray, np.ndarray]] = []
@@ -207,7 +222,10 @@ class Engine:
         return self.catalog.add(codes, ids=ids, metadata=metadata, thumbnails=thumbs)
 
     def add_codes(
-        self, codes: np.ndarray, ids: Sequence[int] | None, metadata: Sequence[dict[str, Any]] | None
+        self,
+        codes: np.ndarray,
+        ids: Sequence[int] | None,
+        metadata: Sequence[dict[str, Any]] | None,
     ) -> list[int]:
         return self.catalog.add(codes, ids=ids, metadata=metadata)
 
@@ -228,7 +246,11 @@ class Engine:
                 "recovery": self.catalog.recovery,
             },
             "items": self.catalog.store.count(),
-            "batching": {"enabled": s.batching, "max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms},
+            "batching": {
+                "enabled": s.batching,
+                "max_batch": s.max_batch,
+                "max_wait_ms": s.max_wait_ms,
+            },
             "auth": s.api_key is not None,
             "limits": {
                 "max_upload_bytes": s.max_upload_bytes,

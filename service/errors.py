@@ -35,14 +35,18 @@ log = logging.getLogger("service")
 class ApiError(Exception):
     """A request problem with its HTTP status and one-sentence detail."""
 
-    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
         self.headers = headers
 
 
-def _json(status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers=None) -> JSONResponse:
+def _json(
+    status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers=None
+) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail}
     if errors is not None:
         body["errors"] = errors
@@ -55,10 +59,16 @@ def _describe(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "is not valid")).removeprefix("Value error, ")
     if err.get("type") == "missing":
         place = err.get("loc", ("",))[0]
-        kind = {"body": "form field", "query": "query parameter", "header": "header"}.get(str(place), "field")
+        kind = {"body": "form field", "query": "query parameter", "header": "header"}.get(
+            str(place), "field"
+        )
         return f"{kind} {where!r} is required"
     value = err.get("input")
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) <= 80:
+    if (
+        isinstance(value, (str, int, float))
+        and not isinstance(value, bool)
+        and len(str(value)) <= 80
+    ):
         return f"{where}={value!r} is not valid: {msg}"
     return f"{where}: {msg}"
 
@@ -66,7 +76,11 @@ def _describe(err: dict[str, Any]) -> str:
 def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in errors:
-        item = {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        item = {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
         out.append(item)
     return out
 
@@ -145,14 +159,22 @@ class JsonErrorMiddleware:
                 if status in _PLAIN_DETAILS and text:
                     detail = f"{text}: {detail}"
                 body = json.dumps({"detail": detail}).encode()
-                keep = [(k, v) for k, v in state["start"].get("headers", [])
-                        if k.lower() not in (b"content-type", b"content-length")]
-                await send({
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*keep, (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())],
-                })
+                keep = [
+                    (k, v)
+                    for k, v in state["start"].get("headers", [])
+                    if k.lower() not in (b"content-type", b"content-length")
+                ]
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            *keep,
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
             else:
                 await send(message)

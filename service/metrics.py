@@ -43,9 +43,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.index_size = Gauge("hashkd_index_size", "Items in the search index.", registry=self.registry)
+        self.index_size = Gauge(
+            "hashkd_index_size", "Items in the search index.", registry=self.registry
+        )
         self.errors = Counter(
-            "hashkd_request_errors", "Error answers by status code.", ["status"], registry=self.registry
+            "hashkd_request_errors",
+            "Error answers by status code.",
+            ["status"],
+            registry=self.registry,
         )
 
     def track_index_size(self, size: Callable[[], float]) -> None:
@@ -77,8 +82,8 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(scope.get("method", ""), template, str(status[0])).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.request_latency.labels(
+                scope.get("method", ""), template, str(status[0])
+            ).observe(time.perf_counter() - start)
             if status[0] >= 400:
                 self.metrics.errors.labels(str(status[0])).inc()

@@ -13,31 +13,43 @@ class ErrorResponse(BaseModel):
     """Every 4xx/5xx answer: one readable sentence, plus field errors for validation failures."""
 
     detail: str = Field(description="What was wrong with the request, in one sentence.")
-    errors: list[dict[str, Any]] | None = Field(None, description="Per-field validation errors (422 only).")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Per-field validation errors (422 only)."
+    )
 
 
 class Hit(BaseModel):
     id: int = Field(description="The item's int64 id.")
-    distance: int = Field(ge=0, description="Hamming distance between the query code and the item code, in bits.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="The JSON object stored with the item.")
+    distance: int = Field(
+        ge=0, description="Hamming distance between the query code and the item code, in bits."
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The JSON object stored with the item."
+    )
 
 
 class SearchResponse(BaseModel):
     results: list[Hit] = Field(description="Nearest first; ties by ascending id.")
     bits: int = Field(description="Code length K in bits.")
     took_ms: float = Field(description="Server time for this request, in milliseconds.")
-    truncated: bool = Field(False, description="True when a radius search had more hits than max_range_results.")
+    truncated: bool = Field(
+        False, description="True when a radius search had more hits than max_range_results."
+    )
 
 
 class BatchSearchResponse(BaseModel):
-    results: list[list[Hit]] = Field(description="One result list per uploaded image, in upload order.")
+    results: list[list[Hit]] = Field(
+        description="One result list per uploaded image, in upload order."
+    )
     bits: int
     took_ms: float
     truncated: bool = False
 
 
 class AddResponse(BaseModel):
-    ids: list[int] = Field(description="Ids of the added items, in upload order (durable when returned).")
+    ids: list[int] = Field(
+        description="Ids of the added items, in upload order (durable when returned)."
+    )
 
 
 class ItemResponse(BaseModel):
@@ -67,8 +79,12 @@ class IndexInfo(BaseModel):
     kind: str
     size: int = Field(description="Number of items in the index.")
     supports: list[str]
-    snapshot_seq: int = Field(description="Change sequence number of the last durable index snapshot.")
-    recovery: str = Field(description="How the index was loaded at start: snapshot, snapshot+replay or rebuild.")
+    snapshot_seq: int = Field(
+        description="Change sequence number of the last durable index snapshot."
+    )
+    recovery: str = Field(
+        description="How the index was loaded at start: snapshot, snapshot+replay or rebuild."
+    )
 
 
 class BatchingInfo(BaseModel):

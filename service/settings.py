@@ -25,10 +25,15 @@ class Settings(BaseSettings):
     # What to serve.
     model: Path = Field(description="Query model artifact directory (the student).")
     database_model: Path | None = Field(
-        None, description="Model artifact that encodes stored items (asymmetric mode); default: --model."
+        None,
+        description="Model artifact that encodes stored items (asymmetric mode); default: --model.",
     )
-    store: Path = Field(description="Directory of the durable item store (SQLite) and index snapshots.")
-    index_spec: str = Field("flat", description="Index spec for indexes.create_index (flat, ivf:1024, ...).")
+    store: Path = Field(
+        description="Directory of the durable item store (SQLite) and index snapshots."
+    )
+    index_spec: str = Field(
+        "flat", description="Index spec for indexes.create_index (flat, ivf:1024, ...)."
+    )
 
     # Network and security.
     host: str = "127.0.0.1"
@@ -36,29 +41,52 @@ class Settings(BaseSettings):
     api_key_env: str | None = Field(
         None, description="Name of an environment variable holding the API key required for writes."
     )
-    api_key: SecretStr | None = Field(None, description="The API key itself (HASHKD_API_KEY); prefer api_key_env.")
+    api_key: SecretStr | None = Field(
+        None, description="The API key itself (HASHKD_API_KEY); prefer api_key_env."
+    )
 
     # Encoding.
     backend: Literal["auto", "torch", "torchscript", "onnx"] = "auto"
-    threads: int | None = Field(None, ge=1, description="Encoder threads (torch/onnxruntime intra-op).")
+    threads: int | None = Field(
+        None, ge=1, description="Encoder threads (torch/onnxruntime intra-op)."
+    )
     search_threads: int = Field(1, ge=1, description="OpenMP threads per FAISS search call.")
-    batching: bool = Field(True, description="Encode concurrent search requests together (micro-batching).")
+    batching: bool = Field(
+        True, description="Encode concurrent search requests together (micro-batching)."
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Most images in one micro-batch.")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait for a micro-batch to fill.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest wait for a micro-batch to fill."
+    )
 
     # Input limits.
-    max_upload_bytes: int = Field(10 * MB, ge=1024, description="Largest accepted image upload, in bytes.")
-    max_image_pixels: int = Field(40_000_000, ge=64, description="Largest decoded image (width x height).")
-    max_images: int = Field(64, ge=1, le=10_000, description="Most images in one batch search or add.")
+    max_upload_bytes: int = Field(
+        10 * MB, ge=1024, description="Largest accepted image upload, in bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=64, description="Largest decoded image (width x height)."
+    )
+    max_images: int = Field(
+        64, ge=1, le=10_000, description="Most images in one batch search or add."
+    )
     max_codes_bytes: int = Field(256 * MB, ge=1024, description="Largest codes.npy/ids.npy upload.")
-    max_metadata_bytes: int = Field(1 * MB, ge=2, description="Largest metadata JSON in one request.")
-    max_range_results: int = Field(10_000, ge=1, description="Most results returned by one radius search.")
+    max_metadata_bytes: int = Field(
+        1 * MB, ge=2, description="Largest metadata JSON in one request."
+    )
+    max_range_results: int = Field(
+        10_000, ge=1, description="Most results returned by one radius search."
+    )
 
     # Store.
-    thumbnail_px: int = Field(96, ge=0, le=512, description="Longest side of stored thumbnails (0: none).")
-    snapshot_every: int = Field(1000, ge=1, description="Snapshot the index after this many changes.")
+    thumbnail_px: int = Field(
+        96, ge=0, le=512, description="Longest side of stored thumbnails (0: none)."
+    )
+    snapshot_every: int = Field(
+        1000, ge=1, description="Snapshot the index after this many changes."
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="SQLite synchronous pragma (FULL: an acknowledged write survives power loss)."
+        "FULL",
+        description="SQLite synchronous pragma (FULL: an acknowledged write survives power loss).",
     )
 
     access_log: bool = False
@@ -68,7 +96,9 @@ class Settings(BaseSettings):
     @classmethod
     def _artifact_dir(cls, value: Path | None) -> Path | None:
         if value is not None and not (value / "config.json").is_file():
-            raise ValueError(f"{str(value)!r} is not a model artifact: expected a directory with config.json")
+            raise ValueError(
+                f"{str(value)!r} is not a model artifact: expected a directory with config.json"
+            )
         return value
 
     @field_validator("index_spec")
@@ -93,7 +123,10 @@ class Settings(BaseSettings):
     @property
     def asymmetric(self) -> bool:
         """True when stored items and queries are encoded by different model artifacts."""
-        return self.database_model is not None and self.database_model.resolve() != self.model.resolve()
+        return (
+            self.database_model is not None
+            and self.database_model.resolve() != self.model.resolve()
+        )
 
     @property
     def db_model(self) -> Path:
@@ -106,7 +139,9 @@ def settings_error_message(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "missing":
-        return f"{where} is required (flag --{where.replace('_', '-')} or env HASHKD_{where.upper()})"
+        return (
+            f"{where} is required (flag --{where.replace('_', '-')} or env HASHKD_{where.upper()})"
+        )
     value = err.get("input")
     if isinstance(value, (str, int, float, Path)) and not isinstance(value, bool):
         return f"{where}={value!r} is not valid: {msg}"

@@ -100,7 +100,9 @@ class ItemStore:
 
     # -- connections --------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -131,7 +133,11 @@ class ItemStore:
             self._writer.execute("BEGIN IMMEDIATE")
             self._writer.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("bits", str(self.bits)), ("next_id", "0")],
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("bits", str(self.bits)),
+                    ("next_id", "0"),
+                ],
             )
             self._writer.execute("COMMIT")
             return
@@ -160,7 +166,9 @@ class ItemStore:
         """
         n = int(codes.shape[0])
         if codes.ndim != 2 or codes.shape[1] != self.code_size or codes.dtype != np.uint8:
-            raise ValueError(f"codes must be uint8 n x {self.code_size}, got {codes.dtype} {codes.shape}")
+            raise ValueError(
+                f"codes must be uint8 n x {self.code_size}, got {codes.dtype} {codes.shape}"
+            )
         metadata = list(metadata) if metadata is not None else [{}] * n
         thumbnails = list(thumbnails) if thumbnails is not None else [None] * n
         meta_text = [json.dumps(m, separators=(",", ":"), ensure_ascii=False) for m in metadata]
@@ -168,7 +176,9 @@ class ItemStore:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                next_id = int(conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+                next_id = int(
+                    conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0]
+                )
                 if ids is None:
                     if next_id + n - 1 > MAX_ID:
                         raise StoreError("the store has run out of int64 ids: pass ids explicitly")
@@ -180,12 +190,19 @@ class ItemStore:
                         raise DuplicateItemError(dup)
                 conn.executemany(
                     "INSERT INTO items (id, code, metadata, thumbnail) VALUES (?, ?, ?, ?)",
-                    [(i, codes[j].tobytes(), meta_text[j], thumbnails[j]) for j, i in enumerate(new_ids)],
+                    [
+                        (i, codes[j].tobytes(), meta_text[j], thumbnails[j])
+                        for j, i in enumerate(new_ids)
+                    ],
                 )
-                conn.executemany("INSERT INTO changes (op, id) VALUES ('add', ?)", [(i,) for i in new_ids])
+                conn.executemany(
+                    "INSERT INTO changes (op, id) VALUES ('add', ?)", [(i,) for i in new_ids]
+                )
                 top = max(new_ids) + 1 if new_ids else next_id
                 if top > next_id:
-                    conn.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(min(top, MAX_ID)),))
+                    conn.execute(
+                        "UPDATE meta SET value=? WHERE key='next_id'", (str(min(top, MAX_ID)),)
+                    )
                 seq = self._seq(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -199,7 +216,9 @@ class ItemStore:
         for s in range(0, len(ids), 500):
             chunk = ids[s : s + 500]
             marks = ",".join("?" * len(chunk))
-            found += [r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
+            found += [
+                r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)
+            ]
         return sorted(found)
 
     def delete(self, item_id: int) -> int:
@@ -239,13 +258,17 @@ class ItemStore:
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            rows = conn.execute("SELECT DISTINCT id FROM changes WHERE seq > ?", (int(seq),)).fetchall()
+            rows = conn.execute(
+                "SELECT DISTINCT id FROM changes WHERE seq > ?", (int(seq),)
+            ).fetchall()
             oldest = conn.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
             last = self._seq(conn)
         finally:
             conn.execute("COMMIT")
         if last > seq and (oldest is None or oldest > seq + 1):
-            raise StoreError(f"the change log no longer reaches back to seq {seq}: rebuild from the items")
+            raise StoreError(
+                f"the change log no longer reaches back to seq {seq}: rebuild from the items"
+            )
         return np.array([r[0] for r in rows], dtype=np.int64), last
 
     def codes_of(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +311,10 @@ class ItemStore:
     def get(self, item_id: int) -> Item:
         row = (
             self._reader()
-            .execute("SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id=?", (int(item_id),))
+            .execute(
+                "SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id=?",
+                (int(item_id),),
+            )
             .fetchone()
         )
         if row is None:
@@ -303,13 +329,19 @@ class ItemStore:
         for s in range(0, len(ids), 500):
             chunk = ids[s : s + 500]
             marks = ",".join("?" * len(chunk))
-            for i, text in conn.execute(f"SELECT id, metadata FROM items WHERE id IN ({marks})", chunk):
+            for i, text in conn.execute(
+                f"SELECT id, metadata FROM items WHERE id IN ({marks})", chunk
+            ):
                 out[i] = json.loads(text)
         return out
 
     def thumbnail(self, item_id: int) -> bytes | None:
         """The item's JPEG thumbnail, None when it has none; unknown ids raise."""
-        row = self._reader().execute("SELECT thumbnail FROM items WHERE id=?", (int(item_id),)).fetchone()
+        row = (
+            self._reader()
+            .execute("SELECT thumbnail FROM items WHERE id=?", (int(item_id),))
+            .fetchone()
+        )
         if row is None:
             raise UnknownItemError(item_id)
         return row[0]

@@ -58,7 +58,9 @@ def parse_ids(text: str | None, count: int) -> list[int] | None:
         try:
             value = int(p)
         except ValueError:
-            raise ApiError(422, f"ids: {p!r} is not an integer: expected comma-separated int64 ids") from None
+            raise ApiError(
+                422, f"ids: {p!r} is not an integer: expected comma-separated int64 ids"
+            ) from None
         if value < 0 or value > MAX_ID:
             raise ApiError(422, f"ids: {value} is out of range: expected 0 <= id <= {MAX_ID}")
         ids.append(value)
@@ -84,7 +86,9 @@ def parse_metadata(text: str | bytes | None, count: int, limit: int) -> list[dic
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise ApiError(422, "metadata must be a JSON list of objects, one per item")
     if len(value) != count:
-        raise ApiError(422, f"metadata has {len(value)} objects for {count} items: expected one per item")
+        raise ApiError(
+            422, f"metadata has {len(value)} objects for {count} items: expected one per item"
+        )
     return value
 
 
@@ -103,13 +107,19 @@ def load_npy(data: bytes, what: str) -> np.ndarray:
         ) from None
 
 
-def check_code_upload(codes: np.ndarray, ids: np.ndarray | None, bits: int) -> tuple[np.ndarray, list[int] | None]:
+def check_code_upload(
+    codes: np.ndarray, ids: np.ndarray | None, bits: int
+) -> tuple[np.ndarray, list[int] | None]:
     """Validate uploaded codes (uint8 n x bits/8) and ids (integers >= 0, distinct, one per code)."""
     if codes.dtype != np.uint8 or codes.ndim != 2:
-        raise ApiError(422, f"codes must be a uint8 array of shape (n, {bits // 8}), got {codes.dtype} {codes.shape}")
+        raise ApiError(
+            422,
+            f"codes must be a uint8 array of shape (n, {bits // 8}), got {codes.dtype} {codes.shape}",
+        )
     if codes.shape[1] * 8 != bits:
         raise ApiError(
-            422, f"codes are {codes.shape[1] * 8} bits long but this service stores {bits}-bit codes"
+            422,
+            f"codes are {codes.shape[1] * 8} bits long but this service stores {bits}-bit codes",
         )
     if codes.shape[0] == 0:
         raise ApiError(422, "codes holds no rows: expected at least one code")
@@ -118,7 +128,9 @@ def check_code_upload(codes: np.ndarray, ids: np.ndarray | None, bits: int) -> t
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ApiError(422, f"ids must be a 1-d integer array, got {ids.dtype} {ids.shape}")
     if ids.shape[0] != codes.shape[0]:
-        raise ApiError(422, f"got {ids.shape[0]} ids for {codes.shape[0]} codes: expected one id per code")
+        raise ApiError(
+            422, f"got {ids.shape[0]} ids for {codes.shape[0]} codes: expected one id per code"
+        )
     if ids.size and (ids.min() < 0 or (ids.dtype.kind == "u" and ids.max() > MAX_ID)):
         raise ApiError(422, f"ids must be between 0 and {MAX_ID}")
     if len(np.unique(ids)) != len(ids):
@@ -133,7 +145,11 @@ def labels_metadata(labels: np.ndarray, count: int) -> list[dict[str, Any]]:
     elif labels.ndim == 2:
         labels_list = [np.nonzero(row)[0].tolist() for row in labels]
     else:
-        raise ApiError(422, f"labels must be n x C multi-hot (or n class indices), got shape {labels.shape}")
+        raise ApiError(
+            422, f"labels must be n x C multi-hot (or n class indices), got shape {labels.shape}"
+        )
     if len(labels_list) != count:
-        raise ApiError(422, f"labels has {len(labels_list)} rows for {count} codes: expected one per code")
+        raise ApiError(
+            422, f"labels has {len(labels_list)} rows for {count} codes: expected one per code"
+        )
     return [{"labels": lab} for lab in labels_list]

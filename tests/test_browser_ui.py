@@ -44,9 +44,18 @@ def driver(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     drv.set_page_load_timeout(60)
@@ -71,13 +80,19 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         pytest.skip("the random-init model gave every test image a shared code")
     q = unique[0]
     port = free_port()
-    proc = start_server(["--model", str(model), "--store", str(tmp_path / "store")], port, tmp_path / "server.log")
+    proc = start_server(
+        ["--model", str(model), "--store", str(tmp_path / "store")], port, tmp_path / "server.log"
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         files = [("images", (f"{i}.png", images[i], "image/png")) for i in range(N_ITEMS)]
         meta = json.dumps([{"label": f"class {i % 3}"} for i in range(N_ITEMS)])
-        ids = httpx.post(f"{base}/v1/items", files=files, data={"ids": ",".join(str(10 + i) for i in range(N_ITEMS)),
-                                                               "metadata": meta}, timeout=60).json()["ids"]
+        ids = httpx.post(
+            f"{base}/v1/items",
+            files=files,
+            data={"ids": ",".join(str(10 + i) for i in range(N_ITEMS)), "metadata": meta},
+            timeout=60,
+        ).json()["ids"]
         # One bare code (no thumbnail): the page shows a placeholder for it.
         import io
 
@@ -87,7 +102,10 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         np.save(buf, bare_code)
         ids_buf = io.BytesIO()
         np.save(ids_buf, np.array([BARE_ID], dtype=np.int64))
-        r = httpx.post(f"{base}/v1/items/codes", files={"codes": ("c.npy", buf.getvalue()), "ids": ("i.npy", ids_buf.getvalue())})
+        r = httpx.post(
+            f"{base}/v1/items/codes",
+            files={"codes": ("c.npy", buf.getvalue()), "ids": ("i.npy", ids_buf.getvalue())},
+        )
         assert r.status_code == 201
 
         query_path = tmp_path / "query.png"
@@ -96,11 +114,15 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'dd[data-key="index size"]'))
         assert driver.find_element(By.CSS_SELECTOR, 'dd[data-key="protocol"]').text == "symmetric"
-        assert driver.find_element(By.CSS_SELECTOR, 'dd[data-key="index size"]').text == str(N_ITEMS + 1)
+        assert driver.find_element(By.CSS_SELECTOR, 'dd[data-key="index size"]').text == str(
+            N_ITEMS + 1
+        )
         driver.find_element(By.ID, "file").send_keys(str(query_path))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#grid li.hit")))
         hits = driver.find_elements(By.CSS_SELECTOR, "#grid li.hit")
-        got = [(int(h.get_attribute("data-id")), int(h.get_attribute("data-distance"))) for h in hits]
+        got = [
+            (int(h.get_attribute("data-id")), int(h.get_attribute("data-distance"))) for h in hits
+        ]
         all_ids = [*ids, BARE_ID]
         all_codes = np.concatenate([codes, bare_code])
         qdist = hamming(codes[q : q + 1], all_codes)[0]
@@ -110,10 +132,16 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         assert got[1] == (BARE_ID, 1)
         first = hits[0]
         assert "d = 0" in first.text and f"class {q % 3}" in first.text
-        wait.until(lambda d: d.execute_script(
-            "const i = document.querySelector('#grid li.hit img.thumb'); return i && i.complete && i.naturalWidth > 0"))
-        bare = wait.until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, f'#grid li.hit[data-id="{BARE_ID}"] .placeholder')))
+        wait.until(
+            lambda d: d.execute_script(
+                "const i = document.querySelector('#grid li.hit img.thumb'); return i && i.complete && i.naturalWidth > 0"
+            )
+        )
+        bare = wait.until(
+            ec.presence_of_element_located(
+                (By.CSS_SELECTOR, f'#grid li.hit[data-id="{BARE_ID}"] .placeholder')
+            )
+        )
         assert bare.text == "no image"
         shot = tmp_path / "search-page.png"
         driver.save_screenshot(str(shot))
@@ -121,10 +149,17 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
 
         # Radius mode: every hit within the radius.
         driver.find_element(By.ID, "use-radius").click()
-        radius_hits = [(i, d) for d, i in sorted(zip(qdist.tolist(), all_ids, strict=True)) if d <= 4]
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#grid li.hit')].map(h => [+h.dataset.id, +h.dataset.distance])"
-        ) == [list(p) for p in radius_hits])
+        radius_hits = [
+            (i, d) for d, i in sorted(zip(qdist.tolist(), all_ids, strict=True)) if d <= 4
+        ]
+        wait.until(
+            lambda d: (
+                d.execute_script(
+                    "return [...document.querySelectorAll('#grid li.hit')].map(h => [+h.dataset.id, +h.dataset.distance])"
+                )
+                == [list(p) for p in radius_hits]
+            )
+        )
 
         # A non-image upload shows the API's error text.
         bad = tmp_path / "notes.txt"
@@ -139,8 +174,13 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         driver.set_window_size(390, 900)
         driver.find_element(By.ID, "file").send_keys(str(query_path))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#grid li.hit")))
-        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
         driver.save_screenshot(str(tmp_path / "search-page-narrow.png"))
-        shutil.copy(tmp_path / "search-page-narrow.png", SCREENSHOT_COPY.with_name("hashkd-ui-screenshot-narrow.png"))
+        shutil.copy(
+            tmp_path / "search-page-narrow.png",
+            SCREENSHOT_COPY.with_name("hashkd-ui-screenshot-narrow.png"),
+        )
     finally:
         stop_server(proc)

@@ -36,9 +36,19 @@ def _student_map(model, data, cfg) -> float:
 
 
 def _cfg(tmp_path, teacher, **kw):
-    base = dict(out=str(tmp_path / "student"), teacher=str(teacher), student=TINY_CNN["backbone"],
-                data="digits", epochs=3, batch_size=32, max_train=200, view_bank=3, progress=False,
-                losses=["brcd"], loss_options={"brcd": {"k": 10}})
+    base = dict(
+        out=str(tmp_path / "student"),
+        teacher=str(teacher),
+        student=TINY_CNN["backbone"],
+        data="digits",
+        epochs=3,
+        batch_size=32,
+        max_train=200,
+        view_bank=3,
+        progress=False,
+        losses=["brcd"],
+        loss_options={"brcd": {"k": 10}},
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -57,7 +67,9 @@ def test_short_brcd_run_moves_student_codes_toward_teacher(tmp_path, digits_teac
         return float((np.unpackbits(s, axis=1) == np.unpackbits(t_codes, axis=1)).mean())
 
     torch.manual_seed(cfg.seed)
-    untrained = build_model(ModelConfig(bits=32, img_size=16, head="mlp", role="student", **TINY_CNN))
+    untrained = build_model(
+        ModelConfig(bits=32, img_size=16, head="mlp", role="student", **TINY_CNN)
+    )
     before_agree, before_map = agreement(untrained), _student_map(untrained, data, untrained.config)
     out = distill(cfg)
     student = load_artifact(out)
@@ -71,10 +83,21 @@ def test_short_brcd_run_moves_student_codes_toward_teacher(tmp_path, digits_teac
 
 
 def test_distill_resume_and_bad_settings(tmp_path, digits_teacher):
-    cfg = _cfg(tmp_path, digits_teacher, epochs=1, view_bank=0, losses=["align", "sp"], weights=[1.0, 1.0])
+    cfg = _cfg(
+        tmp_path, digits_teacher, epochs=1, view_bank=0, losses=["align", "sp"], weights=[1.0, 1.0]
+    )
     out = distill(cfg)
-    distill(_cfg(tmp_path, digits_teacher, epochs=2, view_bank=0, losses=["align", "sp"], weights=[1.0, 1.0],
-                 resume=True))
+    distill(
+        _cfg(
+            tmp_path,
+            digits_teacher,
+            epochs=2,
+            view_bank=0,
+            losses=["align", "sp"],
+            weights=[1.0, 1.0],
+            resume=True,
+        )
+    )
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
     with pytest.raises(ValueError, match="weights"):
         distill(_cfg(tmp_path, digits_teacher, losses=["align"], weights=[1.0, 2.0]))

@@ -24,8 +24,21 @@ from hashkd.training.pretrain import (
 from tests.conftest import TINY_VIT
 
 KW = "depth=1,embed_dim=48,num_heads=2"  # patch_size=4 is added by the CLI below 64 px
-TINY = ["--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs", KW, "--max-images", "96",
-        "--batch-size", "32", "--no-progress", "--seed", "3"]
+TINY = [
+    "--data",
+    "digits",
+    "--backbone",
+    TINY_VIT["backbone"],
+    "--backbone-kwargs",
+    KW,
+    "--max-images",
+    "96",
+    "--batch-size",
+    "32",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def _pretrain(out, *extra: str) -> int:
@@ -43,14 +56,39 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
     desc = json.loads(weights.with_name("w.safetensors.json").read_text())
     assert desc["backbone"] == TINY_VIT["backbone"]
     assert desc["backbone_kwargs"] == {"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 4}
-    assert desc["method"] == "simclr" and desc["seed"] == 3 and desc["img_size"] == 32 and desc["epochs"] == 1
+    assert (
+        desc["method"] == "simclr"
+        and desc["seed"] == 3
+        and desc["img_size"] == 32
+        and desc["epochs"] == 1
+    )
     saved = load_file(str(weights))
-    assert all(not k.startswith(("backbone.", "projector.", "module.")) for k in saved)  # timm's own keys
+    assert all(
+        not k.startswith(("backbone.", "projector.", "module.")) for k in saved
+    )  # timm's own keys
 
     out = tmp_path / "teacher"
-    code = main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--weights", str(weights),
-                 "--freeze-backbone", "--feature-cache", "2", "--epochs", "1", "--bits", "16", "--no-progress",
-                 "--out", str(out)])
+    code = main(
+        [
+            "train-teacher",
+            "--data",
+            "digits",
+            "--backbone",
+            TINY_VIT["backbone"],
+            "--weights",
+            str(weights),
+            "--freeze-backbone",
+            "--feature-cache",
+            "2",
+            "--epochs",
+            "1",
+            "--bits",
+            "16",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     from hashkd.models import load_artifact
 
@@ -59,9 +97,16 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
     assert set(saved) == set(own)  # every backbone tensor was written ...
     for k, v in saved.items():  # ... and loaded unchanged (the frozen backbone is not trained)
         assert torch.equal(own[k], v), k
-    fresh = build_ssl_model(PretrainConfig(out="x.safetensors", backbone=TINY_VIT["backbone"],
-                                           backbone_kwargs=desc["backbone_kwargs"]))[1].state_dict()
-    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)  # and they are not the random init
+    fresh = build_ssl_model(
+        PretrainConfig(
+            out="x.safetensors",
+            backbone=TINY_VIT["backbone"],
+            backbone_kwargs=desc["backbone_kwargs"],
+        )
+    )[1].state_dict()
+    assert any(
+        not torch.equal(fresh[k], saved[k]) for k in saved
+    )  # and they are not the random init
 
 
 def test_resume_logs_epoch_1_then_2(tmp_path):
@@ -87,11 +132,34 @@ def test_keep_every_snapshots_the_weights_of_those_epochs(tmp_path):
     assert desc["steps"] == 2 * (96 // 32) and desc["backbone"] == TINY_VIT["backbone"]
     final = load_file(str(out))
     two = load_file(str(tmp_path / "k-epoch002.safetensors"))
-    assert set(two) == set(final) and any(not torch.equal(two[k], final[k]) for k in final)  # epoch 2 != epoch 3
+    assert set(two) == set(final) and any(
+        not torch.equal(two[k], final[k]) for k in final
+    )  # epoch 2 != epoch 3
     # a snapshot is a weights file like the final one: it loads as a frozen teacher backbone
-    assert main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--weights",
-                 str(tmp_path / "k-epoch002.safetensors"), "--freeze-backbone", "--feature-cache", "2",
-                 "--epochs", "1", "--bits", "16", "--no-progress", "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--data",
+                "digits",
+                "--backbone",
+                TINY_VIT["backbone"],
+                "--weights",
+                str(tmp_path / "k-epoch002.safetensors"),
+                "--freeze-backbone",
+                "--feature-cache",
+                "2",
+                "--epochs",
+                "1",
+                "--bits",
+                "16",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
@@ -111,8 +179,14 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("method", ["simclr", "mocov3"])
 def test_ssl_loss_decreases_on_a_fixed_batch(method):
     torch.manual_seed(0)
-    cfg = PretrainConfig(out="x.safetensors", method=method, backbone=TINY_VIT["backbone"],
-                         backbone_kwargs=TINY_VIT["backbone_kwargs"], proj_hidden=64, proj_dim=32)
+    cfg = PretrainConfig(
+        out="x.safetensors",
+        method=method,
+        backbone=TINY_VIT["backbone"],
+        backbone_kwargs=TINY_VIT["backbone_kwargs"],
+        proj_hidden=64,
+        proj_dim=32,
+    )
     model, _ = build_ssl_model(cfg)
     x = torch.randn(16, 3, 32, 32)
     x1, x2 = x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
@@ -150,8 +224,14 @@ def test_moco_contrastive_loop_oracle():
     q, k = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     qn = (q / q.norm(dim=1, keepdim=True)).numpy()
     kn = (k / k.norm(dim=1, keepdim=True)).numpy()
-    ce = np.mean([-math.log(math.exp(qn[i] @ kn[i] / 0.2) / sum(math.exp(qn[i] @ kn[m] / 0.2) for m in range(4)))
-                  for i in range(4)])
+    ce = np.mean(
+        [
+            -math.log(
+                math.exp(qn[i] @ kn[i] / 0.2) / sum(math.exp(qn[i] @ kn[m] / 0.2) for m in range(4))
+            )
+            for i in range(4)
+        ]
+    )
     assert float(moco_contrastive(q, k, 0.2)) == pytest.approx(2 * 0.2 * ce, rel=1e-5)
 
 
@@ -180,17 +260,52 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_mismatched_backbone_is_refused(weights, tmp_path, capsys):
-    code = main(["train-teacher", "--data", "digits", "--backbone", "resnet10t", "--weights", str(weights),
-                 "--freeze-backbone", "--epochs", "1", "--bits", "16", "--no-progress", "--out", str(tmp_path / "t")])
+    code = main(
+        [
+            "train-teacher",
+            "--data",
+            "digits",
+            "--backbone",
+            "resnet10t",
+            "--weights",
+            str(weights),
+            "--freeze-backbone",
+            "--epochs",
+            "1",
+            "--bits",
+            "16",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "t"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1
     assert "vit_tiny_patch16_224" in err and "resnet10t" in err
 
 
 def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
-    code = main(["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs",
-                 "depth=2", "--weights", str(weights), "--freeze-backbone", "--epochs", "1", "--bits", "16",
-                 "--no-progress", "--out", str(tmp_path / "t")])
+    code = main(
+        [
+            "train-teacher",
+            "--data",
+            "digits",
+            "--backbone",
+            TINY_VIT["backbone"],
+            "--backbone-kwargs",
+            "depth=2",
+            "--weights",
+            str(weights),
+            "--freeze-backbone",
+            "--epochs",
+            "1",
+            "--bits",
+            "16",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "t"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "depth=2" in err and "depth=1" in err
 
@@ -207,8 +322,17 @@ def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
 )
 def test_bad_values_exit_non_zero_with_one_line(extra, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["pretrain", "--data", "digits", "--backbone", TINY_VIT["backbone"], "--backbone-kwargs", KW,
-            "--no-progress", *extra]
+    args = [
+        "pretrain",
+        "--data",
+        "digits",
+        "--backbone",
+        TINY_VIT["backbone"],
+        "--backbone-kwargs",
+        KW,
+        "--no-progress",
+        *extra,
+    ]
     assert main(args) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
@@ -222,7 +346,9 @@ def test_bad_cli_values_are_usage_errors(extra, capsys):
     assert extra[1] in capsys.readouterr().err
 
 
-def _ddp_worker(rank: int, world: int, init: str, z1: torch.Tensor, z2: torch.Tensor, out: str) -> None:
+def _ddp_worker(
+    rank: int, world: int, init: str, z1: torch.Tensor, z2: torch.Tensor, out: str
+) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

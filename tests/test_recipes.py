@@ -12,10 +12,21 @@ from hashkd.recipes import get_recipe, recipe_commands
 def test_full_scale_models_build_without_pretrained_weights():
     r = get_recipe("full-scale")
     t, s = r["teacher"], r["student"]
-    teacher = build_model(ModelConfig(backbone=t["backbone"], bits=t["bits"], img_size=32, head=t["head"],
-                                      freeze_backbone=t["freeze_backbone"], backbone_kwargs={"patch_size": 16}))
-    student = build_model(ModelConfig(backbone=s["student"], bits=s["bits"], img_size=32, head=s["head"],
-                                      role="student"))
+    teacher = build_model(
+        ModelConfig(
+            backbone=t["backbone"],
+            bits=t["bits"],
+            img_size=32,
+            head=t["head"],
+            freeze_backbone=t["freeze_backbone"],
+            backbone_kwargs={"patch_size": 16},
+        )
+    )
+    student = build_model(
+        ModelConfig(
+            backbone=s["student"], bits=s["bits"], img_size=32, head=s["head"], role="student"
+        )
+    )
     assert teacher.feature_dim == 768 and isinstance(teacher.head, torch.nn.Linear)
     assert not any(p.requires_grad for p in teacher.backbone.parameters())
     x = torch.randn(2, 3, 32, 32)

@@ -43,17 +43,23 @@ def _files(seeds, field="images"):
 
 
 def _search(client, seed, **params):
-    return client.post("/v1/search", files={"image": ("q.png", image_bytes(seed), "image/png")}, params=params)
+    return client.post(
+        "/v1/search", files={"image": ("q.png", image_bytes(seed), "image/png")}, params=params
+    )
 
 
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
     """A symmetric service (vit32) holding N_ITEMS images with ids 100.. and label metadata."""
-    settings = Settings(model=models["vit32"], store=tmp_path_factory.mktemp("store"), max_wait_ms=1.0)
+    settings = Settings(
+        model=models["vit32"], store=tmp_path_factory.mktemp("store"), max_wait_ms=1.0
+    )
     with TestClient(create_app(settings)) as client:
         ids = ",".join(str(100 + s) for s in range(N_ITEMS))
         meta = json.dumps([{"label": f"class{s % 3}", "seed": s} for s in range(N_ITEMS)])
-        r = client.post("/v1/items", files=_files(range(N_ITEMS)), data={"ids": ids, "metadata": meta})
+        r = client.post(
+            "/v1/items", files=_files(range(N_ITEMS)), data={"ids": ids, "metadata": meta}
+        )
         assert r.status_code == 201, r.text
         assert r.json()["ids"] == [100 + s for s in range(N_ITEMS)]
         yield client
@@ -111,7 +117,9 @@ def test_batch_search_equals_single_searches(served):
     assert len(batch) == len(seeds)
     for seed, hits in zip(seeds, batch, strict=True):
         assert hits == _search(served, seed, k=4).json()["results"]
-    rr = served.post("/v1/search/batch", files=_files([5, 6]), params={"radius": 2}).json()["results"]
+    rr = served.post("/v1/search/batch", files=_files([5, 6]), params={"radius": 2}).json()[
+        "results"
+    ]
     assert rr == [_search(served, s, radius=2).json()["results"] for s in (5, 6)]
 
 
@@ -169,7 +177,11 @@ def test_add_codes_bulk(served, db_codes):
         np.save(buf, a)
         return buf.getvalue()
 
-    files = {"codes": ("codes.npy", npy(codes)), "ids": ("ids.npy", npy(ids)), "labels": ("labels.npy", npy(labels))}
+    files = {
+        "codes": ("codes.npy", npy(codes)),
+        "ids": ("ids.npy", npy(ids)),
+        "labels": ("labels.npy", npy(labels)),
+    }
     r = served.post("/v1/items/codes", files=files)
     assert r.status_code == 201, r.text
     assert r.json()["ids"] == [900, 901, 902]
@@ -190,7 +202,10 @@ def test_info_health_and_metrics(served):
     assert served.get("/readyz").json() == {"status": "ready"}
     text = served.get("/metrics").text
     assert f"hashkd_index_size {float(N_ITEMS)}" in text
-    assert 'hashkd_request_duration_seconds_count{method="POST",route="/v1/search",status="200"}' in text
+    assert (
+        'hashkd_request_duration_seconds_count{method="POST",route="/v1/search",status="200"}'
+        in text
+    )
     assert 'hashkd_encode_batch_size_count{model="query"}' in text
     assert served.get("/openapi.json").json()["paths"]["/v1/search"]["post"]["responses"]["413"]
 
@@ -200,10 +215,20 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb shape) with a tiny IDAT."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _truncated_jpeg() -> bytes:
@@ -217,12 +242,32 @@ def _npy(a) -> bytes:
 
 
 BAD_REQUESTS = {
-    "bomb_30000px": (lambda c: c.post("/v1/search", files={"image": ("b.png", _png_header_only(30000, 30000))}), (413, 422), "pixels"),
-    "empty_file": (lambda c: c.post("/v1/search", files={"image": ("e.png", b"")}), (415, 422), "empty"),
+    "bomb_30000px": (
+        lambda c: c.post("/v1/search", files={"image": ("b.png", _png_header_only(30000, 30000))}),
+        (413, 422),
+        "pixels",
+    ),
+    "empty_file": (
+        lambda c: c.post("/v1/search", files={"image": ("e.png", b"")}),
+        (415, 422),
+        "empty",
+    ),
     "no_body": (lambda c: c.post("/v1/search"), (415, 422), "image"),
-    "not_an_image": (lambda c: c.post("/v1/search", files={"image": ("x.png", b"hello, world" * 10)}), (415, 422), "not a recognised image"),
-    "truncated_jpeg": (lambda c: c.post("/v1/search", files={"image": ("t.jpg", _truncated_jpeg())}), (415, 422), "truncated"),
-    "wrong_field": (lambda c: c.post("/v1/search", files={"picture": ("p.png", image_bytes(1))}), (415, 422), "'image' is required"),
+    "not_an_image": (
+        lambda c: c.post("/v1/search", files={"image": ("x.png", b"hello, world" * 10)}),
+        (415, 422),
+        "not a recognised image",
+    ),
+    "truncated_jpeg": (
+        lambda c: c.post("/v1/search", files={"image": ("t.jpg", _truncated_jpeg())}),
+        (415, 422),
+        "truncated",
+    ),
+    "wrong_field": (
+        lambda c: c.post("/v1/search", files={"picture": ("p.png", image_bytes(1))}),
+        (415, 422),
+        "'image' is required",
+    ),
     "text_not_file": (lambda c: c.post("/v1/search", data={"image": "abc"}), (415, 422), "image"),
     "k_zero": (lambda c: _search(c, 1, k=0), (422,), "k="),
     "k_negative": (lambda c: _search(c, 1, k=-3), (422,), "k="),
@@ -234,22 +279,73 @@ BAD_REQUESTS = {
     "unknown_id_delete": (lambda c: c.delete("/v1/items/424242"), (404,), "424242"),
     "unknown_id_thumbnail": (lambda c: c.get("/v1/items/424242/thumbnail"), (404,), "424242"),
     "negative_id_path": (lambda c: c.get("/v1/items/-5"), (422,), "item_id"),
-    "duplicate_id": (lambda c: c.post("/v1/items", files=_files([1]), data={"ids": "100"}), (409,), "100"),
-    "repeated_ids": (lambda c: c.post("/v1/items", files=_files([1, 2]), data={"ids": "7000,7000"}), (409, 422), "repeated"),
-    "ids_not_ints": (lambda c: c.post("/v1/items", files=_files([1]), data={"ids": "abc"}), (422,), "'abc'"),
-    "ids_count": (lambda c: c.post("/v1/items", files=_files([1, 2]), data={"ids": "7001"}), (422,), "one id per item"),
-    "metadata_not_json": (lambda c: c.post("/v1/items", files=_files([1]), data={"metadata": "{oops"}), (422,), "not valid JSON"),
-    "metadata_count": (lambda c: c.post("/v1/items", files=_files([1, 2]), data={"metadata": "[{}]"}), (422,), "one per item"),
+    "duplicate_id": (
+        lambda c: c.post("/v1/items", files=_files([1]), data={"ids": "100"}),
+        (409,),
+        "100",
+    ),
+    "repeated_ids": (
+        lambda c: c.post("/v1/items", files=_files([1, 2]), data={"ids": "7000,7000"}),
+        (409, 422),
+        "repeated",
+    ),
+    "ids_not_ints": (
+        lambda c: c.post("/v1/items", files=_files([1]), data={"ids": "abc"}),
+        (422,),
+        "'abc'",
+    ),
+    "ids_count": (
+        lambda c: c.post("/v1/items", files=_files([1, 2]), data={"ids": "7001"}),
+        (422,),
+        "one id per item",
+    ),
+    "metadata_not_json": (
+        lambda c: c.post("/v1/items", files=_files([1]), data={"metadata": "{oops"}),
+        (422,),
+        "not valid JSON",
+    ),
+    "metadata_count": (
+        lambda c: c.post("/v1/items", files=_files([1, 2]), data={"metadata": "[{}]"}),
+        (422,),
+        "one per item",
+    ),
     "codes_wrong_length": (
-        lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", _npy(np.zeros((2, 3), np.uint8)))}), (422,), "24 bits"),
+        lambda c: c.post(
+            "/v1/items/codes", files={"codes": ("c.npy", _npy(np.zeros((2, 3), np.uint8)))}
+        ),
+        (422,),
+        "24 bits",
+    ),
     "codes_wrong_dtype": (
-        lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", _npy(np.zeros((2, 4), np.float32)))}), (422,), "uint8"),
+        lambda c: c.post(
+            "/v1/items/codes", files={"codes": ("c.npy", _npy(np.zeros((2, 4), np.float32)))}
+        ),
+        (422,),
+        "uint8",
+    ),
     "codes_pickled": (
-        lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", _npy(np.array([{"a": 1}], dtype=object)))}), (422,), "object arrays"),
-    "codes_not_npy": (lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", b"PK\x03\x04junk")}), (422,), ".npy"),
+        lambda c: c.post(
+            "/v1/items/codes", files={"codes": ("c.npy", _npy(np.array([{"a": 1}], dtype=object)))}
+        ),
+        (422,),
+        "object arrays",
+    ),
+    "codes_not_npy": (
+        lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", b"PK\x03\x04junk")}),
+        (422,),
+        ".npy",
+    ),
     "ids_mismatch": (
-        lambda c: c.post("/v1/items/codes", files={"codes": ("c.npy", _npy(np.zeros((2, 4), np.uint8))),
-                                                   "ids": ("i.npy", _npy(np.arange(3)))}), (422,), "one id per code"),
+        lambda c: c.post(
+            "/v1/items/codes",
+            files={
+                "codes": ("c.npy", _npy(np.zeros((2, 4), np.uint8))),
+                "ids": ("i.npy", _npy(np.arange(3))),
+            },
+        ),
+        (422,),
+        "one id per code",
+    ),
 }
 
 
@@ -270,7 +366,9 @@ def test_upload_over_the_size_cap_is_413(models, tmp_path):
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buf, "PNG"
+    )
     big = buf.getvalue()  # noise does not compress: ~12 kB
     assert len(big) > 4096
     with TestClient(create_app(settings)) as c:
@@ -288,9 +386,14 @@ def test_upload_over_the_size_cap_is_413(models, tmp_path):
 def test_decoded_pixel_cap_is_413(models, tmp_path):
     settings = Settings(model=models["vit32"], store=tmp_path, max_image_pixels=1000)
     with TestClient(create_app(settings)) as c:
-        r = c.post("/v1/search", files={"image": ("big.png", image_bytes(3, size=64))})  # 4096 px > 1000
+        r = c.post(
+            "/v1/search", files={"image": ("big.png", image_bytes(3, size=64))}
+        )  # 4096 px > 1000
         assert r.status_code == 413 and "1000 pixels" in r.json()["detail"]
-        assert c.post("/v1/search", files={"image": ("s.png", image_bytes(1, size=24))}).status_code == 200
+        assert (
+            c.post("/v1/search", files={"image": ("s.png", image_bytes(1, size=24))}).status_code
+            == 200
+        )
 
 
 def test_writes_need_the_api_key_reads_stay_open(models, tmp_path, monkeypatch):
@@ -343,18 +446,31 @@ def test_models_of_different_lengths_are_refused(models, tmp_path):
     from hashkd.cli import main
 
     settings = Settings(model=models["vit32"], database_model=models["vit16"], store=tmp_path)
-    with pytest.raises(ValueError, match="32-bit codes but the database model .* 16-bit"), TestClient(create_app(settings)):
+    with (
+        pytest.raises(ValueError, match="32-bit codes but the database model .* 16-bit"),
+        TestClient(create_app(settings)),
+    ):
         pass
-    code = main(["serve", "--model", str(models["vit32"]), "--database-model", str(models["vit16"]),
-                 "--store", str(tmp_path / "s")])
+    code = main(
+        [
+            "serve",
+            "--model",
+            str(models["vit32"]),
+            "--database-model",
+            str(models["vit16"]),
+            "--store",
+            str(tmp_path / "s"),
+        ]
+    )
     assert code == 2
 
 
 def test_store_of_another_code_length_is_refused(models, tmp_path):
     with TestClient(create_app(Settings(model=models["vit32"], store=tmp_path))):
         pass
-    with pytest.raises(ValueError, match="holds 32-bit codes"), TestClient(
-        create_app(Settings(model=models["vit16"], store=tmp_path))
+    with (
+        pytest.raises(ValueError, match="holds 32-bit codes"),
+        TestClient(create_app(Settings(model=models["vit16"], store=tmp_path))),
     ):
         pass
 
@@ -394,9 +510,18 @@ def test_catalog_recovers_from_snapshot_replay_and_rebuild(tmp_path, rng):
     cat.add(codes[25:30], ids=[3, 100, 101, 102, 103])  # re-add a deleted id with another code
     cat.delete(101)
     expected = {i: c.tobytes() for i, c in zip(ids, codes[:25], strict=True) if i != 3}
-    expected.update({3: codes[25].tobytes(), 100: codes[26].tobytes(), 102: codes[28].tobytes(), 103: codes[29].tobytes()})
+    expected.update(
+        {
+            3: codes[25].tobytes(),
+            100: codes[26].tobytes(),
+            102: codes[28].tobytes(),
+            103: codes[29].tobytes(),
+        }
+    )
     assert _index_state(cat) == expected
-    assert cat.snapshot_seq > 0 and cat.store.last_seq() > cat.snapshot_seq  # changes after the snapshot
+    assert (
+        cat.snapshot_seq > 0 and cat.store.last_seq() > cat.snapshot_seq
+    )  # changes after the snapshot
     # "Crash": no close(), no final snapshot. A new catalog replays the tail of the change log.
     cat2 = Catalog(tmp_path, 32, snapshot_every=10)
     assert cat2.recovery == "snapshot+replay"

@@ -28,7 +28,16 @@ KILL_AFTER_ACKS = 40
 def test_acknowledged_adds_survive_kill_9(tmp_path):
     model = build_artifact(tmp_path / "vit32", TINY_VIT, 32, 0)
     store = tmp_path / "store"
-    args = ["--model", str(model), "--store", str(store), "--snapshot-every", "7", "--max-wait-ms", "1"]
+    args = [
+        "--model",
+        str(model),
+        "--store",
+        str(store),
+        "--snapshot-every",
+        "7",
+        "--max-wait-ms",
+        "1",
+    ]
     port = free_port()
     proc = start_server(args, port, tmp_path / "server1.log")
     acked: dict[int, int] = {}  # id -> image seed
@@ -42,8 +51,11 @@ def test_acknowledged_adds_survive_kill_9(tmp_path):
             while not stop.is_set():
                 seed += 1
                 try:
-                    r = c.post("/v1/items", files=[("images", ("i.png", image_bytes(seed), "image/png"))],
-                               data={"metadata": f'[{{"seed": {seed}}}]'})
+                    r = c.post(
+                        "/v1/items",
+                        files=[("images", ("i.png", image_bytes(seed), "image/png"))],
+                        data={"metadata": f'[{{"seed": {seed}}}]'},
+                    )
                 except httpx.HTTPError as exc:
                     errors_after_kill.append(exc)
                     return
@@ -79,8 +91,11 @@ def test_acknowledged_adds_survive_kill_9(tmp_path):
                 assert item.status_code == 200, (item_id, item.text)
                 assert item.json()["metadata"] == {"seed": seed}
             for item_id, seed in list(acked.items())[:: max(1, len(acked) // 12)]:
-                hits = c.post("/v1/search", params={"radius": 0},
-                              files={"image": ("q.png", image_bytes(seed), "image/png")}).json()["results"]
+                hits = c.post(
+                    "/v1/search",
+                    params={"radius": 0},
+                    files={"image": ("q.png", image_bytes(seed), "image/png")},
+                ).json()["results"]
                 assert item_id in [h["id"] for h in hits], (item_id, hits)
             # The recovered server keeps working.
             r = c.post("/v1/items", files=[("images", ("n.png", image_bytes(5), "image/png"))])

@@ -29,7 +29,9 @@ EXAMPLES_PER_OPERATION = 80
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory):
     models = build_artifacts(tmp_path_factory.mktemp("models"))
-    app = create_app(Settings(model=models["vit32"], store=tmp_path_factory.mktemp("store"), max_wait_ms=0.5))
+    app = create_app(
+        Settings(model=models["vit32"], store=tmp_path_factory.mktemp("store"), max_wait_ms=0.5)
+    )
     with TestClient(app) as client:  # runs the lifespan: models + index stay loaded on app.state
         files = [("images", (f"{i}.png", image_bytes(i), "image/png")) for i in range(4)]
         assert client.post("/v1/items", files=files, data={"ids": "0,1,2,3"}).status_code == 201
@@ -43,24 +45,40 @@ def _operations(schema) -> list:
 def test_generated_requests_never_get_a_5xx(api_schema):
     """Positive and negative (schema-violating) requests for every operation of the schema."""
     operations = _operations(api_schema)
-    assert {op.label for op in operations} >= {"POST /v1/search", "POST /v1/items", "POST /v1/items/codes"}
+    assert {op.label for op in operations} >= {
+        "POST /v1/search",
+        "POST /v1/items",
+        "POST /v1/items/codes",
+    }
     for op in operations:
         strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(GenerationMode.NEGATIVE)
 
         @given(case=strategy)
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case) -> None:
             response = case.call()
             CASES["n"] += 1
-            CASES["statuses"][response.status_code] = CASES["statuses"].get(response.status_code, 0) + 1
+            CASES["statuses"][response.status_code] = (
+                CASES["statuses"].get(response.status_code, 0) + 1
+            )
             label = f"{case.method} {case.formatted_path}"
             assert response.status_code < 500, f"{label}: {response.status_code} {response.text}"
             if response.status_code >= 400:
                 body = response.json()
                 assert isinstance(body.get("detail"), str) and body["detail"], (label, body)
             case.validate_response(
-                response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance]
+                response,
+                checks=[
+                    status_code_conformance,
+                    content_type_conformance,
+                    response_schema_conformance,
+                ],
             )
 
         check()

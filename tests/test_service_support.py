@@ -59,14 +59,18 @@ def hamming(query: np.ndarray, db: np.ndarray) -> np.ndarray:
     return (q[:, None, :] != d[None, :, :]).sum(axis=2)
 
 
-def oracle_knn(qcode: np.ndarray, ids: list[int], codes: np.ndarray, k: int) -> list[tuple[int, int]]:
+def oracle_knn(
+    qcode: np.ndarray, ids: list[int], codes: np.ndarray, k: int
+) -> list[tuple[int, int]]:
     """(id, distance) of the k nearest by brute force, nearest first, ties by ascending id."""
     dist = hamming(qcode, codes)[0]
     pairs = sorted(zip(dist.tolist(), ids, strict=True))
     return [(i, d) for d, i in pairs[:k]]
 
 
-def oracle_range(qcode: np.ndarray, ids: list[int], codes: np.ndarray, radius: int) -> list[tuple[int, int]]:
+def oracle_range(
+    qcode: np.ndarray, ids: list[int], codes: np.ndarray, radius: int
+) -> list[tuple[int, int]]:
     dist = hamming(qcode, codes)[0]
     pairs = sorted((d, i) for d, i in zip(dist.tolist(), ids, strict=True) if d <= radius)
     return [(i, d) for d, i in pairs]
@@ -78,12 +82,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: list[str], port: int, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+def start_server(
+    args: list[str], port: int, log_path: Path, env: dict | None = None
+) -> subprocess.Popen:
     """``python -m service`` on 127.0.0.1:port; returns once /readyz answers 200."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        **(env or {}),
+    }
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", *args, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
+        [
+            sys.executable,
+            "-m",
+            "service",
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=full_env,
@@ -92,7 +115,9 @@ def start_server(args: list[str], port: int, log_path: Path, env: dict | None = 
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
+            )
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
                 return proc

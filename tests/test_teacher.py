@@ -32,9 +32,18 @@ def test_view_bank_pairs_are_distinct_views():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(out=str(tmp_path / "teacher"), data="digits", backbone=TINY_VIT["backbone"],
-                backbone_kwargs=dict(TINY_VIT["backbone_kwargs"]), bits=16, img_size=16, epochs=2,
-                batch_size=32, max_train=100, progress=False)
+    base = dict(
+        out=str(tmp_path / "teacher"),
+        data="digits",
+        backbone=TINY_VIT["backbone"],
+        backbone_kwargs=dict(TINY_VIT["backbone_kwargs"]),
+        bits=16,
+        img_size=16,
+        epochs=2,
+        batch_size=32,
+        max_train=100,
+        progress=False,
+    )
     base.update(kw)
     return TeacherConfig(**base)
 

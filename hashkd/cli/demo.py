@@ -17,19 +17,46 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hits and a results table, and stop. Every stage keeps its artifact in --workdir and prints the command "
         "that reproduces it.",
     )
-    p.add_argument("--data", default="digits", help="'digits' (embedded, default), a class folder, or cifar10[:PATH]")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (embedded, default), a class folder, or cifar10[:PATH]",
+    )
     p.add_argument("--root", default=None, help="root of a list file's paths")
     p.add_argument("--bits", type=positive_int, default=64, help="code length (default 64)")
-    p.add_argument("--workdir", default=None, help="where the artifacts go (default: a new temporary folder)")
-    p.add_argument("--teacher-epochs", type=positive_int, default=30, help="teacher epochs (default 30)")
-    p.add_argument("--student-epochs", type=positive_int, default=20, help="student epochs (default 20)")
-    p.add_argument("--max-train", type=positive_int, default=None,
-                   help="use at most this many training images (a small subset of a large folder)")
-    p.add_argument("--quick", action="store_true", help="a reduced run (2 epochs, 200 training images) for CI")
-    p.add_argument("--keep-serving", action="store_true", help="keep the service running after the queries")
+    p.add_argument(
+        "--workdir", default=None, help="where the artifacts go (default: a new temporary folder)"
+    )
+    p.add_argument(
+        "--teacher-epochs", type=positive_int, default=30, help="teacher epochs (default 30)"
+    )
+    p.add_argument(
+        "--student-epochs", type=positive_int, default=20, help="student epochs (default 20)"
+    )
+    p.add_argument(
+        "--max-train",
+        type=positive_int,
+        default=None,
+        help="use at most this many training images (a small subset of a large folder)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a reduced run (2 epochs, 200 training images) for CI"
+    )
+    p.add_argument(
+        "--keep-serving", action="store_true", help="keep the service running after the queries"
+    )
     p.add_argument("--port", type=int, default=None, help="service port (default: a free one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits, augmentation and initialisation (default 0)")
-    p.add_argument("--fresh", action="store_true", help="re-run every stage even when --workdir holds its artifact")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of splits, augmentation and initialisation (default 0)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="re-run every stage even when --workdir holds its artifact",
+    )
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars")
     p.set_defaults(func=run)
 
@@ -38,9 +65,20 @@ def run(args: argparse.Namespace) -> int:
     from hashkd.demo import DemoConfig, run_demo
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="hashkd-demo-")
-    cfg = DemoConfig(workdir=workdir, data=args.data, root=args.root, bits=args.bits, quick=args.quick,
-                     keep_serving=args.keep_serving, port=args.port, seed=args.seed,
-                     teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                     max_train=args.max_train, progress=args.progress, fresh=args.fresh)
+    cfg = DemoConfig(
+        workdir=workdir,
+        data=args.data,
+        root=args.root,
+        bits=args.bits,
+        quick=args.quick,
+        keep_serving=args.keep_serving,
+        port=args.port,
+        seed=args.seed,
+        teacher_epochs=args.teacher_epochs,
+        student_epochs=args.student_epochs,
+        max_train=args.max_train,
+        progress=args.progress,
+        fresh=args.fresh,
+    )
     run_demo(cfg)
     return 0

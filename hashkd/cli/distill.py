@@ -17,7 +17,9 @@ def _loss_options(items: list[str] | None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for item in items or []:
         if "." not in item.split("=", 1)[0] or "=" not in item:
-            raise ValueError(f"--loss-opt {item!r} is not valid: expected LOSS.OPTION=VALUE, e.g. brcd.alpha=0.8")
+            raise ValueError(
+                f"--loss-opt {item!r} is not valid: expected LOSS.OPTION=VALUE, e.g. brcd.alpha=0.8"
+            )
         key, value = item.split("=", 1)
         loss, option = key.split(".", 1)
         out.setdefault(loss, {}).update(parse_kwargs(f"{option}={value}"))
@@ -30,7 +32,9 @@ def _weights(text: str | None) -> list[float] | None:
     try:
         return [float(w) for w in text.split(",")]
     except ValueError:
-        raise ValueError(f"--weights {text!r} is not valid: expected comma-separated numbers, e.g. 1,0.5") from None
+        raise ValueError(
+            f"--weights {text!r} is not valid: expected comma-separated numbers, e.g. 1,0.5"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,24 +45,73 @@ def register(sub: argparse._SubParsersAction) -> None:
         "own CIBHash term (unless --no-cib) plus the weighted KD losses of --loss. Losses: brcd, align, sp, "
         "relative_teacher, absolute_teacher, rkd, compress, lsh, crd (see docs/losses.md).",
     )
-    p.add_argument("--teacher", required=True, metavar="MODEL_DIR", help="teacher model artifact (hashkd train-teacher)")
-    p.add_argument("--student", default="mobilenetv3_small_100", help="timm backbone of the student "
-                   "(default mobilenetv3_small_100; e.g. efficientnet_b0, resnet18)")
-    p.add_argument("--student-kwargs", default=None, help="extra timm.create_model arguments (key=value,...)")
-    p.add_argument("--loss", default="brcd", help="KD losses, comma-separated (default brcd); 'none' for CIBHash only")
-    p.add_argument("--weights", default=None, help="one weight per loss, comma-separated (default: each loss's own)")
-    p.add_argument("--loss-opt", action="append", metavar="LOSS.OPTION=VALUE",
-                   help="a loss option, repeatable: e.g. brcd.alpha=0.8, brcd.k=10, brcd.use_bit_mask=false")
-    p.add_argument("--no-cib", action="store_true", help="drop the student's own CIBHash term (KD losses only)")
-    p.add_argument("--bits", type=positive_int, default=None, help="student code length (default: the teacher's)")
-    p.add_argument("--img-size", type=positive_int, default=None, help="student input size (default: the teacher's)")
-    p.add_argument("--head", choices=("linear", "mlp"), default="mlp", help="student hash head (default mlp, as BRCD)")
-    p.add_argument("--pretrained", action="store_true", help="timm pretrained weights for the student backbone")
-    p.add_argument("--backbone-weights", default=None, help="local weights file for the student backbone")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        metavar="MODEL_DIR",
+        help="teacher model artifact (hashkd train-teacher)",
+    )
+    p.add_argument(
+        "--student",
+        default="mobilenetv3_small_100",
+        help="timm backbone of the student "
+        "(default mobilenetv3_small_100; e.g. efficientnet_b0, resnet18)",
+    )
+    p.add_argument(
+        "--student-kwargs", default=None, help="extra timm.create_model arguments (key=value,...)"
+    )
+    p.add_argument(
+        "--loss",
+        default="brcd",
+        help="KD losses, comma-separated (default brcd); 'none' for CIBHash only",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="one weight per loss, comma-separated (default: each loss's own)",
+    )
+    p.add_argument(
+        "--loss-opt",
+        action="append",
+        metavar="LOSS.OPTION=VALUE",
+        help="a loss option, repeatable: e.g. brcd.alpha=0.8, brcd.k=10, brcd.use_bit_mask=false",
+    )
+    p.add_argument(
+        "--no-cib", action="store_true", help="drop the student's own CIBHash term (KD losses only)"
+    )
+    p.add_argument(
+        "--bits",
+        type=positive_int,
+        default=None,
+        help="student code length (default: the teacher's)",
+    )
+    p.add_argument(
+        "--img-size",
+        type=positive_int,
+        default=None,
+        help="student input size (default: the teacher's)",
+    )
+    p.add_argument(
+        "--head",
+        choices=("linear", "mlp"),
+        default="mlp",
+        help="student hash head (default mlp, as BRCD)",
+    )
+    p.add_argument(
+        "--pretrained", action="store_true", help="timm pretrained weights for the student backbone"
+    )
+    p.add_argument(
+        "--backbone-weights", default=None, help="local weights file for the student backbone"
+    )
     p.add_argument("--freeze-backbone", action="store_true", help="train only the student's head")
-    p.add_argument("--view-bank", type=non_negative_int, default=0, metavar="E",
-                   help="augment each training image E times once and code the views with the teacher once "
-                   "(0 = augment online and run the teacher every step)")
+    p.add_argument(
+        "--view-bank",
+        type=non_negative_int,
+        default=0,
+        metavar="E",
+        help="augment each training image E times once and code the views with the teacher once "
+        "(0 = augment online and run the teacher every step)",
+    )
     add_data_arguments(p)
     add_training_arguments(p, lr=1e-3)
     p.set_defaults(func=run)
@@ -67,16 +120,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hashkd.training.distill import DistillConfig, distill
 
-    losses = [] if args.loss.strip().lower() == "none" else [s.strip() for s in args.loss.split(",") if s.strip()]
+    losses = (
+        []
+        if args.loss.strip().lower() == "none"
+        else [s.strip() for s in args.loss.split(",") if s.strip()]
+    )
     cfg = DistillConfig(
-        out=args.out, teacher=args.teacher, student=args.student, student_kwargs=parse_kwargs(args.student_kwargs),
-        losses=losses, weights=_weights(args.weights), loss_options=_loss_options(args.loss_opt),
-        student_cib=not args.no_cib, bits=args.bits, img_size=args.img_size, head=args.head,
-        pretrained=args.pretrained, backbone_weights=args.backbone_weights, freeze_backbone=args.freeze_backbone,
-        data=args.data, root=args.root, protocol=args.protocol, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, tau=args.tau, beta=args.beta, view_bank=args.view_bank,
-        val_every=args.val_every, num_workers=args.num_workers, device=args.device, resume=args.resume,
-        max_train=args.max_train, progress=not args.no_progress,
+        out=args.out,
+        teacher=args.teacher,
+        student=args.student,
+        student_kwargs=parse_kwargs(args.student_kwargs),
+        losses=losses,
+        weights=_weights(args.weights),
+        loss_options=_loss_options(args.loss_opt),
+        student_cib=not args.no_cib,
+        bits=args.bits,
+        img_size=args.img_size,
+        head=args.head,
+        pretrained=args.pretrained,
+        backbone_weights=args.backbone_weights,
+        freeze_backbone=args.freeze_backbone,
+        data=args.data,
+        root=args.root,
+        protocol=args.protocol,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        tau=args.tau,
+        beta=args.beta,
+        view_bank=args.view_bank,
+        val_every=args.val_every,
+        num_workers=args.num_workers,
+        device=args.device,
+        resume=args.resume,
+        max_train=args.max_train,
+        progress=not args.no_progress,
     )
     out = distill(cfg)
     print(f"student artifact: {out}")

@@ -15,14 +15,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "n x K/8, packed bits), ids.npy (int64), labels.npy (multi-hot, when the data has labels) and "
         "meta.json (model, bits, data, split, seed).",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="model artifact directory (config.json + model.safetensors)")
-    p.add_argument("--data", required=True, help="a class folder, a DeepHash list file (with --root), 'digits' or 'cifar10[:PATH]'")
+    p.add_argument(
+        "model",
+        metavar="MODEL_DIR",
+        help="model artifact directory (config.json + model.safetensors)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a class folder, a DeepHash list file (with --root), 'digits' or 'cifar10[:PATH]'",
+    )
     p.add_argument("--root", default=None, help="root folder of a list file's relative paths")
-    p.add_argument("--split", default="all", choices=("all", "train", "val", "query", "database"),
-                   help="encode one split of the data's protocol instead of every image (default all)")
-    p.add_argument("--protocol", default=None, help="split protocol for --split (see train-teacher --help)")
+    p.add_argument(
+        "--split",
+        default="all",
+        choices=("all", "train", "val", "query", "database"),
+        help="encode one split of the data's protocol instead of every image (default all)",
+    )
+    p.add_argument(
+        "--protocol", default=None, help="split protocol for --split (see train-teacher --help)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split protocol (default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, help="output code set directory")
     p.set_defaults(func=run)
@@ -31,8 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hashkd.encoding import encode_data
 
-    codeset = encode_data(args.model, args.data, root=args.root, split=args.split, protocol=args.protocol,
-                          seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    codeset = encode_data(
+        args.model,
+        args.data,
+        root=args.root,
+        split=args.split,
+        protocol=args.protocol,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     codeset.save(args.out)
     print(f"wrote {len(codeset)} codes of {codeset.bits} bits to {args.out}")
     return 0

@@ -29,40 +29,123 @@ def register(sub: argparse._SubParsersAction) -> None:
         "description, read by `hashkd train-teacher --weights OUT`), OUT.ckpt.pt (resume) and OUT.log.jsonl. "
         "Runs under torchrun for several processes.",
     )
-    p.add_argument("--data", default="digits", help="images: a class folder, a list file, 'digits' or "
-                   "'cifar10[:PATH]' (labels are ignored; default digits)")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="images: a class folder, a list file, 'digits' or "
+        "'cifar10[:PATH]' (labels are ignored; default digits)",
+    )
     p.add_argument("--root", default=None, help="root folder of list-file paths")
-    p.add_argument("--group", default=None, help="named part of the data to use (default: 'train' when the "
-                   "data has one, e.g. CIFAR-10's 50,000 training images; else every image)")
-    p.add_argument("--max-images", type=positive_int, default=None, help="a seeded random subset of this many images")
-    p.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm model name (default vit_tiny_patch16_224)")
-    p.add_argument("--backbone-kwargs", default=None, help="extra timm.create_model arguments, key=value,... or "
-                   "JSON (a ViT below 64 px gets patch_size=4 unless given)")
-    p.add_argument("--img-size", type=positive_int, default=32, help="input size in pixels (default 32)")
-    p.add_argument("--method", choices=METHODS, default="simclr", help="SSL method (default simclr)")
-    p.add_argument("--epochs", type=positive_int, default=100, help="epochs over the images (default 100)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch and process (default 256)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs (default 1)")
-    p.add_argument("--tau", type=_positive_float, default=0.2, help="contrastive temperature (default 0.2)")
-    p.add_argument("--proj-dim", type=positive_int, default=128, help="projection output size (default 128)")
-    p.add_argument("--proj-hidden", type=positive_int, default=512, help="projection hidden size (default 512)")
-    p.add_argument("--momentum", type=float, default=0.99, help="MoCo v3 initial EMA momentum (default 0.99)")
-    p.add_argument("--knn-eval", action="store_true", help="after the last epoch (and every --knn-every epochs), "
-                   "kNN accuracy of the features: the protocol's labeled train split votes for its queries")
-    p.add_argument("--knn-every", type=non_negative_int, default=0, help="kNN accuracy every N epochs (0: only at the end)")
-    p.add_argument("--knn-k", type=positive_int, default=20, help="neighbours of the kNN classifier (default 20)")
-    p.add_argument("--protocol", default=None, help="split protocol of --knn-eval (default: the data's own)")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=0,
-                   help="also checkpoint (and write the weights) every N steps inside an epoch (default 0: per epoch)")
-    p.add_argument("--keep-every", type=non_negative_int, default=0, metavar="N",
-                   help="also keep the weights of every N-th epoch as OUT-epochNNN.safetensors (+ .json), e.g. "
-                   "to plot hashing mAP against pretraining time (default 0: only the latest)")
-    p.add_argument("--time-limit", type=_positive_float, default=None, metavar="MIN",
-                   help="stop after MIN minutes, writing the weights and a checkpoint that --resume continues")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
-    p.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument(
+        "--group",
+        default=None,
+        help="named part of the data to use (default: 'train' when the "
+        "data has one, e.g. CIFAR-10's 50,000 training images; else every image)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=None,
+        help="a seeded random subset of this many images",
+    )
+    p.add_argument(
+        "--backbone",
+        default="vit_tiny_patch16_224",
+        help="timm model name (default vit_tiny_patch16_224)",
+    )
+    p.add_argument(
+        "--backbone-kwargs",
+        default=None,
+        help="extra timm.create_model arguments, key=value,... or "
+        "JSON (a ViT below 64 px gets patch_size=4 unless given)",
+    )
+    p.add_argument(
+        "--img-size", type=positive_int, default=32, help="input size in pixels (default 32)"
+    )
+    p.add_argument(
+        "--method", choices=METHODS, default="simclr", help="SSL method (default simclr)"
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=100, help="epochs over the images (default 100)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="images per batch and process (default 256)",
+    )
+    p.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="peak AdamW learning rate (default 1e-3)"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)"
+    )
+    p.add_argument(
+        "--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs (default 1)"
+    )
+    p.add_argument(
+        "--tau", type=_positive_float, default=0.2, help="contrastive temperature (default 0.2)"
+    )
+    p.add_argument(
+        "--proj-dim", type=positive_int, default=128, help="projection output size (default 128)"
+    )
+    p.add_argument(
+        "--proj-hidden", type=positive_int, default=512, help="projection hidden size (default 512)"
+    )
+    p.add_argument(
+        "--momentum", type=float, default=0.99, help="MoCo v3 initial EMA momentum (default 0.99)"
+    )
+    p.add_argument(
+        "--knn-eval",
+        action="store_true",
+        help="after the last epoch (and every --knn-every epochs), "
+        "kNN accuracy of the features: the protocol's labeled train split votes for its queries",
+    )
+    p.add_argument(
+        "--knn-every",
+        type=non_negative_int,
+        default=0,
+        help="kNN accuracy every N epochs (0: only at the end)",
+    )
+    p.add_argument(
+        "--knn-k",
+        type=positive_int,
+        default=20,
+        help="neighbours of the kNN classifier (default 20)",
+    )
+    p.add_argument(
+        "--protocol", default=None, help="split protocol of --knn-eval (default: the data's own)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=0,
+        help="also checkpoint (and write the weights) every N steps inside an epoch (default 0: per epoch)",
+    )
+    p.add_argument(
+        "--keep-every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also keep the weights of every N-th epoch as OUT-epochNNN.safetensors (+ .json), e.g. "
+        "to plot hashing mAP against pretraining time (default 0: only the latest)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        default=None,
+        metavar="MIN",
+        help="stop after MIN minutes, writing the weights and a checkpoint that --resume continues",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation, data order and augmentation"
+    )
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=0,
+        help="DataLoader worker processes (default 0)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.pt")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -74,18 +157,48 @@ def run(args: argparse.Namespace) -> int:
     from hashkd.training.pretrain import PretrainConfig, pretrain
 
     kwargs = parse_kwargs(args.backbone_kwargs)
-    hybrid = re.search(r"_r\d*_s\d+_", args.backbone) is not None  # ResNet-stem hybrids: patch_size is on the stem map
-    if args.backbone.startswith("vit_") and not hybrid and "patch_size" not in kwargs and args.img_size < 64:
-        kwargs["patch_size"] = 4  # as train-teacher: 16 px patches would leave a 32 px image 4 tokens
+    hybrid = (
+        re.search(r"_r\d*_s\d+_", args.backbone) is not None
+    )  # ResNet-stem hybrids: patch_size is on the stem map
+    if (
+        args.backbone.startswith("vit_")
+        and not hybrid
+        and "patch_size" not in kwargs
+        and args.img_size < 64
+    ):
+        kwargs["patch_size"] = (
+            4  # as train-teacher: 16 px patches would leave a 32 px image 4 tokens
+        )
     cfg = PretrainConfig(
-        out=args.out, data=args.data, root=args.root, group=args.group, backbone=args.backbone,
-        backbone_kwargs=kwargs, img_size=args.img_size, method=args.method, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        tau=args.tau, proj_dim=args.proj_dim, proj_hidden=args.proj_hidden, momentum=args.momentum,
-        max_images=args.max_images, seed=args.seed, knn_eval=args.knn_eval, knn_every=args.knn_every,
-        knn_k=args.knn_k, protocol=args.protocol, checkpoint_every=args.checkpoint_every,
+        out=args.out,
+        data=args.data,
+        root=args.root,
+        group=args.group,
+        backbone=args.backbone,
+        backbone_kwargs=kwargs,
+        img_size=args.img_size,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        tau=args.tau,
+        proj_dim=args.proj_dim,
+        proj_hidden=args.proj_hidden,
+        momentum=args.momentum,
+        max_images=args.max_images,
+        seed=args.seed,
+        knn_eval=args.knn_eval,
+        knn_every=args.knn_every,
+        knn_k=args.knn_k,
+        protocol=args.protocol,
+        checkpoint_every=args.checkpoint_every,
         keep_every=args.keep_every,
-        time_limit_min=args.time_limit, num_workers=args.num_workers, device=args.device, resume=args.resume,
+        time_limit_min=args.time_limit,
+        num_workers=args.num_workers,
+        device=args.device,
+        resume=args.resume,
         progress=not args.no_progress,
     )
     out = pretrain(cfg)

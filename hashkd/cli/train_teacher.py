@@ -24,9 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_arguments(p)
     add_model_arguments(p, default_backbone="vit_tiny_patch16_224", default_head="linear")
     add_training_arguments(p, lr=5e-4)
-    p.add_argument("--feature-cache", type=non_negative_int, default=0, metavar="E",
-                   help="with --freeze-backbone: augment each training image E times once, cache the backbone "
-                   "features and train the head on pairs of them (0 = off)")
+    p.add_argument(
+        "--feature-cache",
+        type=non_negative_int,
+        default=0,
+        metavar="E",
+        help="with --freeze-backbone: augment each training image E times once, cache the backbone "
+        "features and train the head on pairs of them (0 = off)",
+    )
     p.set_defaults(func=run)
 
 
@@ -37,12 +42,30 @@ def run(args: argparse.Namespace) -> int:
     if "vit" in args.backbone and "patch_size" not in kwargs and args.img_size < 64:
         kwargs["patch_size"] = 4  # 16 px patches would leave a 32 px image with 4 tokens
     cfg = TeacherConfig(
-        out=args.out, data=args.data, root=args.root, protocol=args.protocol, backbone=args.backbone,
-        backbone_kwargs=kwargs, bits=args.bits, img_size=args.img_size, head=args.head,
-        pretrained=args.pretrained, weights=args.weights, freeze_backbone=args.freeze_backbone,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, tau=args.tau, beta=args.beta,
-        seed=args.seed, val_every=args.val_every, feature_cache_views=args.feature_cache,
-        num_workers=args.num_workers, device=args.device, resume=args.resume, max_train=args.max_train,
+        out=args.out,
+        data=args.data,
+        root=args.root,
+        protocol=args.protocol,
+        backbone=args.backbone,
+        backbone_kwargs=kwargs,
+        bits=args.bits,
+        img_size=args.img_size,
+        head=args.head,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        freeze_backbone=args.freeze_backbone,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        tau=args.tau,
+        beta=args.beta,
+        seed=args.seed,
+        val_every=args.val_every,
+        feature_cache_views=args.feature_cache,
+        num_workers=args.num_workers,
+        device=args.device,
+        resume=args.resume,
+        max_train=args.max_train,
         progress=not args.no_progress,
     )
     out = train_teacher(cfg)

@@ -24,7 +24,9 @@ class ArtifactError(ValueError):
     """A model artifact directory is missing, incomplete or of an unknown format."""
 
 
-def save_artifact(model: HashModel, directory: str | os.PathLike[str], extra: dict | None = None) -> Path:
+def save_artifact(
+    model: HashModel, directory: str | os.PathLike[str], extra: dict | None = None
+) -> Path:
     """Write ``model`` as an artifact directory; returns its path."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,9 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict]:
     """Read ``config.json`` of an artifact: the model config and the raw dict."""
     path = Path(directory)
     if not path.is_dir():
-        raise ArtifactError(f"model artifact {str(path)!r} is not a directory: expected a folder with config.json")
+        raise ArtifactError(
+            f"model artifact {str(path)!r} is not a directory: expected a folder with config.json"
+        )
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise ArtifactError(f"model artifact {str(path)!r} has no config.json")

@@ -26,7 +26,9 @@ class ConvStemPatchEmbed(PatchEmbed):
         super().__init__(*args, **kwargs)
         patch = self.patch_size[0]
         if patch != self.patch_size[1] or patch < 2 or patch & (patch - 1):
-            raise ValueError(f"patch_size={self.patch_size} is not valid for a conv stem: expected a square power of two")
+            raise ValueError(
+                f"patch_size={self.patch_size} is not valid for a conv stem: expected a square power of two"
+            )
         embed_dim = self.proj.out_channels
         in_chans = self.proj.in_channels
         steps = int(math.log2(patch))
@@ -34,7 +36,11 @@ class ConvStemPatchEmbed(PatchEmbed):
         c = in_chans
         for i in range(steps):
             out = max(16, embed_dim // 2 ** (steps - i))
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             c = out
         layers.append(nn.Conv2d(c, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
@@ -42,8 +48,10 @@ class ConvStemPatchEmbed(PatchEmbed):
 
 def _vitc(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
     if pretrained:
-        raise ValueError(f"{variant} has no published pretrained weights: use --weights with a local file "
-                         "(e.g. from `hashkd pretrain`)")
+        raise ValueError(
+            f"{variant} has no published pretrained weights: use --weights with a local file "
+            "(e.g. from `hashkd pretrain`)"
+        )
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only"):
         kwargs.pop(key, None)  # timm's factory arguments, not the constructor's
     kwargs.setdefault("img_size", 32)

@@ -47,7 +47,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if self.head not in HEAD_KINDS:
-            raise ModelError(f"head={self.head!r} is not valid: expected one of {', '.join(HEAD_KINDS)}")
+            raise ModelError(
+                f"head={self.head!r} is not valid: expected one of {', '.join(HEAD_KINDS)}"
+            )
         if self.role not in ("teacher", "student"):
             raise ModelError(f"role={self.role!r} is not valid: expected 'teacher' or 'student'")
         if int(self.img_size) < 8:
@@ -81,7 +83,9 @@ def _timm_backbone(cfg: ModelConfig, pretrained: bool) -> nn.Module:
     kwargs.setdefault("num_classes", 0)
     try:
         # Transformers need the input size at construction; CNNs do not accept it.
-        return timm.create_model(cfg.backbone, pretrained=pretrained, img_size=cfg.img_size, **kwargs)
+        return timm.create_model(
+            cfg.backbone, pretrained=pretrained, img_size=cfg.img_size, **kwargs
+        )
     except TypeError:
         return timm.create_model(cfg.backbone, pretrained=pretrained, **kwargs)
 
@@ -104,7 +108,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, li
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling refusal is a user error here
-            raise ModelError(f"weights file {str(path)!r} could not be read safely: {exc}") from None
+            raise ModelError(
+                f"weights file {str(path)!r} could not be read safely: {exc}"
+            ) from None
         for key in ("state_dict", "model", "backbone"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
@@ -129,7 +135,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, li
 class HashModel(nn.Module):
     """timm backbone + hash head. ``forward`` returns the K real-valued logits."""
 
-    def __init__(self, config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None):
+    def __init__(
+        self, config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None
+    ):
         super().__init__()
         self.config = config
         self.backbone = _timm_backbone(config, pretrained)
@@ -138,11 +146,17 @@ class HashModel(nn.Module):
         dim = self.feature_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(dim, config.bits)
-        elif config.head == "linear2":  # two linear layers, no activation: foldable into one (export)
-            self.head = nn.Sequential(nn.Linear(dim, config.head_hidden), nn.Linear(config.head_hidden, config.bits))
+        elif (
+            config.head == "linear2"
+        ):  # two linear layers, no activation: foldable into one (export)
+            self.head = nn.Sequential(
+                nn.Linear(dim, config.head_hidden), nn.Linear(config.head_hidden, config.bits)
+            )
         else:
             self.head = nn.Sequential(
-                nn.Linear(dim, config.head_hidden), nn.ReLU(inplace=True), nn.Linear(config.head_hidden, config.bits)
+                nn.Linear(dim, config.head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.head_hidden, config.bits),
             )
         if config.freeze_backbone:
             self.freeze_backbone()
@@ -195,7 +209,9 @@ class HashModel(nn.Module):
         return pack_codes(torch.cat(outs) if outs else torch.empty(0, self.bits))
 
 
-def build_model(config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None) -> HashModel:
+def build_model(
+    config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None
+) -> HashModel:
     """Build a :class:`HashModel`; ``weights`` is a local backbone weights file."""
     if weights is not None:
         desc = Path(str(weights) + ".json")

@@ -55,8 +55,12 @@ def encode_split(
     """Packed codes of every image of ``split`` under the deterministic ``transform``."""
     was = model.training
     model.eval()
-    loader = DataLoader(EvalDataset(split.source, split.indices, transform), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        EvalDataset(split.source, split.indices, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
     outs = [model(x.to(device)).cpu() for x, _ in loader]
     model.train(was)
     return pack_codes(torch.cat(outs))
@@ -75,12 +79,21 @@ def validation_map(
     from hashkd.metrics import mean_average_precision
 
     q = encode_split(model, query, transform, device)
-    d = database_codes if database_codes is not None else encode_split(model, database, transform, device)
-    return float(mean_average_precision(q, d, query.labels, database.labels, topk=min(topk, len(database))))
+    d = (
+        database_codes
+        if database_codes is not None
+        else encode_split(model, database, transform, device)
+    )
+    return float(
+        mean_average_precision(q, d, query.labels, database.labels, topk=min(topk, len(database)))
+    )
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy_seed_note": "numpy RNG is not used for training order"}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_seed_note": "numpy RNG is not used for training order",
+    }
 
 
 def trainable_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
@@ -102,17 +115,26 @@ class Timer:
         return time.perf_counter() - self.start
 
 
-def epoch_loader(ds, batch_size: int, info, gen: torch.Generator, seed: int, epoch: int,
-                 num_workers: int = 0) -> DataLoader:
+def epoch_loader(
+    ds, batch_size: int, info, gen: torch.Generator, seed: int, epoch: int, num_workers: int = 0
+) -> DataLoader:
     """The loader of one epoch: seeded shuffling, or a DistributedSampler under torchrun."""
     from torch.utils.data import DistributedSampler
 
-    sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=True) if info.enabled else None
+    sampler = (
+        DistributedSampler(ds, shuffle=True, seed=seed, drop_last=True) if info.enabled else None
+    )
     if sampler is not None:
         sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=gen if sampler is None else None, drop_last=len(ds) > batch_size,
-                      num_workers=num_workers)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen if sampler is None else None,
+        drop_last=len(ds) > batch_size,
+        num_workers=num_workers,
+    )
 
 
 def end_epoch(
@@ -150,15 +172,26 @@ def end_epoch(
     return best
 
 
-def checkpoint_state(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, epoch: int, best: float,
-                     gen: torch.Generator) -> dict[str, Any]:
+def checkpoint_state(
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    best: float,
+    gen: torch.Generator,
+) -> dict[str, Any]:
     """What a resumable checkpoint holds: tensors and plain values only (weights_only loadable)."""
-    return {**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
-            "epoch": int(epoch), "best_map": float(best), "generator": gen.get_state()}
+    return {
+        **{name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "best_map": float(best),
+        "generator": gen.get_state(),
+    }
 
 
-def resume_from(run, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                gen: torch.Generator) -> tuple[int, float]:
+def resume_from(
+    run, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[int, float]:
     """Restore a :func:`checkpoint_state` from ``run``; returns (epochs done, best val mAP)."""
     state = run.load_checkpoint()
     for name, m in modules.items():

@@ -39,8 +39,14 @@ def default_protocol(data: str, dataset) -> Protocol:
         )
     train = max(1, smallest // 2)
     held = max(1, smallest // 10)
-    return Protocol(name="auto", train=train, val=held, query=held, database="rest+train",
-                    description="per class: 50% train, 10% val, 10% query; database = rest + train")
+    return Protocol(
+        name="auto",
+        train=train,
+        val=held,
+        query=held,
+        database="rest+train",
+        description="per class: 50% train, 10% val, 10% query; database = rest + train",
+    )
 
 
 @dataclass
@@ -66,7 +72,10 @@ class TrainingData:
         return train_transform(cfg.img_size, cfg.mean, cfg.std)
 
     def summary(self) -> dict[str, Any]:
-        return {**self.meta, "sizes": {k: len(getattr(self, k)) for k in ("train", "val", "query", "database")}}
+        return {
+            **self.meta,
+            "sizes": {k: len(getattr(self, k)) for k in ("train", "val", "query", "database")},
+        }
 
 
 def prepare_data(
@@ -90,6 +99,10 @@ def prepare_data(
             proto = replace(proto, train=per_class, database=db)
     splits = make_splits(proto, dataset, seed, database_per_class=database_per_class)
     return TrainingData(
-        train=_split(splits["train"]), val=_split(splits["val"]), query=_split(splits["query"]),
-        database=_split(splits["database"]), protocol=splits.meta["protocol"], meta=splits.meta,
+        train=_split(splits["train"]),
+        val=_split(splits["val"]),
+        query=_split(splits["query"]),
+        database=_split(splits["database"]),
+        protocol=splits.meta["protocol"],
+        meta=splits.meta,
     )

@@ -90,7 +90,9 @@ class DistillConfig:
         if self.bits is not None:
             check_bits(self.bits)
         if not self.losses and not self.student_cib:
-            raise ValueError("no loss to train with: give --loss NAME or keep the student's CIBHash term")
+            raise ValueError(
+                "no loss to train with: give --loss NAME or keep the student's CIBHash term"
+            )
         if self.weights is not None and len(self.weights) != len(self.losses):
             raise ValueError(
                 f"--weights has {len(self.weights)} values for {len(self.losses)} losses: expected one weight per loss"
@@ -99,9 +101,13 @@ class DistillConfig:
             get_loss_class(name)  # unknown names raise with the list of known ones
         for name in ("epochs", "batch_size", "val_every"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
+                raise ValueError(
+                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
+                )
         if self.view_bank == 1 or self.view_bank < 0:
-            raise ValueError(f"view-bank={self.view_bank} is not valid: expected 0 (off) or at least 2 views")
+            raise ValueError(
+                f"view-bank={self.view_bank} is not valid: expected 0 (off) or at least 2 views"
+            )
 
 
 def _renormalize(x: torch.Tensor, src: ModelConfig, dst: ModelConfig) -> torch.Tensor:
@@ -113,17 +119,26 @@ def _renormalize(x: torch.Tensor, src: ModelConfig, dst: ModelConfig) -> torch.T
     return ((x * ss + sm) - dm) / ds
 
 
-def build_losses(cfg: DistillConfig, student_bits: int, teacher_bits: int, n_train: int) -> torch.nn.ModuleList:
+def build_losses(
+    cfg: DistillConfig, student_bits: int, teacher_bits: int, n_train: int
+) -> torch.nn.ModuleList:
     """The configured losses, each told the code widths (for projections) and dataset size."""
     out = []
     for name in cfg.losses:
         options = dict(cfg.loss_options.get(name, {}))
         params = inspect.signature(get_loss_class(name).__init__).parameters
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        defaults = {"student_dim": student_bits, "teacher_dim": teacher_bits, "n_data": n_train,
-                    "seed": cfg.seed, "teacher": str(Path(cfg.teacher).resolve())}
+        defaults = {
+            "student_dim": student_bits,
+            "teacher_dim": teacher_bits,
+            "n_data": n_train,
+            "seed": cfg.seed,
+            "teacher": str(Path(cfg.teacher).resolve()),
+        }
         for key, value in defaults.items():
-            if (key in params or (accepts_any and key in ("student_dim", "teacher_dim"))) and key not in options:
+            if (
+                key in params or (accepts_any and key in ("student_dim", "teacher_dim"))
+            ) and key not in options:
                 options[key] = value
         out.append(build_loss(name, **options))
     return torch.nn.ModuleList(out)
@@ -147,15 +162,27 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     tcfg = teacher.config
     data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
     scfg = ModelConfig(
-        backbone=cfg.student, bits=cfg.bits or tcfg.bits, img_size=cfg.img_size or tcfg.img_size, head=cfg.head,
-        backbone_kwargs=dict(cfg.student_kwargs), mean=tcfg.mean, std=tcfg.std, role="student",
+        backbone=cfg.student,
+        bits=cfg.bits or tcfg.bits,
+        img_size=cfg.img_size or tcfg.img_size,
+        head=cfg.head,
+        backbone_kwargs=dict(cfg.student_kwargs),
+        mean=tcfg.mean,
+        std=tcfg.std,
+        role="student",
         freeze_backbone=cfg.freeze_backbone,
     )
     torch.manual_seed(cfg.seed)
-    student = build_model(scfg, pretrained=cfg.pretrained, weights=cfg.backbone_weights).to(info.device)
-    student.config.meta = {"objective": "+".join((["cibhash"] if cfg.student_cib else []) + cfg.losses),
-                           "teacher": str(Path(cfg.teacher).resolve()), "data": cfg.data, "seed": cfg.seed,
-                           "protocol": data.protocol}
+    student = build_model(scfg, pretrained=cfg.pretrained, weights=cfg.backbone_weights).to(
+        info.device
+    )
+    student.config.meta = {
+        "objective": "+".join((["cibhash"] if cfg.student_cib else []) + cfg.losses),
+        "teacher": str(Path(cfg.teacher).resolve()),
+        "data": cfg.data,
+        "seed": cfg.seed,
+        "protocol": data.protocol,
+    }
     weights = cfg.weights or [get_loss_class(n).default_weight for n in cfg.losses]
     t_eval_tf = data.eval_transform(tcfg)
     s_eval_tf = data.eval_transform(scfg)
@@ -174,28 +201,53 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         start_epoch, best = resume_from(run, {"model": student, "losses": losses}, optimizer, gen)
         if start_epoch >= cfg.epochs:
             return Path(cfg.out)
-    run.write_json("run.json", {"kind": "student", "config": asdict(cfg), "splits": data.summary(),
-                                "teacher_config": tcfg.to_dict()})
+    run.write_json(
+        "run.json",
+        {
+            "kind": "student",
+            "config": asdict(cfg),
+            "splits": data.summary(),
+            "teacher_config": tcfg.to_dict(),
+        },
+    )
 
     view_tf = data.view_transform(tcfg)
     use_bank = cfg.view_bank >= 2
     if use_bank:
-        bank = ViewBank.build(data.train.source, data.train.indices, view_tf, cfg.view_bank, seed=cfg.seed,
-                              progress=cfg.progress and info.is_main)
-        t_logits = bank.map_views(lambda x: teacher(x.to(info.device)), progress=cfg.progress and info.is_main,
-                                  desc="teacher codes of the view bank")
+        bank = ViewBank.build(
+            data.train.source,
+            data.train.indices,
+            view_tf,
+            cfg.view_bank,
+            seed=cfg.seed,
+            progress=cfg.progress and info.is_main,
+        )
+        t_logits = bank.map_views(
+            lambda x: teacher(x.to(info.device)),
+            progress=cfg.progress and info.is_main,
+            desc="teacher codes of the view bank",
+        )
     ddp_student = DDP(student) if info.enabled else student
     timer = Timer()
     for epoch in range(start_epoch, cfg.epochs):
         student.train()
         losses.train()
-        ds = PairIndexDataset(bank.pick_pairs(gen)) if use_bank else TwoViewDataset(
-            data.train.source, data.train.indices, view_tf)
-        loader = epoch_loader(ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_bank else cfg.num_workers)
+        ds = (
+            PairIndexDataset(bank.pick_pairs(gen))
+            if use_bank
+            else TwoViewDataset(data.train.source, data.train.indices, view_tf)
+        )
+        loader = epoch_loader(
+            ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_bank else cfg.num_workers
+        )
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
-                   leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and info.is_main),
+            leave=False,
+        )
         for batch in bar:
             if use_bank:
                 idx, a, b = batch
@@ -209,8 +261,13 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
                 tu1, tu2 = tu.chunk(2)
             xs = _renormalize(torch.cat([x1, x2]), tcfg, scfg).to(info.device)
             if scfg.img_size != tcfg.img_size:
-                xs = torch.nn.functional.interpolate(xs, size=(scfg.img_size, scfg.img_size), mode="bilinear",
-                                                     antialias=True, align_corners=False)
+                xs = torch.nn.functional.interpolate(
+                    xs,
+                    size=(scfg.img_size, scfg.img_size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
             u = ddp_student(xs)
             u1, u2 = u.chunk(2)
             p1, p2 = torch.sigmoid(u1), torch.sigmoid(u2)
@@ -235,9 +292,18 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         record: dict[str, Any] = {"epoch": epoch + 1, "elapsed_s": round(timer.elapsed(), 2)}
         record.update({k: all_reduce_mean(v / max(count, 1), info) for k, v in sums.items()})
         best = end_epoch(
-            run, info, student, record, cfg.epochs, cfg.val_every, best,
-            validate=lambda: validation_map(student, data.val, data.val_database, s_eval_tf, info.device),
-            checkpoint=lambda b, e=epoch + 1: checkpoint_state({"model": student, "losses": losses}, optimizer, e, b,
-                                                              gen),
+            run,
+            info,
+            student,
+            record,
+            cfg.epochs,
+            cfg.val_every,
+            best,
+            validate=lambda: validation_map(
+                student, data.val, data.val_database, s_eval_tf, info.device
+            ),
+            checkpoint=lambda b, e=epoch + 1: checkpoint_state(
+                {"model": student, "losses": losses}, optimizer, e, b, gen
+            ),
         )
     return Path(cfg.out)

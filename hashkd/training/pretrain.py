@@ -108,17 +108,27 @@ class PretrainConfig:
 
     def validate(self) -> None:
         if not str(self.out).endswith(".safetensors"):
-            raise ValueError(f"--out {self.out!r} is not valid: expected a weights file name ending in .safetensors")
+            raise ValueError(
+                f"--out {self.out!r} is not valid: expected a weights file name ending in .safetensors"
+            )
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not valid: expected one of {', '.join(METHODS)}")
+            raise ValueError(
+                f"method={self.method!r} is not valid: expected one of {', '.join(METHODS)}"
+            )
         for name in ("epochs", "batch_size", "proj_dim", "proj_hidden", "knn_k", "img_size"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
+                raise ValueError(
+                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
+                )
         if self.batch_size < 2:
-            raise ValueError(f"batch-size={self.batch_size} is not valid: contrastive learning needs at least 2 images")
+            raise ValueError(
+                f"batch-size={self.batch_size} is not valid: contrastive learning needs at least 2 images"
+            )
         for name in ("knn_every", "checkpoint_every", "keep_every", "num_workers"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected 0 or more")
+                raise ValueError(
+                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected 0 or more"
+                )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr} is not valid: expected a positive learning rate")
         if not (self.tau > 0 and math.isfinite(self.tau)):
@@ -126,19 +136,29 @@ class PretrainConfig:
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum={self.momentum} is not valid: expected a value in [0, 1)")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError(f"weight-decay={self.weight_decay} / warmup-epochs={self.warmup_epochs} are not valid: "
-                             "expected values >= 0")
+            raise ValueError(
+                f"weight-decay={self.weight_decay} / warmup-epochs={self.warmup_epochs} are not valid: "
+                "expected values >= 0"
+            )
         if self.max_images is not None and self.max_images < 2:
-            raise ValueError(f"max-images={self.max_images} is not valid: expected at least 2 images")
+            raise ValueError(
+                f"max-images={self.max_images} is not valid: expected at least 2 images"
+            )
         if self.time_limit_min is not None and not self.time_limit_min > 0:
-            raise ValueError(f"time-limit={self.time_limit_min} is not valid: expected a positive number of minutes")
+            raise ValueError(
+                f"time-limit={self.time_limit_min} is not valid: expected a positive number of minutes"
+            )
 
 
 def side_paths(out: str | Path) -> dict[str, Path]:
     """The files written next to the weights file ``out``."""
     out = Path(out)
-    return {"weights": out, "json": Path(f"{out}.json"), "checkpoint": Path(f"{out}.ckpt.pt"),
-            "log": Path(f"{out}.log.jsonl")}
+    return {
+        "weights": out,
+        "json": Path(f"{out}.json"),
+        "checkpoint": Path(f"{out}.ckpt.pt"),
+        "log": Path(f"{out}.log.jsonl"),
+    }
 
 
 def snapshot_path(out: str | Path, epoch: int) -> Path:
@@ -152,8 +172,16 @@ def snapshot_path(out: str | Path, epoch: int) -> Path:
 
 def ssl_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """SimCLR's CIFAR augmentation (module docstring); the normalisation of the hash models."""
-    return train_transform(img_size, mean, std, crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
-                           jitter_p=0.8, gray_p=0.2, blur_p=0.0)
+    return train_transform(
+        img_size,
+        mean,
+        std,
+        crop_scale=(0.2, 1.0),
+        jitter=(0.4, 0.4, 0.4, 0.1),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=0.0,
+    )
 
 
 class _TwoViews(Dataset):
@@ -171,7 +199,9 @@ class _TwoViews(Dataset):
 # --------------------------------------------------------------------------- heads and losses
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_bn: bool = False
+) -> nn.Sequential:
     """Linear-BN-ReLU blocks then a Linear (the SimCLR / MoCo v3 projector and predictor)."""
     mods: list[nn.Module] = []
     dim = in_dim
@@ -265,13 +295,18 @@ class MoCoV3(nn.Module):
         self.predictor = mlp(out_dim, hidden, out_dim, layers=2, last_bn=True)
         self.momentum_backbone = copy.deepcopy(backbone)
         self.momentum_projector = copy.deepcopy(self.projector)
-        for p in list(self.momentum_backbone.parameters()) + list(self.momentum_projector.parameters()):
+        for p in list(self.momentum_backbone.parameters()) + list(
+            self.momentum_projector.parameters()
+        ):
             p.requires_grad_(False)
         self.tau = tau
 
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
-        for online, ema in ((self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)):
+        for online, ema in (
+            (self.backbone, self.momentum_backbone),
+            (self.projector, self.momentum_projector),
+        ):
             for p, q in zip(online.parameters(), ema.parameters(), strict=True):
                 q.mul_(m).add_(p.detach(), alpha=1 - m)
 
@@ -287,7 +322,12 @@ def build_ssl_model(cfg: PretrainConfig) -> tuple[nn.Module, nn.Module]:
     """``(ssl_model, backbone)`` for ``cfg`` (the backbone is built exactly as the hash models build it)."""
     from hashkd.models import ModelConfig, build_model
 
-    mcfg = ModelConfig(backbone=cfg.backbone, bits=8, img_size=cfg.img_size, backbone_kwargs=dict(cfg.backbone_kwargs))
+    mcfg = ModelConfig(
+        backbone=cfg.backbone,
+        bits=8,
+        img_size=cfg.img_size,
+        backbone_kwargs=dict(cfg.backbone_kwargs),
+    )
     hm = build_model(mcfg)
     backbone, dim = hm.backbone, hm.feature_dim
     cls = SimCLR if cfg.method == "simclr" else MoCoV3
@@ -310,8 +350,15 @@ def momentum_at(step: int, total: int, base: float) -> float:
 # --------------------------------------------------------------------------- kNN sanity figure
 
 
-def knn_accuracy(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
-                 k: int = 20, temperature: float = 0.07, num_classes: int | None = None) -> float:
+def knn_accuracy(
+    train_f: np.ndarray,
+    train_y: np.ndarray,
+    test_f: np.ndarray,
+    test_y: np.ndarray,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+) -> float:
     """Top-1 accuracy of the weighted cosine k-NN classifier (Wu et al. 2018; DINO's eval_knn)."""
     tr = F.normalize(torch.as_tensor(train_f, dtype=torch.float32), dim=1)
     te = F.normalize(torch.as_tensor(test_f, dtype=torch.float32), dim=1)
@@ -328,8 +375,9 @@ def knn_accuracy(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, t
 
 
 @torch.no_grad()
-def backbone_features(backbone: nn.Module, split: Split, transform, device: torch.device,
-                      batch_size: int = 256) -> np.ndarray:
+def backbone_features(
+    backbone: nn.Module, split: Split, transform, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     from hashkd.training.views import EvalDataset
 
     was = backbone.training
@@ -350,7 +398,11 @@ def knn_eval(backbone: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
     ftr = backbone_features(backbone, data.train, tf, device)
     fte = backbone_features(backbone, data.query, tf, device)
     ytr, yte = primary_class(data.train.labels), primary_class(data.query.labels)
-    return {"knn_acc": knn_accuracy(ftr, ytr, fte, yte, k=cfg.knn_k), "knn_train": len(ytr), "knn_query": len(yte)}
+    return {
+        "knn_acc": knn_accuracy(ftr, ytr, fte, yte, k=cfg.knn_k),
+        "knn_train": len(ytr),
+        "knn_query": len(yte),
+    }
 
 
 # --------------------------------------------------------------------------- files
@@ -375,14 +427,28 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
 
     paths = side_paths(cfg.out)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    _atomic(paths["weights"], lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}))
+    _atomic(
+        paths["weights"],
+        lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}),
+    )
     desc = {
-        "backbone": cfg.backbone, "backbone_kwargs": cfg.backbone_kwargs, "img_size": cfg.img_size,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "method": cfg.method, "epochs": cfg.epochs,
-        "data": cfg.data, "group": cfg.group, "seed": cfg.seed, "hashkd_version": getattr(hashkd, "__version__", None),
-        "config": asdict(cfg), **extra,
+        "backbone": cfg.backbone,
+        "backbone_kwargs": cfg.backbone_kwargs,
+        "img_size": cfg.img_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "data": cfg.data,
+        "group": cfg.group,
+        "seed": cfg.seed,
+        "hashkd_version": getattr(hashkd, "__version__", None),
+        "config": asdict(cfg),
+        **extra,
     }
-    _atomic(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(desc, indent=2, sort_keys=True)))
+    _atomic(
+        paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(desc, indent=2, sort_keys=True))
+    )
 
 
 def _log(cfg: PretrainConfig, record: dict[str, Any]) -> None:
@@ -411,7 +477,9 @@ def pretrain_pool(cfg: PretrainConfig):
     group = cfg.group or ("train" if "train" in groups else None)
     if group is not None:
         if group not in groups:
-            raise ValueError(f"group={group!r} is not a part of {cfg.data!r}: expected one of {', '.join(groups) or '(none)'}")
+            raise ValueError(
+                f"group={group!r} is not a part of {cfg.data!r}: expected one of {', '.join(groups) or '(none)'}"
+            )
         idx = np.asarray(groups[group], dtype=np.int64)
     else:
         idx = np.arange(len(ds), dtype=np.int64)
@@ -450,9 +518,13 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     ds, pool = pretrain_pool(cfg)
     world_batch = cfg.batch_size * info.world_size
     if len(pool) < world_batch:
-        raise ValueError(f"batch-size={cfg.batch_size} x {info.world_size} processes is more than the "
-                         f"{len(pool)} images of {cfg.data!r}: expected a smaller batch")
-    steps_per_epoch = len(pool) // world_batch  # drop_last: every process sees the same number of steps
+        raise ValueError(
+            f"batch-size={cfg.batch_size} x {info.world_size} processes is more than the "
+            f"{len(pool)} images of {cfg.data!r}: expected a smaller batch"
+        )
+    steps_per_epoch = (
+        len(pool) // world_batch
+    )  # drop_last: every process sees the same number of steps
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
@@ -461,17 +533,26 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     model.to(info.device)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
     step, elapsed_before = 0, 0.0
     if cfg.resume:
         if not paths["checkpoint"].is_file():
-            raise ValueError(f"--resume was given but {str(paths['checkpoint'])!r} does not exist: expected the "
-                             "checkpoint of an earlier run with the same --out")
+            raise ValueError(
+                f"--resume was given but {str(paths['checkpoint'])!r} does not exist: expected the "
+                "checkpoint of an earlier run with the same --out"
+            )
         state = torch.load(paths["checkpoint"], map_location="cpu", weights_only=True)
         if state["config"]["backbone"] != cfg.backbone or state["config"]["method"] != cfg.method:
-            raise ValueError(f"--resume: the checkpoint is for {state['config']['backbone']!r} / "
-                             f"{state['config']['method']!r}, not {cfg.backbone!r} / {cfg.method!r}")
+            raise ValueError(
+                f"--resume: the checkpoint is for {state['config']['backbone']!r} / "
+                f"{state['config']['method']!r}, not {cfg.backbone!r} / {cfg.method!r}"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
@@ -480,8 +561,10 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         else:  # one process's RNG state is saved: each rank draws a fresh stream
             torch.manual_seed(cfg.seed * 1_000_003 + info.rank * 7_919 + step)
         if state["steps_per_epoch"] != steps_per_epoch:
-            raise ValueError(f"--resume: the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
-                             f"{steps_per_epoch}: expected the same data, batch size and process count")
+            raise ValueError(
+                f"--resume: the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
+                f"{steps_per_epoch}: expected the same data, batch size and process count"
+            )
         if step >= total_steps:
             if info.is_main:
                 print(f"pretraining in {cfg.out} already finished {step // steps_per_epoch} epochs")
@@ -493,13 +576,21 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     def checkpoint(epoch_done: bool) -> None:
         if not info.is_main:
             return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "steps_per_epoch": steps_per_epoch, "elapsed_s": elapsed_before + timer.elapsed(),
-                 "rng": torch.get_rng_state(),
-                 "config": {"backbone": cfg.backbone, "method": cfg.method}}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "steps_per_epoch": steps_per_epoch,
+            "elapsed_s": elapsed_before + timer.elapsed(),
+            "rng": torch.get_rng_state(),
+            "config": {"backbone": cfg.backbone, "method": cfg.method},
+        }
         _atomic(paths["checkpoint"], lambda tmp: torch.save(state, tmp))
-        save_backbone(backbone, cfg, {"steps": step, "epochs_done": step / steps_per_epoch,
-                                      "pool_images": int(len(pool))})
+        save_backbone(
+            backbone,
+            cfg,
+            {"steps": step, "epochs_done": step / steps_per_epoch, "pool_images": int(len(pool))},
+        )
 
     stop = False
     while step < total_steps and not stop:
@@ -507,14 +598,25 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         start = (step % steps_per_epoch) * world_batch
         order = epoch_order(len(pool), cfg.seed, epoch)[: steps_per_epoch * world_batch]
         mine = order[start:].view(-1, info.world_size, cfg.batch_size)[:, info.rank].reshape(-1)
-        loader = DataLoader(_TwoViews(ds, pool[mine.numpy()], transform), batch_size=cfg.batch_size,
-                            shuffle=False, num_workers=cfg.num_workers, drop_last=True,
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))  # keeps the global RNG
+        loader = DataLoader(
+            _TwoViews(ds, pool[mine.numpy()], transform),
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )  # keeps the global RNG
         # for the augmentations alone, so that a resumed run draws exactly the views of an uninterrupted one
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and info.is_main), initial=step % steps_per_epoch, total=steps_per_epoch)
+        bar = tqdm(
+            loader,
+            desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not (cfg.progress and info.is_main),
+            initial=step % steps_per_epoch,
+            total=steps_per_epoch,
+        )
         for x1, x2 in bar:
             lr = lr_at(step, total_steps, warmup, cfg.lr)
             for group in optimizer.param_groups:
@@ -540,14 +642,26 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
                 checkpoint(False)
                 if info.is_main:
-                    _log(cfg, {"event": "checkpoint", "step": step, "epoch_float": round(step / steps_per_epoch, 4),
-                               "loss": total / max(1, count), "elapsed_s": round(elapsed_before + timer.elapsed(), 2)})
+                    _log(
+                        cfg,
+                        {
+                            "event": "checkpoint",
+                            "step": step,
+                            "epoch_float": round(step / steps_per_epoch, 4),
+                            "loss": total / max(1, count),
+                            "elapsed_s": round(elapsed_before + timer.elapsed(), 2),
+                        },
+                    )
         loss_mean = all_reduce_mean(total / max(count, 1), info)
         record: dict[str, Any] = {
             "event": "epoch" if step % steps_per_epoch == 0 else "stopped",
             "epoch": step // steps_per_epoch if step % steps_per_epoch == 0 else None,
-            "epoch_float": round(step / steps_per_epoch, 4), "step": step, "loss": loss_mean, "lr": lr,
-            "images_seen": step * world_batch, "elapsed_s": round(elapsed_before + timer.elapsed(), 2),
+            "epoch_float": round(step / steps_per_epoch, 4),
+            "step": step,
+            "loss": loss_mean,
+            "lr": lr,
+            "images_seen": step * world_batch,
+            "elapsed_s": round(elapsed_before + timer.elapsed(), 2),
         }
         if info.is_main:
             checkpoint(True)
@@ -556,7 +670,9 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
                 for kind in ("weights", "json"):  # the files checkpoint(True) has just written
                     _atomic(snap[kind], lambda tmp, src=paths[kind]: shutil.copyfile(src, tmp))
             last = step >= total_steps or stop
-            if cfg.knn_eval and (last or (cfg.knn_every and record["epoch"] and record["epoch"] % cfg.knn_every == 0)):
+            if cfg.knn_eval and (
+                last or (cfg.knn_every and record["epoch"] and record["epoch"] % cfg.knn_every == 0)
+            ):
                 record.update(knn_eval(backbone, cfg, info.device))
             _log(cfg, record)
             print(json.dumps(record), flush=True)
@@ -564,5 +680,17 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     return paths["weights"]
 
 
-__all__ = ["METHODS", "PretrainConfig", "pretrain", "simclr_loss", "moco_contrastive", "knn_accuracy",
-           "build_ssl_model", "side_paths", "read_log", "ssl_transform", "lr_at", "momentum_at"]
+__all__ = [
+    "METHODS",
+    "PretrainConfig",
+    "pretrain",
+    "simclr_loss",
+    "moco_contrastive",
+    "knn_accuracy",
+    "build_ssl_model",
+    "side_paths",
+    "read_log",
+    "ssl_transform",
+    "lr_at",
+    "momentum_at",
+]

@@ -70,4 +70,3 @@ class RunDir:
                 "written by an earlier run"
             )
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-

@@ -84,13 +84,19 @@ class TeacherConfig:
         check_bits(self.bits)
         for name in ("epochs", "batch_size", "val_every"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer")
+                raise ValueError(
+                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
+                )
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} is not valid: expected a positive learning rate")
         if self.feature_cache_views and not self.freeze_backbone:
-            raise ValueError("--feature-cache needs --freeze-backbone: features can only be cached for a frozen backbone")
+            raise ValueError(
+                "--feature-cache needs --freeze-backbone: features can only be cached for a frozen backbone"
+            )
         if self.feature_cache_views == 1 or self.feature_cache_views < 0:
-            raise ValueError(f"feature-cache={self.feature_cache_views} is not valid: expected 0 (off) or at least 2 views")
+            raise ValueError(
+                f"feature-cache={self.feature_cache_views} is not valid: expected 0 (off) or at least 2 views"
+            )
 
 
 def train_teacher(cfg: TeacherConfig) -> Path:
@@ -108,14 +114,26 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
     gen = seed_everything(cfg.seed + info.rank)
     data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
     mcfg = ModelConfig(
-        backbone=cfg.backbone, bits=cfg.bits, img_size=cfg.img_size, head=cfg.head,
-        backbone_kwargs=dict(cfg.backbone_kwargs), role="teacher", freeze_backbone=cfg.freeze_backbone,
+        backbone=cfg.backbone,
+        bits=cfg.bits,
+        img_size=cfg.img_size,
+        head=cfg.head,
+        backbone_kwargs=dict(cfg.backbone_kwargs),
+        role="teacher",
+        freeze_backbone=cfg.freeze_backbone,
     )
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights).to(info.device)
-    model.config.meta = {"objective": "cibhash", "data": cfg.data, "seed": cfg.seed, "protocol": data.protocol}
+    model.config.meta = {
+        "objective": "cibhash",
+        "data": cfg.data,
+        "seed": cfg.seed,
+        "protocol": data.protocol,
+    }
     criterion = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
-    optimizer = torch.optim.Adam(trainable_parameters([model]), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        trainable_parameters([model]), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
 
     start_epoch, best = 0, -math.inf
     if cfg.resume:
@@ -130,10 +148,19 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
     view_tf = data.view_transform(mcfg)
     use_cache = cfg.feature_cache_views >= 2
     if use_cache:
-        bank = ViewBank.build(data.train.source, data.train.indices, view_tf, cfg.feature_cache_views,
-                              seed=cfg.seed, progress=cfg.progress and info.is_main)
-        feats = bank.map_views(lambda x: model.features(x.to(info.device)), progress=cfg.progress and info.is_main,
-                               desc="caching backbone features")
+        bank = ViewBank.build(
+            data.train.source,
+            data.train.indices,
+            view_tf,
+            cfg.feature_cache_views,
+            seed=cfg.seed,
+            progress=cfg.progress and info.is_main,
+        )
+        feats = bank.map_views(
+            lambda x: model.features(x.to(info.device)),
+            progress=cfg.progress and info.is_main,
+            desc="caching backbone features",
+        )
         step_model: torch.nn.Module = model.head
     else:
         step_model = model
@@ -147,10 +174,16 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             ds = PairIndexDataset(pairs)
         else:
             ds = TwoViewDataset(data.train.source, data.train.indices, view_tf)
-        loader = epoch_loader(ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_cache else cfg.num_workers)
+        loader = epoch_loader(
+            ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_cache else cfg.num_workers
+        )
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
-                   leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and info.is_main),
+            leave=False,
+        )
         for batch in bar:
             if use_cache:
                 idx, a, b = batch
@@ -168,17 +201,32 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             count += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
         epoch_loss = all_reduce_mean(total / max(count, 1), info)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": epoch_loss, "elapsed_s": round(timer.elapsed(), 2)}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": epoch_loss,
+            "elapsed_s": round(timer.elapsed(), 2),
+        }
         best = end_epoch(
-            run, info, model, record, cfg.epochs, cfg.val_every, best,
-            validate=lambda: validation_map(model, data.val, data.val_database, eval_tf, info.device),
-            checkpoint=lambda b, e=epoch + 1: checkpoint_state({"model": model}, optimizer, e, b, gen),
+            run,
+            info,
+            model,
+            record,
+            cfg.epochs,
+            cfg.val_every,
+            best,
+            validate=lambda: validation_map(
+                model, data.val, data.val_database, eval_tf, info.device
+            ),
+            checkpoint=lambda b, e=epoch + 1: checkpoint_state(
+                {"model": model}, optimizer, e, b, gen
+            ),
         )
     return Path(cfg.out)
 
 
-def cached_and_uncached_loss(model: HashModel, x1: torch.Tensor, x2: torch.Tensor,
-                             criterion: CIBHashLoss) -> tuple[float, float]:
+def cached_and_uncached_loss(
+    model: HashModel, x1: torch.Tensor, x2: torch.Tensor, criterion: CIBHashLoss
+) -> tuple[float, float]:
     """The CIBHash loss of the same two views through the full model and through cached features."""
     with torch.no_grad():
         full = criterion(model(x1), model(x2))

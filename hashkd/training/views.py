@@ -54,7 +54,9 @@ class ViewBank:
 
     def __init__(self, views: torch.Tensor):
         if views.ndim != 5 or views.shape[1] < 2:
-            raise ValueError(f"a view bank needs shape (N, E>=2, C, H, W), got {tuple(views.shape)}")
+            raise ValueError(
+                f"a view bank needs shape (N, E>=2, C, H, W), got {tuple(views.shape)}"
+            )
         self.views = views
 
     @classmethod
@@ -68,7 +70,9 @@ class ViewBank:
         progress: bool = True,
     ) -> ViewBank:
         if num_views < 2:
-            raise ValueError(f"num_views={num_views} is not valid: a view bank needs at least 2 views per image")
+            raise ValueError(
+                f"num_views={num_views} is not valid: a view bank needs at least 2 views per image"
+            )
         state = torch.get_rng_state()
         torch.manual_seed(seed)  # torchvision's random transforms draw from torch's global RNG
         try:
@@ -96,12 +100,19 @@ class ViewBank:
         return torch.stack([first, second], dim=1)
 
     @torch.no_grad()
-    def map_views(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 256, progress: bool = True,
-                  desc: str = "caching") -> torch.Tensor:
+    def map_views(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int = 256,
+        progress: bool = True,
+        desc: str = "caching",
+    ) -> torch.Tensor:
         """Apply ``fn`` to every stored view: returns (N, E, ...) on the CPU."""
         flat = self.views.reshape(-1, *self.views.shape[2:])
         outs = []
-        for s in tqdm(range(0, flat.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        for s in tqdm(
+            range(0, flat.shape[0], batch_size), desc=desc, disable=not progress, leave=False
+        ):
             outs.append(fn(flat[s : s + batch_size].float()).float().cpu())
         out = torch.cat(outs)
         return out.reshape(self.num_images, self.num_views, *out.shape[1:])

@@ -34,22 +34,31 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
     """Exactly one of k (nearest neighbours) and radius (all within r bits); k defaults to 10."""
     if k is not None and radius is not None:
-        raise ApiError(422, f"give either k={k} or radius={radius}, not both: k asks for the k nearest "
-                            "items, radius for every item within that many bits")
+        raise ApiError(
+            422,
+            f"give either k={k} or radius={radius}, not both: k asks for the k nearest "
+            "items, radius for every item within that many bits",
+        )
     if k is None and radius is None:
         k = 10
     return k, radius
 
 
-async def read_images(uploads: Sequence[UploadFile], settings: Settings, field: str) -> list[Image.Image]:
+async def read_images(
+    uploads: Sequence[UploadFile], settings: Settings, field: str
+) -> list[Image.Image]:
     """Read (size-capped) and decode uploads into RGB images, off the event loop."""
     if len(uploads) > settings.max_images:
-        raise ApiError(413, f"{len(uploads)} images in one request: expected at most {settings.max_images}")
+        raise ApiError(
+            413, f"{len(uploads)} images in one request: expected at most {settings.max_images}"
+        )
     datas = []
     for up in uploads:
         if not isinstance(up, StarletteUploadFile):
             raise ApiError(422, f"form field {field!r} must be a file upload, not text")
-        datas.append((await read_capped(up, settings.max_upload_bytes, "image"), up.filename or field))
+        datas.append(
+            (await read_capped(up, settings.max_upload_bytes, "image"), up.filename or field)
+        )
 
     def _decode_all() -> list[Image.Image]:
         return [decode_image(d, settings.max_image_pixels, name) for d, name in datas]

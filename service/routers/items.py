@@ -39,12 +39,15 @@ ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id."
 async def add_items(
     engine: EngineDep,
     settings: SettingsDep,
-    images: Annotated[list[UploadFile], File(description="Images to add; repeat the field once per image.")],
+    images: Annotated[
+        list[UploadFile], File(description="Images to add; repeat the field once per image.")
+    ],
     ids: Annotated[
         str | None, Form(description="Comma-separated int64 ids, one per image (default: new ids).")
     ] = None,
     metadata: Annotated[
-        str | None, Form(description="A JSON list with one object per image, stored and returned with hits.")
+        str | None,
+        Form(description="A JSON list with one object per image, stored and returned with hits."),
     ] = None,
 ) -> AddResponse:
     """Encode the images with the database model and store them; answers once they are durable."""
@@ -66,10 +69,15 @@ async def add_items(
 async def add_codes(
     engine: EngineDep,
     settings: SettingsDep,
-    codes: Annotated[UploadFile, File(description="codes.npy: uint8 array n x K/8 (database-model codes).")],
-    ids: Annotated[UploadFile | None, File(description="ids.npy: int64 array n (default: new ids).")] = None,
+    codes: Annotated[
+        UploadFile, File(description="codes.npy: uint8 array n x K/8 (database-model codes).")
+    ],
+    ids: Annotated[
+        UploadFile | None, File(description="ids.npy: int64 array n (default: new ids).")
+    ] = None,
     labels: Annotated[
-        UploadFile | None, File(description="labels.npy: n x C multi-hot; stored as metadata {'labels': [...]}.")
+        UploadFile | None,
+        File(description="labels.npy: n x C multi-hot; stored as metadata {'labels': [...]}."),
     ] = None,
     metadata: Annotated[
         UploadFile | None, File(description="A JSON file: a list with one object per code.")
@@ -83,8 +91,11 @@ async def add_codes(
     n = code_arr.shape[0]
     meta = None
     if metadata is not None:
-        meta = parse_metadata(await read_capped(metadata, settings.max_metadata_bytes, "metadata"), n,
-                              settings.max_metadata_bytes)
+        meta = parse_metadata(
+            await read_capped(metadata, settings.max_metadata_bytes, "metadata"),
+            n,
+            settings.max_metadata_bytes,
+        )
     if labels is not None:
         lab = labels_metadata(load_npy(await read_capped(labels, cap, "labels"), "labels"), n)
         meta = [{**m, **lb} for m, lb in zip(meta, lab, strict=True)] if meta is not None else lab
@@ -92,11 +103,20 @@ async def add_codes(
     return AddResponse(ids=new_ids)
 
 
-@router.get("/{item_id}", response_model=ItemResponse, responses=error_responses(404, 422, 503), summary="Get an item")
+@router.get(
+    "/{item_id}",
+    response_model=ItemResponse,
+    responses=error_responses(404, 422, 503),
+    summary="Get an item",
+)
 def get_item(engine: EngineDep, item_id: ItemId) -> ItemResponse:
     item = engine.catalog.store.get(item_id)
     return ItemResponse(
-        id=item.id, bits=engine.bits, code=item.code.hex(), metadata=item.metadata, has_thumbnail=item.has_thumbnail
+        id=item.id,
+        bits=engine.bits,
+        code=item.code.hex(),
+        metadata=item.metadata,
+        has_thumbnail=item.has_thumbnail,
     )
 
 
@@ -115,12 +135,16 @@ def delete_item(engine: EngineDep, item_id: ItemId) -> DeleteResponse:
 @router.get(
     "/{item_id}/thumbnail",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "A small JPEG of the item."},
-               **error_responses(404, 422, 503)},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "A small JPEG of the item."},
+        **error_responses(404, 422, 503),
+    },
     summary="The item's thumbnail",
 )
 def get_thumbnail(engine: EngineDep, item_id: ItemId) -> Response:
     data = engine.catalog.store.thumbnail(item_id)
     if data is None:
         raise ApiError(404, f"item {item_id} has no thumbnail (it was added as a bare code)")
-    return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+    return Response(
+        content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+    )

@@ -19,7 +19,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 
-@router.get("/v1/info", response_model=InfoResponse, responses=error_responses(503), summary="Models, protocol and index")
+@router.get(
+    "/v1/info",
+    response_model=InfoResponse,
+    responses=error_responses(503),
+    summary="Models, protocol and index",
+)
 def info(engine: EngineDep) -> InfoResponse:
     return InfoResponse(version=__version__, **engine.info())
 

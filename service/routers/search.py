@@ -19,12 +19,18 @@ K = Annotated[
 ]
 RADIUS = Annotated[
     int | None,
-    Query(ge=0, le=65536, description="Return every item within this Hamming distance (inclusive) instead of k."),
+    Query(
+        ge=0,
+        le=65536,
+        description="Return every item within this Hamming distance (inclusive) instead of k.",
+    ),
 ]
 ERRORS = error_responses(400, 413, 415, 422, 503)
 
 
-@router.post("/search", response_model=SearchResponse, responses=ERRORS, summary="Search by one image")
+@router.post(
+    "/search", response_model=SearchResponse, responses=ERRORS, summary="Search by one image"
+)
 async def search(
     engine: EngineDep,
     settings: SettingsDep,
@@ -38,17 +44,25 @@ async def search(
     images = await read_images([image], settings, "image")
     results, truncated = await engine.asearch_images(images, k, radius)
     return SearchResponse(
-        results=results[0], bits=engine.bits, took_ms=(time.perf_counter() - start) * 1000, truncated=truncated
+        results=results[0],
+        bits=engine.bits,
+        took_ms=(time.perf_counter() - start) * 1000,
+        truncated=truncated,
     )
 
 
 @router.post(
-    "/search/batch", response_model=BatchSearchResponse, responses=ERRORS, summary="Search by several images"
+    "/search/batch",
+    response_model=BatchSearchResponse,
+    responses=ERRORS,
+    summary="Search by several images",
 )
 async def search_batch(
     engine: EngineDep,
     settings: SettingsDep,
-    images: Annotated[list[UploadFile], File(description="Query images; repeat the field once per image.")],
+    images: Annotated[
+        list[UploadFile], File(description="Query images; repeat the field once per image.")
+    ],
     k: K = None,
     radius: RADIUS = None,
 ) -> BatchSearchResponse:
@@ -58,5 +72,8 @@ async def search_batch(
     decoded = await read_images(images, settings, "images")
     results, truncated = await engine.asearch_images(decoded, k, radius)
     return BatchSearchResponse(
-        results=results, bits=engine.bits, took_ms=(time.perf_counter() - start) * 1000, truncated=truncated
+        results=results,
+        bits=engine.bits,
+        took_ms=(time.perf_counter() - start) * 1000,
+        truncated=truncated,
     )
