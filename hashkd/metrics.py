@@ -1,7 +1,7 @@
 """Retrieval metrics for binary codes: mAP@K, precision within a Hamming radius, P@N / R@N and
 precision-recall over the Hamming radius.
 
-Conventions (docs/evaluation.md, /work/shared/reference/evaluation.md):
+Conventions (docs/evaluation.md, docs/ARCHITECTURE.md):
 
 * Database item ``i`` is relevant to query ``q`` iff ``y_q . y_i > 0`` on multi-hot labels
   (for single-label data: the same class).
@@ -40,6 +40,8 @@ TIE_BREAK = "database_index"
 __all__ = [
     "DEFAULT_PN_POINTS",
     "as_label_matrix",
+    "code_health",
+    "collapse_warning",
     "evaluate_codes",
     "hamming_into",
     "mean_average_precision",
@@ -448,3 +450,46 @@ def precision_at_radius(
         tie_averaged=False,
     )
     return out["precision_at_radius"]
+
+
+COLLAPSE_DISTINCT_FRACTION = 0.01
+
+
+def code_health(codes: np.ndarray) -> dict[str, Any]:
+    """Diagnostics of a code set that reveal collapse, which mAP alone can hide.
+
+    Returns a JSON-ready dict: ``num_codes``, ``distinct_codes`` (number of different codes),
+    ``distinct_fraction``, ``bit_balance`` (``mean_k |p_k - 0.5|`` with ``p_k`` the share of
+    ones of bit ``k``: 0 for perfectly balanced bits, 0.5 when every bit is constant),
+    ``largest_bucket_fraction`` (share of the items that share the most frequent code, i.e. sit
+    in the largest Hamming-distance-0 bucket) and ``collapsed``: True when there are fewer
+    distinct codes than ``COLLAPSE_DISTINCT_FRACTION`` (1%) of the items, or one code for all
+    of several items.
+    """
+    c = as_codes(codes)
+    n = int(c.shape[0])
+    if n == 0:
+        raise ValueError("there are no codes: expected at least one code to diagnose")
+    rows = np.ascontiguousarray(c).view(np.dtype((np.void, c.shape[1]))).ravel()
+    _, counts = np.unique(rows, return_counts=True)
+    ones = np.unpackbits(c, axis=1).mean(axis=0)
+    distinct = int(counts.size)
+    return {
+        "num_codes": n,
+        "distinct_codes": distinct,
+        "distinct_fraction": distinct / n,
+        "bit_balance": float(np.abs(ones - 0.5).mean()),
+        "largest_bucket_fraction": float(counts.max() / n),
+        "collapsed": bool(distinct < COLLAPSE_DISTINCT_FRACTION * n or (distinct == 1 and n > 1)),
+    }
+
+
+def collapse_warning(health: dict[str, Any], name: str = "codes") -> str | None:
+    """One sentence warning about a collapsed code set (None when it is healthy)."""
+    if not health["collapsed"]:
+        return None
+    return (
+        f"warning: {name} look collapsed: {health['distinct_codes']} distinct codes for "
+        f"{health['num_codes']} items, {health['largest_bucket_fraction']:.1%} of them in one bucket; "
+        "their mAP is not a fair comparison"
+    )

@@ -1,0 +1,52 @@
+"""Code-set diagnostics (hashkd.metrics.code_health) against hand-worked values and a brute force."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from hashkd.codes import pack_codes
+from hashkd.metrics import code_health, collapse_warning
+
+
+def test_hand_worked_codes():
+    bits = np.array([[1, 0, 1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1]])
+    h = code_health(np.packbits(bits.astype(np.uint8), axis=1))
+    assert h["num_codes"] == 3 and h["distinct_codes"] == 2
+    assert h["largest_bucket_fraction"] == pytest.approx(2 / 3)
+    # shares of ones per bit: 2/3, 0, 2/3, 0, 2/3, 0, 2/3, 1/3 -> |p - 0.5|
+    expected = np.mean([1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 1 / 6])
+    assert h["bit_balance"] == pytest.approx(expected)
+    assert not h["collapsed"] and collapse_warning(h) is None
+
+
+def test_constant_codes_are_collapsed():
+    codes = np.full((500, 4), 0b10110010, dtype=np.uint8)
+    h = code_health(codes)
+    assert h["distinct_codes"] == 1 and h["largest_bucket_fraction"] == 1.0
+    assert h["bit_balance"] == 0.5 and h["collapsed"]
+    assert "1 distinct codes for 500 items" in collapse_warning(h, "student codes")
+
+
+def test_matches_brute_force_on_random_tie_heavy_codes():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((7, 32))
+    real = base[rng.integers(0, 7, size=2000)]  # 7 distinct codes for 2,000 items
+    codes = pack_codes(real)
+    h = code_health(codes)
+    counts = Counter(map(bytes, codes))
+    assert h["distinct_codes"] == len(counts)
+    assert h["largest_bucket_fraction"] == max(counts.values()) / 2000
+    assert h["collapsed"]  # 7 < 1% of 2,000
+    p = (real > 0).mean(axis=0)
+    assert h["bit_balance"] == pytest.approx(np.abs(p - 0.5).mean())
+
+
+def test_healthy_random_codes_and_empty_input():
+    codes = pack_codes(np.random.default_rng(0).standard_normal((1000, 64)))
+    h = code_health(codes)
+    assert h["distinct_codes"] == 1000 and not h["collapsed"] and h["bit_balance"] < 0.05
+    with pytest.raises(ValueError, match="no codes"):
+        code_health(np.zeros((0, 8), dtype=np.uint8))
