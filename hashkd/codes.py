@@ -1,6 +1,6 @@
 """Binary codes: packing, Hamming distances and code sets on disk.
 
-Conventions (DESIGN.md): a code bit is 1 where the real-valued hash output is > 0; bits are
+Conventions (docs/ARCHITECTURE.md): a code bit is 1 where the real-valued hash output is > 0; bits are
 packed with ``numpy.packbits`` along the bit axis, most significant bit first, so a K-bit
 code is K/8 uint8 bytes -- the layout FAISS binary indexes use.
 

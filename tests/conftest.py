@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_DIR = (REPO / ".." / "shared" / "data" / "cifar10").resolve()
 
-# A ViT small enough for CPU tests (DESIGN.md: img_size=32, patch_size=4).
+# A ViT small enough for CPU tests (img_size=32, patch_size=4).
 TINY_VIT = {
     "backbone": "vit_tiny_patch16_224",
     "backbone_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2},

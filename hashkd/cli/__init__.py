@@ -4,7 +4,7 @@ Each sub-command lives in its own module with a ``register(subparsers)`` functio
 its parser and sets ``func`` (called with the parsed namespace, returning an exit code).
 Commands of the training side are listed in ``_BUILTIN``; the ``indexes`` and ``service``
 packages add theirs through the ``hashkd.commands`` entry-point group, so that ``hashkd``
-never imports them (DESIGN.md import direction).
+never imports them (the import rule of docs/ARCHITECTURE.md).
 
 Bad input is reported as one sentence on stderr with a non-zero exit code, no traceback:
 every user-facing error in the project subclasses ``ValueError`` (or is an ``OSError``).

@@ -47,7 +47,7 @@ class CIBHashLoss(nn.Module):
         self.tau = tau
         self.beta = beta
         # CIBHash's code samples b = sign(p - U), U ~ Uniform(0, 1); the deterministic
-        # threshold 0.5 of brcd.md is the default.
+        # threshold 0.5 of docs/losses.md is the default.
         self.stochastic = stochastic
 
     def binarize(self, p: torch.Tensor) -> torch.Tensor:
