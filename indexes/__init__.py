@@ -5,7 +5,9 @@
 >>> distances, ids = index.search(queries, k=10)  # nearest first, ties by ascending id
 >>> index.save("db.hkdidx"); index = load_index("db.hkdidx")
 
-``indexes`` imports nothing from ``hashkd`` (DESIGN.md): it works with codes from any source.
+Backends register themselves by name (``indexes.registry.register_backend``); see
+docs/indexes.md ("Adding a backend"). ``indexes`` imports nothing from ``hashkd`` or
+``service`` (docs/ARCHITECTURE.md): it works with codes from any source.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from indexes.errors import (
     UnsupportedOperation,
 )
 from indexes.factory import create_index, load_index, set_threads
+from indexes.registry import backend_names, register_backend
+from indexes.spec import IndexSpec
 
 __all__ = [
     "OPERATIONS",
@@ -27,8 +31,11 @@ __all__ = [
     "DuplicateIdError",
     "IndexFileError",
     "UnknownIdError",
+    "IndexSpec",
     "UnsupportedOperation",
+    "backend_names",
     "create_index",
     "load_index",
+    "register_backend",
     "set_threads",
 ]

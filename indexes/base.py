@@ -23,6 +23,7 @@ import numpy as np
 from indexes.errors import DuplicateIdError, UnknownIdError, UnsupportedOperation
 from indexes.idset import IdSet, check_codes, check_ids
 from indexes.rwlock import RWLock
+from indexes.spec import IndexSpec
 
 #: Every operation name a backend may list in ``supports``.
 OPERATIONS = frozenset(
@@ -91,11 +92,18 @@ class BinaryIndex:
     Thread safety: searches, ``get`` and ``save`` take a shared lock and may run in parallel;
     ``add``, ``remove`` and ``train`` take the exclusive lock.
 
-    Subclasses set ``kind``, ``supports``, ``exact`` (top-k results equal brute force) and
-    ``exact_range`` (range results equal brute force) and implement the ``_raw_*`` methods.
+    Subclasses set ``kind``, ``backend``, ``supports``, ``exact`` (top-k results equal brute
+    force) and ``exact_range`` (range results equal brute force), implement the ``_raw_*``
+    methods and, to be reachable from ``create_index`` / ``load_index``, register themselves
+    with ``@indexes.registry.register_backend(name)`` and override ``from_spec`` (when the
+    spec takes an argument) and ``load`` (when they can be saved).
     """
 
+    #: Written in saved files; ``load_index`` finds the class registered under this name.
     kind: ClassVar[str] = "abstract"
+    #: Written in saved files next to ``kind`` (``faiss``, ``milvus`` ...): a file whose
+    #: backend differs from the registered class's is refused as foreign.
+    backend: ClassVar[str] = "abstract"
     supports: frozenset[str] = frozenset()
     exact: bool = True
     exact_range: bool = True
@@ -111,6 +119,25 @@ class BinaryIndex:
         self.metadata: dict[str, Any] = {}
         self._ids = IdSet()
         self._lock = RWLock()
+
+    # -- construction (called by create_index / load_index) -----------------------------------
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> BinaryIndex:
+        """Build an empty index from a parsed spec; the default accepts no ``:ARG``."""
+        if spec.arg:
+            raise spec.invalid(f"{spec.name} without ':'")
+        return cls(bits, spec.text, **options)
+
+    @classmethod
+    def load(cls, path: str, bits: int | None = None, **overrides: Any) -> BinaryIndex:
+        """Open an index file this backend wrote (``overrides`` replace saved options)."""
+        raise UnsupportedOperation(f"the {cls.kind!r} index backend cannot load index files")
+
+    def warm_up(self) -> None:
+        """Do the one-off work of the first search now (e.g. compile a kernel); default no-op.
+
+        A server calls it once at start-up so that its first query is not the slow one.
+        """
 
     # -- the backend's part -------------------------------------------------------------------
     def _raw_add(self, ids: np.ndarray, codes: np.ndarray) -> None:

@@ -1,4 +1,8 @@
-"""``create_index(spec, bits, **options)`` and ``load_index(path)``: the one door in."""
+"""``create_index(spec, bits, **options)`` and ``load_index(path)``: the one door in.
+
+Both look the backend up in ``indexes.registry``: a new backend registers itself with
+``@register_backend(name)`` and is reachable here without editing this module.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ from typing import Any
 
 from indexes.base import BinaryIndex, check_bits
 from indexes.errors import IndexFileError
-from indexes.storage import read_header, read_index_file
+from indexes.registry import backend_for_kind, backend_for_spec
+from indexes.spec import IndexSpec
+from indexes.storage import read_header
 
 
 def set_threads(threads: int | None) -> None:
     """Set FAISS's OpenMP thread count for the whole process (``None``: leave as is)."""
+    if threads is None:
+        return
     from indexes.faiss_index import set_threads as _set
 
     _set(threads)
@@ -20,26 +28,22 @@ def set_threads(threads: int | None) -> None:
 def create_index(
     spec: str = "flat", bits: int = 64, *, threads: int | None = None, **options: Any
 ) -> BinaryIndex:
-    """Create an empty index from a spec string.
+    """Create an empty index from a spec string ``NAME`` or ``NAME:ARG``.
 
-    ``spec``: ``flat`` (exact, default), ``flat:gpu``, ``ivf[:NLIST]``, ``hnsw[:M]``,
+    Built-in specs: ``flat`` (exact, default), ``flat:gpu``, ``ivf[:NLIST]``, ``hnsw[:M]``,
     ``hash[:B]``, ``multihash[:NxB]`` (FAISS) or ``milvus[:URI]`` (Milvus; options ``uri``,
-    ``collection``, ``index_type``, ``nlist``, ``nprobe``). ``options`` are the backend's
-    keyword arguments (e.g. ``nprobe=32``, ``ef_search=128``, ``gpu=True``). ``threads`` sets
-    FAISS's OpenMP threads for the process.
+    ``collection``, ``index_type``, ``nlist``, ``nprobe``); ``indexes.backend_names()`` lists
+    every registered one. ``options`` are the backend's keyword arguments (e.g. ``nprobe=32``,
+    ``ef_search=128``, ``gpu=True``). ``threads`` sets FAISS's OpenMP threads for the process.
     """
     bits = check_bits(bits)
     set_threads(threads)
-    if isinstance(spec, str) and spec.strip().lower().split(":", 1)[0] == "milvus":
-        from indexes.milvus_index import MilvusIndex
-
-        _, _, uri = spec.strip().partition(":")
-        if uri:
-            options.setdefault("uri", uri)
-        return MilvusIndex(bits, spec=spec.strip(), **options)
-    from indexes.faiss_index import parse_spec
-
-    return parse_spec(spec, bits, **options)
+    parsed = IndexSpec.parse(spec)
+    cls = backend_for_spec(parsed)
+    try:
+        return cls.from_spec(parsed, bits, **options)
+    except TypeError as exc:  # an option that this backend does not take
+        raise ValueError(f"index spec {parsed.text!r}: {exc}") from None
 
 
 def load_index(
@@ -57,15 +61,7 @@ def load_index(
     set_threads(threads)
     path = os.fspath(path)
     header, _ = read_header(path)
-    if header.get("backend") == "milvus":
-        from indexes.milvus_index import MilvusIndex
-
-        return MilvusIndex.from_header(header, path, bits=bits, **overrides)
-    from indexes.faiss_index import KINDS
-
-    cls = KINDS.get(str(header["kind"]))
-    if cls is None or header.get("backend") != "faiss":
+    cls = backend_for_kind(str(header["kind"]), header.get("backend"))
+    if cls is None:
         raise IndexFileError(f"index file {path!r} holds an unknown index kind {header['kind']!r}")
-    header, sections = read_index_file(path, bits)
-    header["options"] = {**header.get("options", {}), **overrides}
-    return cls.from_file(header, sections, path)
+    return cls.load(path, bits, **overrides)

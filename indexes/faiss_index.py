@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 from typing import Any, ClassVar
 
@@ -39,7 +38,9 @@ import numpy as np
 from indexes import hamming_scan
 from indexes.base import BinaryIndex
 from indexes.idset import sorted_unique
-from indexes.storage import npy_bytes, npy_load, write_index_file
+from indexes.registry import register_backend
+from indexes.spec import IndexSpec
+from indexes.storage import npy_bytes, npy_load, read_index_file, write_index_file
 
 ALL_OPS = frozenset({"add", "remove", "replace", "search", "range_search", "get", "save"})
 
@@ -147,6 +148,12 @@ class FaissIndex(BinaryIndex):
             raise IndexFileError(f"index file {path!r} lists ids but has no FAISS section")
 
     @classmethod
+    def load(cls, path: str, bits: int | None = None, **overrides: Any) -> FaissIndex:
+        header, sections = read_index_file(path, bits)
+        header["options"] = {**header.get("options", {}), **overrides}
+        return cls.from_file(header, sections, path)
+
+    @classmethod
     def from_file(cls, header: dict[str, Any], sections: dict[str, bytes], path: str) -> FaissIndex:
         try:
             obj = cls(int(header["bits"]), str(header["spec"]), **header.get("options", {}))
@@ -161,6 +168,7 @@ class FaissIndex(BinaryIndex):
         pass
 
 
+@register_backend("flat", syntax="flat[:gpu]")
 class FlatIndex(FaissIndex):
     """Exact search: an ``IndexBinaryFlat`` whose codes are kept in ascending-id order.
 
@@ -206,8 +214,20 @@ class FlatIndex(FaissIndex):
         self._gpu_ids: np.ndarray | None = None
         self._gpu_mutex = threading.Lock()
 
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> FlatIndex:
+        arg = (spec.arg or "").lower()
+        if arg not in ("", "gpu"):
+            raise spec.invalid("flat or flat:gpu")
+        return cls(bits, spec.text, gpu=options.pop("gpu", False) or arg == "gpu", **options)
+
     def options(self) -> dict[str, Any]:
         return {}  # gpu is a property of the machine: pass gpu=True to load_index to use one
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's disk cache) the scan kernel for this code length."""
+        if self.ranks_ties:
+            hamming_scan.warm_up(self.code_size)
 
     # -- storage in ascending-id order ----------------------------------------------------------
     def _codes(self) -> np.ndarray:
@@ -327,6 +347,7 @@ class FlatIndex(FaissIndex):
         self._ids.__init__(ids)
 
 
+@register_backend("ivf", syntax="ivf[:NLIST]")
 class IVFIndex(FaissIndex):
     """Inverted file over k-means centroids (``IndexBinaryIVF``), approximate.
 
@@ -347,6 +368,13 @@ class IVFIndex(FaissIndex):
         super().__init__(bits, spec)
         self.nlist = None if nlist is None else _positive("nlist", nlist)
         self.nprobe = _positive("nprobe", nprobe)
+
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> IVFIndex:
+        nlist = spec.int_arg("ivf or ivf:NLIST (NLIST a positive integer)")
+        if nlist is not None:
+            options.setdefault("nlist", nlist)
+        return cls(bits, spec.text, **options)
 
     def options(self) -> dict[str, Any]:
         return {"nlist": self.nlist, "nprobe": self.nprobe}
@@ -452,6 +480,7 @@ class _PositionalIndex(FaissIndex):
         super()._restore(sections, path)  # checks len(pos_to_id) == ntotal and distinct ids
 
 
+@register_backend("hnsw", syntax="hnsw[:M]")
 class HNSWIndex(_PositionalIndex):
     """Hierarchical navigable small-world graph (Malkov & Yashunin, TPAMI 2018), approximate.
 
@@ -480,6 +509,13 @@ class HNSWIndex(_PositionalIndex):
         self._index.hnsw.efConstruction = self.ef_construction
         self._index.hnsw.efSearch = self.ef_search
 
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> HNSWIndex:
+        m = spec.int_arg("hnsw or hnsw:M (M a positive integer)")
+        if m is not None:
+            options.setdefault("m", m)
+        return cls(bits, spec.text, **options)
+
     def options(self) -> dict[str, Any]:
         return {"m": self.m, "ef_search": self.ef_search, "ef_construction": self.ef_construction}
 
@@ -494,6 +530,8 @@ class HNSWIndex(_PositionalIndex):
         self._index.hnsw.efSearch = self.ef_search
 
 
+@register_backend("multihash", syntax="multihash[:NxB]")
+@register_backend("hash", syntax="hash[:B]")
 class HashIndex(_PositionalIndex):
     """Multi-index hashing (``IndexBinaryMultiHash``): exact small-radius lookup.
 
@@ -526,6 +564,27 @@ class HashIndex(_PositionalIndex):
             )
         self._index = faiss.IndexBinaryMultiHash(self.bits, self.nhash, self.b)
         self._nflip_mutex = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> HashIndex:
+        """``hash[:B]``: one table of B bits; ``multihash[:NxB]``: N tables of B bits."""
+        if spec.name == "hash":
+            b = spec.int_arg("hash or hash:B (B a positive integer)")
+            if b is not None:
+                options.setdefault("b", b)
+            return cls(bits, spec.text, nhash=options.pop("nhash", 1), **options)
+        if spec.arg:
+            n, _, b = spec.arg.lower().partition("x")
+            try:
+                options.setdefault("nhash", int(n))
+                options.setdefault("b", int(b))
+            except ValueError:
+                raise spec.invalid("multihash or multihash:NxB (N, B positive integers)") from None
+        return cls(bits, spec.text, **options)
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's disk cache) the top-k scan kernel."""
+        hamming_scan.warm_up(self.code_size)
 
     def options(self) -> dict[str, Any]:
         return {"nhash": self.nhash, "b": self.b}
@@ -565,53 +624,3 @@ class HashIndex(_PositionalIndex):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lims, dist, pos = self._index.storage.range_search(codes, radius + 1)
         return lims, dist, self._map_positions(pos)
-
-
-_SPEC = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<arg>.*))?$")
-
-
-def parse_spec(spec: str, bits: int, **options: Any) -> BinaryIndex:
-    """Build a FAISS backend from a spec string (see the module docstring) and options."""
-    if not isinstance(spec, str):
-        raise ValueError(
-            f"spec={spec!r} is not valid: expected a string such as 'flat' or 'ivf:1024'"
-        )
-    m = _SPEC.match(spec.strip().lower())
-    kind, arg = (m["kind"], m["arg"]) if m else (None, None)
-    bad = ValueError(
-        f"index spec {spec!r} is not valid: expected flat, flat:gpu, ivf[:NLIST], hnsw[:M], "
-        "hash[:B], multihash[:NxB] or milvus:URI"
-    )
-    try:
-        if kind == "flat" and arg in (None, "", "gpu"):
-            return FlatIndex(bits, spec, gpu=options.pop("gpu", False) or arg == "gpu", **options)
-        if kind == "ivf":
-            if arg:
-                options.setdefault("nlist", int(arg))
-            return IVFIndex(bits, spec, **options)
-        if kind == "hnsw":
-            if arg:
-                options.setdefault("m", int(arg))
-            return HNSWIndex(bits, spec, **options)
-        if kind == "hash":
-            if arg:
-                options.setdefault("b", int(arg))
-            return HashIndex(bits, spec, nhash=options.pop("nhash", 1), **options)
-        if kind == "multihash":
-            if arg:
-                n, _, b = arg.partition("x")
-                options.setdefault("nhash", int(n))
-                options.setdefault("b", int(b))
-            return HashIndex(bits, spec, **options)
-    except TypeError as exc:  # an option that this kind does not take
-        raise ValueError(f"index spec {spec!r}: {exc}") from None
-    except ValueError as exc:
-        if "invalid literal" in str(exc):
-            raise bad from None
-        raise
-    raise bad
-
-
-KINDS: dict[str, type[FaissIndex]] = {
-    c.kind: c for c in (FlatIndex, IVFIndex, HNSWIndex, HashIndex)
-}

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from indexes.base import BinaryIndex, check_bits
+from indexes.registry import register_backend
+from indexes.spec import IndexSpec
 from indexes.storage import read_index_file, write_index_file
 
 MAX_HITS = 16384
@@ -31,8 +33,12 @@ def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
+@register_backend("milvus", syntax="milvus:URI")
 class MilvusIndex(BinaryIndex):
-    """A ``BinaryIndex`` stored in a Milvus collection (see the module docstring)."""
+    """A ``BinaryIndex`` stored in a Milvus collection (see the module docstring).
+
+    Registered without importing pymilvus: the client is imported when an index is built.
+    """
 
     kind = "milvus"
     backend = "milvus"
@@ -85,6 +91,13 @@ class MilvusIndex(BinaryIndex):
             self._client.create_collection(
                 collection, schema=schema, index_params=params, consistency_level="Strong"
             )
+
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> MilvusIndex:
+        """``milvus:URI``: the URI (kept as written) is the ``uri`` option unless one is given."""
+        if spec.arg:
+            options.setdefault("uri", spec.arg)
+        return cls(bits, spec.text, **options)
 
     def _check_existing(self) -> None:
         desc = self._client.describe_collection(self.collection)
@@ -205,9 +218,7 @@ class MilvusIndex(BinaryIndex):
         write_index_file(path, header, {})
 
     @classmethod
-    def from_header(
-        cls, header: dict[str, Any], path: str, bits: int | None = None, **overrides: Any
-    ) -> MilvusIndex:
+    def load(cls, path: str, bits: int | None = None, **overrides: Any) -> MilvusIndex:
         header, _ = read_index_file(path, bits)  # checks size, CRC and code length
         options = {**header.get("options", {}), **overrides}
         obj = cls(int(header["bits"]), str(header["spec"]), **options)

@@ -23,11 +23,12 @@ from PIL import Image
 import indexes
 from hashkd.models.artifact import read_config
 from hashkd.runtime import Encoder
-from indexes import hamming_scan
 from service.batching import MicroBatcher
 from service.catalog import Catalog
 from service.metrics import Metrics
+from service.schemas import DEFAULT_K, MAX_K
 from service.settings import Settings
+from service.store import Item
 
 log = logging.getLogger("service.engine")
 
@@ -112,9 +113,7 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
         )
         metrics.track_index_size(lambda: float(len(self.catalog)))
-        hamming_scan.warm_up(
-            self.bits // 8
-        )  # the exact scan's machine code, before the first query
+        self.catalog.index.warm_up()  # e.g. compile the exact scan's kernel before the first query
         self._query_batches = metrics.encode_batch.labels("query")
         self._db_batches = metrics.encode_batch.labels("database")
         self.batcher: MicroBatcher | None = None
@@ -192,7 +191,7 @@ class Engine:
                     dist, ids = dist[:cap], ids[:cap]
                 per_query.append((dist, ids))
         else:
-            dist, ids = index.search(codes, int(k if k is not None else 10))
+            dist, ids = index.search(codes, int(k if k is not None else DEFAULT_K))
             for d, i in zip(dist, ids, strict=True):
                 keep = i >= 0
                 per_query.append((d[keep], i[keep]))
@@ -229,6 +228,18 @@ class Engine:
     ) -> list[int]:
         return self.catalog.add(codes, ids=ids, metadata=metadata)
 
+    def get_item(self, item_id: int) -> Item:
+        """The stored item (code, metadata); unknown ids raise ``UnknownItemError``."""
+        return self.catalog.store.get(item_id)
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        """The item's JPEG thumbnail, None for an item added as a bare code; unknown ids raise."""
+        return self.catalog.store.thumbnail(item_id)
+
+    def delete_item(self, item_id: int) -> None:
+        """Delete one item from the store and the index; unknown ids raise ``UnknownItemError``."""
+        self.catalog.delete(item_id)
+
     def info(self) -> dict[str, Any]:
         s = self.settings
         index = self.catalog.index
@@ -256,7 +267,7 @@ class Engine:
                 "max_upload_bytes": s.max_upload_bytes,
                 "max_image_pixels": s.max_image_pixels,
                 "max_images": s.max_images,
-                "max_k": 1000,
+                "max_k": MAX_K,
                 "max_range_results": s.max_range_results,
             },
         }

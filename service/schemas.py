@@ -7,6 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 API_VERSION = "v1"
+#: The most nearest neighbours one search returns (the ``k`` query parameter's bound).
+MAX_K = 1000
+#: ``k`` when a search gives neither ``k`` nor ``radius``.
+DEFAULT_K = 10
 
 
 class ErrorResponse(BaseModel):

@@ -593,3 +593,61 @@ def test_hamming_oracle_is_right():
     a = np.array([[0b10110000, 0xFF]], dtype=np.uint8)
     b = np.array([[0b10110000, 0xFF], [0b00110001, 0x0F]], dtype=np.uint8)
     assert hamming(a, b).tolist() == [[0, 6]]
+
+
+# -- start-up and ownership -----------------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "kernel"), [("flat", True), ("hnsw:16", False)])
+def test_index_warm_up_runs_once_at_start_up(models, tmp_path, monkeypatch, spec, kernel):
+    """The engine calls ``index.warm_up()`` before the first request; only the scan-based
+    backends compile a kernel (hnsw has none: the base class's no-op)."""
+    import indexes
+    from indexes import hamming_scan
+
+    warmed: list[object] = []
+    compiled: list[int] = []
+    cls = type(indexes.create_index(spec, 32))
+    original = cls.warm_up
+
+    def record(self):
+        warmed.append(self)
+        original(self)
+
+    monkeypatch.setattr(cls, "warm_up", record)
+    monkeypatch.setattr(hamming_scan, "warm_up", compiled.append)
+    settings = Settings(model=models["vit32"], store=tmp_path, index_spec=spec)
+    with TestClient(create_app(settings)) as c:
+        assert warmed == [c.app.state.engine.catalog.index]  # before any request
+        assert compiled == ([4] if kernel and hamming_scan.AVAILABLE else [])
+        ids = c.post("/v1/items", files=_files(range(3))).json()["ids"]
+        assert _search(c, 1, k=1).json()["results"][0]["id"] == ids[1]
+    assert len(warmed) == 1
+
+
+def test_k_bound_is_one_constant_shown_in_openapi_and_info(served):
+    from service.schemas import MAX_K
+
+    params = served.get("/openapi.json").json()["paths"]["/v1/search"]["post"]["parameters"]
+    k_schema = next(p for p in params if p["name"] == "k")["schema"]
+    bounds = [s.get("maximum") for s in k_schema.get("anyOf", [k_schema])]
+    assert MAX_K in bounds
+    assert served.get("/v1/info").json()["limits"]["max_k"] == MAX_K
+    assert _search(served, 1, k=MAX_K).status_code == 200
+    assert _search(served, 1, k=MAX_K + 1).status_code == 422
+
+
+def test_routers_call_engine_methods_only():
+    """No router reaches through the engine (``engine.catalog.store...``)."""
+    import ast
+
+    routers = Path(__file__).resolve().parents[1] / "service" / "routers"
+    reaches = []
+    for path in sorted(routers.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            inner = node.value if isinstance(node, ast.Attribute) else None
+            if (
+                isinstance(inner, ast.Attribute)
+                and isinstance(inner.value, ast.Name)
+                and inner.value.id == "engine"
+            ):
+                reaches.append(f"{path.name}:{node.lineno}: engine.{inner.attr}.{node.attr}")
+    assert reaches == []

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.errors import ApiError
-from service.schemas import ErrorResponse
+from service.schemas import DEFAULT_K, ErrorResponse
 from service.settings import Settings
 from service.uploads import decode_image, read_capped
 
@@ -32,7 +32,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
-    """Exactly one of k (nearest neighbours) and radius (all within r bits); k defaults to 10."""
+    """Exactly one of k (nearest neighbours) and radius (all within r bits); k defaults to 10
+    (``DEFAULT_K``)."""
     if k is not None and radius is not None:
         raise ApiError(
             422,
@@ -40,7 +41,7 @@ def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int |
             "items, radius for every item within that many bits",
         )
     if k is None and radius is None:
-        k = 10
+        k = DEFAULT_K
     return k, radius
 
 

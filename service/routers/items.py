@@ -110,7 +110,7 @@ async def add_codes(
     summary="Get an item",
 )
 def get_item(engine: EngineDep, item_id: ItemId) -> ItemResponse:
-    item = engine.catalog.store.get(item_id)
+    item = engine.get_item(item_id)
     return ItemResponse(
         id=item.id,
         bits=engine.bits,
@@ -128,7 +128,7 @@ def get_item(engine: EngineDep, item_id: ItemId) -> ItemResponse:
     summary="Delete an item",
 )
 def delete_item(engine: EngineDep, item_id: ItemId) -> DeleteResponse:
-    engine.catalog.delete(item_id)
+    engine.delete_item(item_id)
     return DeleteResponse(id=item_id)
 
 
@@ -142,7 +142,7 @@ def delete_item(engine: EngineDep, item_id: ItemId) -> DeleteResponse:
     summary="The item's thumbnail",
 )
 def get_thumbnail(engine: EngineDep, item_id: ItemId) -> Response:
-    data = engine.catalog.store.thumbnail(item_id)
+    data = engine.thumbnail(item_id)
     if data is None:
         raise ApiError(404, f"item {item_id} has no thumbnail (it was added as a bare code)")
     return Response(

@@ -9,13 +9,17 @@ from fastapi import APIRouter, File, Query, UploadFile
 
 from service.deps import EngineDep, SettingsDep
 from service.routers.common import check_k_radius, error_responses, read_images
-from service.schemas import BatchSearchResponse, SearchResponse
+from service.schemas import DEFAULT_K, MAX_K, BatchSearchResponse, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 K = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="Number of nearest items to return (1-1000; default 10)."),
+    Query(
+        ge=1,
+        le=MAX_K,
+        description=f"Number of nearest items to return (1-{MAX_K}; default {DEFAULT_K}).",
+    ),
 ]
 RADIUS = Annotated[
     int | None,
