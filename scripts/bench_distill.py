@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""Distillation grid: KD losses x code lengths under one protocol, one table.
+"""Distillation grid: KD losses x code lengths x seeds under one protocol, one table.
 
 For every bit length the teacher artifact of that length is given (``--teacher 64=DIR``).
 Rows: the teacher itself; the student with CIBHash only (no KD); the student with each
-baseline loss; BRCD and its ablations. Every row reports symmetric mAP@topk (student codes on
-both sides), asymmetric mAP@topk (teacher-coded database, student queries), precision within
-Hamming radius 2 (symmetric), training wall time, student parameters and encode throughput.
+baseline loss; BRCD and its ablations. Every row reports, as mean +- std over ``--seeds``
+(each seed draws the protocol's splits and the student's initialisation): symmetric mAP@topk
+(student codes on both sides) and asymmetric mAP@topk (teacher-coded database, student
+queries), each tie-averaged (the headline: the expected mAP under a random order of equal
+Hamming distances) with the position-broken value beside it; precision within Hamming radius
+2 (symmetric); the health of the student's database codes (distinct codes, bit balance,
+largest bucket; a warning when collapsed); the loss weight used; the BRCD kept-bit fraction
+(from the run metadata's ``brcd_mask``, "-" when absent); training and wall time; student
+parameters and encode throughput.
 
-    python scripts/bench_distill.py --teacher 64=/work/runs/teacher_vit6_64 --data cifar10 \
-        --protocol cifar10-cpu --epochs 10 --out /work/runs/distill_grid
+    python scripts/bench_distill.py --teacher 64=runs/teacher_vit6_64 --data cifar10 \
+        --protocol cifar10-cpu --epochs 10 --seeds 0,1,2 --out runs/distill_grid
 
 ``--jobs N`` trains N students at a time in worker processes of ``--threads`` intra-op threads
 each (e.g. ``--jobs 2 --threads 1`` on a 2-core machine); rows are saved as they finish, and
-a re-run with the same ``--out`` skips the rows already in ``results.json``.
+a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hashkd.data.transforms import eval_transform  # noqa: E402
-from hashkd.metrics import evaluate_codes  # noqa: E402
+from hashkd.losses.registry import get_loss_class  # noqa: E402
+from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
 from hashkd.training.data_setup import prepare_data  # noqa: E402
@@ -54,6 +63,8 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     "BRCD: + cluster filtering": (["brcd"], {"brcd": {"use_bit_mask": False}}),
     "BRCD: + bit mask (full)": (["brcd"], {"brcd": {}}),
 }
+#: the keys a row of results.json holds (rows of an older layout are refused)
+ROW_KEYS = ("bits", "model", "seed", "map_sym", "map_sym_position", "health")
 
 
 def encode_speed(model, img_size: int, batch: int = 64, seconds: float = 3.0) -> float:
@@ -68,7 +79,7 @@ def encode_speed(model, img_size: int, batch: int = 64, seconds: float = 3.0) ->
     return n / (time.perf_counter() - t0)
 
 
-def student_dir(out: Path, bits: int, name: str) -> Path:
+def student_dir(out: Path, bits: int, name: str, seed: int) -> Path:
     return (
         out
         / f"{bits}bits"
@@ -78,19 +89,69 @@ def student_dir(out: Path, bits: int, name: str) -> Path:
         .replace("(", "")
         .replace(")", "")
         .replace("+", "plus")
+        / f"seed{seed}"
     )
 
 
+def loss_weights(losses: Sequence[str]) -> list[float]:
+    """The weight of each KD loss of a row: the loss's default, as ``distill`` applies it."""
+    return [float(get_loss_class(n).default_weight) for n in losses]
+
+
+def kept_bit_fraction(mask_meta: Any) -> float | None:
+    """The mean fraction of bits BRCD's mask keeps, from a run's ``brcd_mask`` metadata.
+
+    Accepts a number, a list of per-cluster fractions, or a dict holding either under
+    ``kept_fraction`` (or ``mean_kept_fraction``); None when absent or unreadable.
+    """
+    if isinstance(mask_meta, dict):
+        for key in ("mean_kept_fraction", "kept_fraction"):
+            if key in mask_meta:
+                return kept_bit_fraction(mask_meta[key])
+        return None
+    if isinstance(mask_meta, (int, float)) and not isinstance(mask_meta, bool):
+        return float(mask_meta)
+    if isinstance(mask_meta, list) and mask_meta:
+        values = [kept_bit_fraction(v) for v in mask_meta]
+        return None if None in values else float(np.mean(values))
+    return None
+
+
+def run_brcd_mask(sdir: Path, meta: dict[str, Any]) -> Any:
+    """The ``brcd_mask`` entry of a student run: the artifact's meta or the run's run.json."""
+    if "brcd_mask" in meta:
+        return meta["brcd_mask"]
+    run_json = sdir / "run.json"
+    return json.loads(run_json.read_text()).get("brcd_mask") if run_json.is_file() else None
+
+
+def health_summary(codes: np.ndarray) -> dict[str, Any]:
+    h = code_health(codes)
+    keys = ("num_codes", "distinct_codes", "bit_balance", "largest_bucket_fraction", "collapsed")
+    return {k: h[k] for k in keys}
+
+
+def evaluate_pair(q: np.ndarray, d: np.ndarray, data, topk: int) -> dict[str, Any]:
+    return evaluate_codes(q, d, data.query.labels, data.database.labels, topk=topk, curves=False)
+
+
 def train_row(
-    args: argparse.Namespace, bits: int, tdir: str, name: str, tdb: np.ndarray, threads: int | None
+    args: argparse.Namespace,
+    bits: int,
+    tdir: str,
+    name: str,
+    seed: int,
+    tdb: np.ndarray,
+    threads: int | None,
 ) -> dict:
-    """Distill one student and evaluate it: one row of the table (runs in a worker with --jobs)."""
+    """Distill one student and evaluate it: one seed of one row (runs in a worker with --jobs)."""
     if threads:
         torch.set_num_threads(threads)
-    data = prepare_data(args.data, None, args.protocol, args.seed)
+    t_start = time.perf_counter()
+    data = prepare_data(args.data, None, args.protocol, seed)
     dev = torch.device("cpu")
     losses, options = VARIANTS[name]
-    sdir = student_dir(Path(args.out), bits, name)
+    sdir = student_dir(Path(args.out), bits, name, seed)
     t0 = time.perf_counter()
     distill(
         DistillConfig(
@@ -101,7 +162,7 @@ def train_row(
             loss_options=json.loads(json.dumps(options)),
             data=args.data,
             protocol=args.protocol,
-            seed=args.seed,
+            seed=seed,
             epochs=args.epochs,
             batch_size=args.batch_size,
             view_bank=args.view_bank,
@@ -117,22 +178,58 @@ def train_row(
         encode_split(student, data.query, stf, dev),
         encode_split(student, data.database, stf, dev),
     )
-    sym = evaluate_codes(
-        sq, sdb, data.query.labels, data.database.labels, topk=args.topk, curves=False
-    )
-    asym = evaluate_codes(
-        sq, tdb, data.query.labels, data.database.labels, topk=args.topk, curves=False
-    )
+    sym, asym = evaluate_pair(sq, sdb, data, args.topk), evaluate_pair(sq, tdb, data, args.topk)
+    wall_s = time.perf_counter() - t_start
     return {
         "bits": bits,
         "model": name,
-        "map_sym": sym["map"],
-        "map_asym": asym["map"],
+        "seed": seed,
+        "weights": loss_weights(losses),
+        "map_sym": sym["map_tie_averaged"],
+        "map_sym_position": sym["map"],
+        "map_asym": asym["map_tie_averaged"],
+        "map_asym_position": asym["map"],
         "p_r2": sym["precision_at_radius"],
+        "health": health_summary(sdb),
+        "brcd_kept": kept_bit_fraction(run_brcd_mask(sdir, student.config.meta)),
         "train_s": round(train_s, 1),
+        "wall_s": round(wall_s, 1),
         "params": sum(p.numel() for p in student.parameters()),
         "images_per_s": encode_speed(student, student.config.img_size, seconds=args.speed_seconds),
     }
+
+
+def teacher_row(args, bits: int, teacher, seed: int, tq, tdb, data) -> dict:
+    r = evaluate_pair(tq, tdb, data, args.topk)
+    return {
+        "bits": bits,
+        "model": "teacher",
+        "seed": seed,
+        "weights": [],
+        "map_sym": r["map_tie_averaged"],
+        "map_sym_position": r["map"],
+        "map_asym": None,
+        "map_asym_position": None,
+        "p_r2": r["precision_at_radius"],
+        "health": health_summary(tdb),
+        "brcd_kept": None,
+        "train_s": None,
+        "wall_s": None,
+        "params": sum(p.numel() for p in teacher.parameters()),
+        "images_per_s": encode_speed(teacher, teacher.config.img_size, seconds=args.speed_seconds),
+    }
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r} is not valid: expected distinct non-negative integers such as 0,1,2"
+        )
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", default="mobilenetv3_small_100")
     ap.add_argument("--data", default="cifar10")
     ap.add_argument("--protocol", default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
+    ap.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="comma-separated seeds, each row run once per seed (e.g. 0,1,2); default: --seed",
+    )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--view-bank", type=int, default=10)
@@ -194,22 +297,29 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--jobs {args.jobs} / --threads {args.threads} is not valid: expected positive integers"
         )
+    seeds = args.seeds or [args.seed]
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(args.data, None, args.protocol, args.seed)
-    dev = torch.device("cpu")
     results_path = out / "results.json"
     rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-    done = {(r["bits"], r["model"]) for r in rows}
+    if any(not all(k in r for k in ROW_KEYS) for r in rows):
+        ap.error(
+            f"{results_path} holds rows of an older bench_distill (position-broken mAP, no seed): "
+            "expected a new --out"
+        )
+    done = {(r["bits"], r["model"], r["seed"]) for r in rows}
+    dev = torch.device("cpu")
+    data_by_seed = {seed: prepare_data(args.data, None, args.protocol, seed) for seed in seeds}
+    protocol = data_by_seed[seeds[0]].protocol
 
     def save() -> None:
         results_path.write_text(
             json.dumps(
                 {
-                    "protocol": data.protocol,
-                    "seed": args.seed,
+                    "protocol": protocol,
+                    "seeds": sorted({r["seed"] for r in rows}),
                     "epochs": args.epochs,
                     "student": args.student,
                     "rows": rows,
@@ -217,73 +327,121 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-        write_markdown(rows, out / "results.md", data.protocol, args.topk)
-
-    pending = []  # (bits, teacher dir, row name, teacher database codes)
-    for bits, tdir in sorted(teachers.items()):
-        teacher = load_artifact(tdir)
-        tf = eval_transform(teacher.config.img_size, teacher.config.mean, teacher.config.std)
-        tq, tdb = (
-            encode_split(teacher, data.query, tf, dev),
-            encode_split(teacher, data.database, tf, dev),
-        )
-        if (bits, "teacher") not in done:
-            r = evaluate_codes(
-                tq, tdb, data.query.labels, data.database.labels, topk=args.topk, curves=False
-            )
-            rows.append(
-                {
-                    "bits": bits,
-                    "model": "teacher",
-                    "map_sym": r["map"],
-                    "map_asym": None,
-                    "p_r2": r["precision_at_radius"],
-                    "train_s": None,
-                    "params": sum(p.numel() for p in teacher.parameters()),
-                    "images_per_s": encode_speed(
-                        teacher, teacher.config.img_size, seconds=args.speed_seconds
-                    ),
-                }
-            )
-            save()
-        pending += [(bits, tdir, name, tdb) for name in names if (bits, name) not in done]
+        write_markdown(rows, out / "results.md", protocol, args.topk)
 
     def finished(row: dict) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
+        warning = collapse_warning(
+            row["health"], f"{row['bits']}-bit {row['model']} (seed {row['seed']}) database codes"
+        )
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         save()
 
+    pending = []  # (bits, teacher dir, row name, seed, teacher database codes)
+    for bits, tdir in sorted(teachers.items()):
+        teacher = load_artifact(tdir)
+        tf = eval_transform(teacher.config.img_size, teacher.config.mean, teacher.config.std)
+        for seed, data in data_by_seed.items():
+            todo = [name for name in names if (bits, name, seed) not in done]
+            if not todo and (bits, "teacher", seed) in done:
+                continue
+            tq, tdb = (
+                encode_split(teacher, data.query, tf, dev),
+                encode_split(teacher, data.database, tf, dev),
+            )
+            if (bits, "teacher", seed) not in done:
+                finished(teacher_row(args, bits, teacher, seed, tq, tdb, data))
+            pending += [(bits, tdir, name, seed, tdb) for name in todo]
+
     if args.jobs == 1:
-        for bits, tdir, name, tdb in pending:
-            finished(train_row(args, bits, tdir, name, tdb, args.threads))
+        for bits, tdir, name, seed, tdb in pending:
+            finished(train_row(args, bits, tdir, name, seed, tdb, args.threads))
     else:
         # spawn, not fork: forking a process whose OpenMP pool has run can deadlock the child
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {
-                pool.submit(train_row, args, b, t, n, d, args.threads): (b, n)
-                for b, t, n, d in pending
-            }
+            futures = [
+                pool.submit(train_row, args, b, t, n, s, d, args.threads)
+                for b, t, n, s, d in pending
+            ]
             for fut in as_completed(futures):
                 finished(fut.result())
+    save()
     print((out / "results.md").read_text())
     return 0
 
 
+def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
+    """``mean ± std`` (sample std) of the values, ``mean`` alone for one, "-" for none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = float(np.mean(vals))
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(vals, ddof=1)):.{digits}f}"
+
+
+def weight_text(weights: list[float]) -> str:
+    return "+".join(f"{w:g}" for w in weights) if weights else "-"
+
+
 def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> None:
+    """The table: one line per (bits, row), mean ± std over its seeds (n), health, weights."""
     lines = [
-        f"Protocol {protocol}; mAP@{topk}; asymmetric = teacher-coded database, student queries.",
+        f"Protocol {protocol}; mAP@{topk}, mean ± std over n seeds (each seed: its own splits "
+        "and student init). mAP = tie-averaged (expected under a random order of equal Hamming "
+        "distances); (pos) = ties broken by database position. Asymmetric = teacher-coded "
+        "database, student queries. Health of the symmetric database codes: distinct codes, "
+        "bit balance (mean |p - 0.5|), largest bucket (share of items with the most frequent "
+        "code); ⚠ = collapsed in some seed. kept bits = BRCD mask's mean kept-bit fraction.",
         "",
-        "| bits | model | mAP sym | mAP asym | P@r<=2 | train s | params | img/s (b64) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bits | model | weight | n | mAP sym | mAP sym (pos) | mAP asym | mAP asym (pos) "
+        "| P@r<=2 | distinct codes | bit balance | largest bucket | kept bits | train s "
+        "| wall s | params | img/s (b64) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {name: i for i, name in enumerate(["teacher", *VARIANTS])}
-    for r in sorted(rows, key=lambda r: (r["bits"], order.get(r["model"], len(order)))):
-        asym = "–" if r["map_asym"] is None else f"{r['map_asym']:.4f}"
-        train = "–" if r["train_s"] is None else f"{r['train_s']:.0f}"
-        lines.append(
-            f"| {r['bits']} | {r['model']} | {r['map_sym']:.4f} | {asym} | {r['p_r2']:.4f} | {train} | "
-            f"{r['params'] / 1e6:.2f}M | {r['images_per_s']:.0f} |"
-        )
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["bits"], r["model"]), []).append(r)
+    warnings = []
+    for (bits, model), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1])
+    ):
+        group = sorted(group, key=lambda r: r["seed"])
+        health = [r["health"] for r in group]
+        collapsed = [r["seed"] for r in group if r["health"]["collapsed"]]
+        distinct = f"{np.mean([h['distinct_codes'] for h in health]):.0f}"
+        if collapsed:
+            distinct += " ⚠"
+            warnings.append(
+                f"- {bits} bits, {model}: codes collapsed in seed(s) "
+                f"{', '.join(map(str, collapsed))}; its mAP is not a fair comparison."
+            )
+        cells = [
+            str(bits),
+            model,
+            weight_text(group[0]["weights"]),
+            str(len(group)),
+            mean_std([r["map_sym"] for r in group]),
+            mean_std([r["map_sym_position"] for r in group]),
+            mean_std([r["map_asym"] for r in group]),
+            mean_std([r["map_asym_position"] for r in group]),
+            mean_std([r["p_r2"] for r in group]),
+            distinct,
+            f"{np.mean([h['bit_balance'] for h in health]):.3f}",
+            f"{np.mean([h['largest_bucket_fraction'] for h in health]):.3f}",
+            mean_std([r["brcd_kept"] for r in group], digits=2),
+            mean_std([r["train_s"] for r in group], digits=0),
+            mean_std([r["wall_s"] for r in group], digits=0),
+            f"{group[0]['params'] / 1e6:.2f}M",
+            f"{np.mean([r['images_per_s'] for r in group]):.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if warnings:
+        lines += ["", "Collapsed codes:", *warnings]
     path.write_text("\n".join(lines) + "\n")
 
 

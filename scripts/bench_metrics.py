@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hashkd.metrics import evaluate_codes
+from hashkd.metrics import code_health, collapse_warning, evaluate_codes
 
 
 def loop_map(qc: np.ndarray, dc: np.ndarray, ql: np.ndarray, dl: np.ndarray, topk: int) -> float:
@@ -69,6 +69,14 @@ def main() -> None:
         f"{args.queries} queries x {args.database} database items, {args.bits} bits, {args.classes} classes, "
         f"mAP@{args.topk}"
     )
+    health = code_health(dc)
+    print(
+        f"database codes: {health['distinct_codes']} distinct, bit balance {health['bit_balance']:.4f}, "
+        f"largest bucket {health['largest_bucket_fraction']:.4f}"
+    )
+    warning = collapse_warning(health, "database codes")
+    if warning:
+        print(warning)
     runs = {
         "evaluate_codes (mAP + P@r + curves + tie-averaged)": {},
         "evaluate_codes (mAP + P@r only)": {"curves": False, "tie_averaged": False},
@@ -78,9 +86,11 @@ def main() -> None:
         t, c = time.perf_counter(), time.process_time()
         res = evaluate_codes(qc, dc, ql, dl, topk=args.topk, radius=args.radius, **kwargs)
         seconds[name] = (time.perf_counter() - t, time.process_time() - c)
+        tie = res["map_tie_averaged"]
+        headline = f"mAP tie-averaged {tie:.5f}, position-broken " if tie is not None else "mAP "
         print(
-            f"{name}: wall {seconds[name][0]:.2f} s, CPU {seconds[name][1]:.2f} s  (mAP {res['map']:.5f}, "
-            f"P@r<={args.radius} {res['precision_at_radius']:.5f}, tie-averaged {res['map_tie_averaged']})"
+            f"{name}: wall {seconds[name][0]:.2f} s, CPU {seconds[name][1]:.2f} s  ({headline}"
+            f"{res['map']:.5f}, P@r<={args.radius} {res['precision_at_radius']:.5f})"
         )
 
     n = min(args.loop_queries, args.queries)

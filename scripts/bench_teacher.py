@@ -3,11 +3,13 @@
 
 Rows: the trained teacher artifact(s); the same architecture untrained (same seed, random
 init); random-hyperplane LSH on raw pixels (hashkd.baselines.PixelLSH). All at the
-teacher's code length, queries and database of the protocol, mAP@topk (ties broken by
-database position) and precision within Hamming radius 2.
+teacher's code length, queries and database of the protocol: mAP@topk tie-averaged (the
+headline: the expected mAP under a random order of equal Hamming distances) with the
+position-broken value beside it, precision within Hamming radius 2, and the health of the
+database codes (distinct codes, bit balance, largest bucket; a warning when collapsed).
 
-    python scripts/bench_teacher.py --teacher /work/runs/teacher_vit6_64 --data cifar10 \
-        --protocol cifar10-cpu --json /work/runs/bench_teacher.json
+    python scripts/bench_teacher.py --teacher runs/teacher_vit6_64 --data cifar10 \
+        --protocol cifar10-cpu --json runs/bench_teacher.json
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch  # noqa: E402
 
 from hashkd.baselines import PixelLSH  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
-from hashkd.metrics import evaluate_codes  # noqa: E402
+from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import build_model, load_artifact  # noqa: E402
 from hashkd.models.artifact import read_config  # noqa: E402
 from hashkd.training.common import Split, encode_split  # noqa: E402
@@ -42,11 +44,17 @@ def row(name: str, q: np.ndarray, d: np.ndarray, data, topk: int, seconds: float
     r = evaluate_codes(
         q, d, data.query.labels, data.database.labels, topk=topk, radius=2, curves=False
     )
+    health = code_health(d)
+    warning = collapse_warning(health, f"{name} database codes")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return {
         "model": name,
         "bits": int(q.shape[1] * 8),
+        "map_tie_averaged": float(r["map_tie_averaged"]),
         "map": float(r["map"]),
         "precision_at_radius": float(r["precision_at_radius"]),
+        "health": health,
         "topk": topk,
         "num_queries": len(q),
         "num_database": len(d),
@@ -125,13 +133,17 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"Protocol {data.protocol} (seed {args.seed}): {len(data.query)} queries, {len(data.database)} database, "
-        f"mAP@{args.topk}",
+        f"mAP@{args.topk} tie-averaged ((pos) = ties broken by database position); health of "
+        "the database codes (⚠ = collapsed)",
         "",
-        "| model | bits | mAP | P@r<=2 |",
-        "|---|---|---|---|",
+        "| model | bits | mAP | mAP (pos) | P@r<=2 | distinct codes | bit balance | largest bucket |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['model']} | {r['bits']} | {r['map']:.4f} | {r['precision_at_radius']:.4f} |"
+        f"| {r['model']} | {r['bits']} | {r['map_tie_averaged']:.4f} | {r['map']:.4f} | "
+        f"{r['precision_at_radius']:.4f} | {r['health']['distinct_codes']}"
+        f"{' ⚠' if r['health']['collapsed'] else ''} | {r['health']['bit_balance']:.3f} | "
+        f"{r['health']['largest_bucket_fraction']:.3f} |"
         for r in rows
     ]
     table = "\n".join(lines)

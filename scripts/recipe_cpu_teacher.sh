@@ -13,10 +13,12 @@
 #   epochs (the mAP-vs-pretraining-time curve).
 # --quick: the shortened run (about an hour on a heavily shared machine): a smaller hybrid ViT,
 #   10,000 of the training images, 2 epochs.
-# Everything is written under --out (default /work/runs/pretrain/<budget>), never in the
-# repository; the weights file is rebuilt by the first step. Steps already done are skipped, so
+# Everything is written under --out (default runs/pretrain/<budget>, relative to the working
+# directory); the weights file is rebuilt by the first step. Steps already done are skipped, so
 # the script can be re-run after an interruption (pretraining resumes from its checkpoint).
-# The summary is OUT/summary.jsonl (one JSON line per figure) and OUT/recipe.log.
+# The summary is OUT/summary.jsonl (one JSON line per figure: "map@1000" is the tie-averaged
+# mAP, the expected value under a random order of equal Hamming distances, with the
+# position-broken "map@1000_position" beside it) and OUT/recipe.log.
 set -euo pipefail
 
 BUDGET=full
@@ -26,12 +28,12 @@ while [[ $# -gt 0 ]]; do
     --quick) BUDGET=quick; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "recipe_cpu_teacher.sh: unknown argument $1: expected --quick, --budget full|quick or --out DIR" >&2; exit 2 ;;
   esac
 done
 case "$BUDGET" in full|quick) ;; *) echo "recipe_cpu_teacher.sh: --budget $BUDGET is not valid: expected full or quick" >&2; exit 2 ;; esac
-OUT="${OUT:-/work/runs/pretrain/$BUDGET}"
+OUT="${OUT:-runs/pretrain/$BUDGET}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 HASHKD=("$PY" -m hashkd)
@@ -93,8 +95,9 @@ hash_head() {  # hash_head NAME BITS [--weights W]
     "$PY" - "$dir/eval.json" "$name" "$bits" >>"$SUMMARY" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-m = d.get("map", d.get("metrics", {}).get("map")) if isinstance(d, dict) else None
-print(json.dumps({"model": sys.argv[2], "bits": int(sys.argv[3]), "map@1000": m, "eval": sys.argv[1]}))
+m = d.get("metrics", d) if isinstance(d, dict) else {}
+print(json.dumps({"model": sys.argv[2], "bits": int(sys.argv[3]), "map@1000": m.get("map_tie_averaged"),
+                  "map@1000_position": m.get("map"), "eval": sys.argv[1]}))
 EOF
   fi
 }
@@ -108,7 +111,7 @@ import json, sys
 import numpy as np
 from hashkd.codes import pack_codes
 from hashkd.data.transforms import eval_transform
-from hashkd.metrics import mean_average_precision
+from hashkd.metrics import evaluate_codes
 from hashkd.training.data_setup import prepare_data
 data = prepare_data("cifar10", None, "cifar10-cpu", 0)
 tf = eval_transform(32)
@@ -120,11 +123,12 @@ out = {}
 for bits in (16, 32, 64):
     w = np.random.default_rng(0).standard_normal((q.shape[1], bits)).astype(np.float32)
     cq, cd = pack_codes((q - mu) @ w), pack_codes((d - mu) @ w)
-    out[bits] = float(mean_average_precision(cq, cd, data.query.labels, data.database.labels, topk=1000))
-    print(json.dumps({"model": "lsh_pixels", "bits": bits, "map@1000": out[bits]}), flush=True)
+    r = evaluate_codes(cq, cd, data.query.labels, data.database.labels, topk=1000, curves=False)
+    out[bits] = {"map@1000": r["map_tie_averaged"], "map@1000_position": r["map"]}
+    print(json.dumps({"model": "lsh_pixels", "bits": bits, **out[bits]}), flush=True)
 json.dump(out, open(sys.argv[1], "w"), indent=2)
 EOF
-  "$PY" -c "import json,sys; [print(json.dumps({'model': 'lsh_pixels', 'bits': int(b), 'map@1000': m})) for b, m in json.load(open('$OUT/lsh_pixels.json')).items()]" >>"$SUMMARY"
+  "$PY" -c "import json,sys; [print(json.dumps({'model': 'lsh_pixels', 'bits': int(b), **m})) for b, m in json.load(open('$OUT/lsh_pixels.json')).items()]" >>"$SUMMARY"
 }
 
 hash_head pretrained_64 64 --weights "$W"

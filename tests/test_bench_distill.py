@@ -1,22 +1,38 @@
-"""scripts/bench_distill.py: the grid runs students in worker processes and resumes from results.json."""
+"""scripts/bench_distill.py: a tiny grid over two seeds in worker processes, resume, the table."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from hashkd.losses.registry import get_loss_class
 from hashkd.models import ModelConfig, build_model, save_artifact
 from tests.conftest import TINY_CNN, TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "bench_distill", ROOT / "scripts" / "bench_distill.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+BRCD = "BRCD: + bit mask (full)"
+NO_KD = "no KD (CIBHash only)"
 
 
-def test_grid_with_two_jobs_then_resume(tmp_path):
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
     teacher = tmp_path / "teacher"
     torch.manual_seed(0)
     save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
@@ -40,6 +56,8 @@ def test_grid_with_two_jobs_then_resume(tmp_path):
         "100",
         "--speed-seconds",
         "0.2",
+        "--seeds",
+        "0,1",
         "--jobs",
         "2",
         "--threads",
@@ -47,27 +65,59 @@ def test_grid_with_two_jobs_then_resume(tmp_path):
         "--out",
         str(out),
         "--variants",
-        "no KD (CIBHash only),BRCD: + bit mask (full)",
+        f"{NO_KD},{BRCD}",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=1500)
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert sorted(r["model"] for r in rows) == [
-        "BRCD: + bit mask (full)",
-        "no KD (CIBHash only)",
-        "teacher",
+    result = json.loads((out / "results.json").read_text())
+    rows = result["rows"]
+    assert result["seeds"] == [0, 1]
+    assert sorted((r["model"], r["seed"]) for r in rows) == [
+        (BRCD, 0),
+        (BRCD, 1),
+        ("no KD (CIBHash only)", 0),
+        ("no KD (CIBHash only)", 1),
+        ("teacher", 0),
+        ("teacher", 1),
     ]
     for r in rows:
-        assert r["bits"] == 16 and 0.0 <= r["map_sym"] <= 1.0 and r["params"] > 0
-        assert (r["map_asym"] is None) == (r["model"] == "teacher")
-        assert (r["train_s"] is None) == (r["model"] == "teacher")
+        assert r["bits"] == 16 and r["params"] > 0
+        for key in ("map_sym", "map_sym_position", "p_r2"):
+            assert 0.0 <= r[key] <= 1.0
+        student = r["model"] != "teacher"
+        assert (r["map_asym"] is not None) == student == (r["map_asym_position"] is not None)
+        assert (r["train_s"] is not None) == student == (r["wall_s"] is not None)
+        if student:
+            assert r["wall_s"] >= r["train_s"] > 0
+        assert r["health"]["num_codes"] > 0 and r["health"]["distinct_codes"] >= 1
+        assert 0.0 <= r["health"]["bit_balance"] <= 0.5
+        expected_weights = [get_loss_class("brcd").default_weight] if r["model"] == BRCD else []
+        assert r["weights"] == expected_weights
+        assert r["brcd_kept"] is None or (r["model"] == BRCD and 0.0 <= r["brcd_kept"] <= 1.0)
+    # the seeds draw different splits and students
+    by_seed = {r["seed"]: r for r in rows if r["model"] == BRCD}
+    assert by_seed[0]["map_sym"] != by_seed[1]["map_sym"]
+
     table = (out / "results.md").read_text().splitlines()
-    body = [line for line in table if line.startswith("| 16 |")]
-    assert [line.split(" | ")[1] for line in body] == [
-        "teacher",
-        "no KD (CIBHash only)",
-        "BRCD: + bit mask (full)",
+    header = _cells(next(line for line in table if line.startswith("| bits |")))
+    body = [
+        dict(zip(header, _cells(line), strict=True)) for line in table if line.startswith("| 16 |")
     ]
+    assert [b["model"] for b in body] == ["teacher", NO_KD, BRCD]
+    for b in body:
+        group = [r for r in rows if r["model"] == b["model"]]
+        assert b["n"] == "2"
+        sym = [r["map_sym"] for r in group]
+        assert b["mAP sym"] == f"{np.mean(sym):.4f} ± {np.std(sym, ddof=1):.4f}"
+        pos = [r["map_sym_position"] for r in group]
+        assert b["mAP sym (pos)"] == f"{np.mean(pos):.4f} ± {np.std(pos, ddof=1):.4f}"
+        distinct = np.mean([r["health"]["distinct_codes"] for r in group])
+        assert b["distinct codes"].split()[0] == f"{distinct:.0f}"
+    assert body[0]["weight"] == body[1]["weight"] == "-" and body[0]["mAP asym"] == "-"
+    assert body[2]["weight"] == f"{get_loss_class('brcd').default_weight:g}"
+    assert body[0]["kept bits"] == body[1]["kept bits"] == "-"
+    assert body[0]["wall s"] == "-" and body[1]["wall s"] != "-"
+
     # Same --out again: every row is done, nothing is retrained.
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=1500)
     assert json.loads((out / "results.json").read_text())["rows"] == rows
@@ -77,3 +127,63 @@ def test_grid_with_two_jobs_then_resume(tmp_path):
         [*cmd[:-2], "--jobs", "0"], env=env, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "--jobs 0" in bad.stderr
+    bad = subprocess.run(
+        [*cmd, "--seeds", "1,x"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "--seeds '1,x' is not valid" in bad.stderr
+
+
+def _row(model: str, seed: int, sym: float, collapsed: bool = False, kept=None) -> dict:
+    health = {
+        "num_codes": 100,
+        "distinct_codes": 1 if collapsed else 90,
+        "bit_balance": 0.5 if collapsed else 0.1,
+        "largest_bucket_fraction": 1.0 if collapsed else 0.02,
+        "collapsed": collapsed,
+    }
+    return {
+        "bits": 16, "model": model, "seed": seed, "weights": [1.0], "map_sym": sym,
+        "map_sym_position": sym + 0.01, "map_asym": sym, "map_asym_position": sym,
+        "p_r2": 0.1, "health": health, "brcd_kept": kept, "train_s": 10.0, "wall_s": 12.0,
+        "params": 1000, "images_per_s": 5.0,
+    }  # fmt: skip
+
+
+def test_table_marks_collapse_and_shows_kept_bits(tmp_path):
+    rows = [
+        _row(NO_KD, 0, 0.20, collapsed=True),
+        _row(NO_KD, 1, 0.10),
+        _row(BRCD, 0, 0.30, kept=0.5),
+        _row(BRCD, 1, 0.32, kept=0.75),
+        _row(BRCD, 2, 0.34, kept=1.0),
+    ]
+    path = tmp_path / "t.md"
+    bench.write_markdown(rows, path, "digits", 100)
+    text = path.read_text()
+    lines = text.splitlines()
+    header = _cells(next(line for line in lines if line.startswith("| bits |")))
+    body = {
+        b["model"]: b
+        for b in (dict(zip(header, _cells(x), strict=True)) for x in lines if x.startswith("| 16"))
+    }
+    assert body[BRCD]["n"] == "3" and body[BRCD]["mAP sym"] == "0.3200 ± 0.0200"
+    assert body[BRCD]["kept bits"] == "0.75 ± 0.25"  # hand-worked: mean 0.75, sample std 0.25
+    assert body[NO_KD]["distinct codes"] == "46 ⚠" and body[BRCD]["distinct codes"] == "90"
+    assert "16 bits, no KD (CIBHash only): codes collapsed in seed(s) 0" in text
+    assert "BRCD: + bit mask (full): codes collapsed" not in text
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        (None, None),
+        (0.25, 0.25),
+        ([0.5, 1.0], 0.75),
+        ({"kept_fraction": [0.25, 0.75, 0.5]}, 0.5),
+        ({"mean_kept_fraction": 0.4, "kept_fraction": [1.0]}, 0.4),
+        ({"empty_mask": True}, None),
+        (True, None),
+    ],
+)
+def test_kept_bit_fraction_reads_the_brcd_mask_metadata(meta, expected):
+    assert bench.kept_bit_fraction(meta) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from hashkd.data import (
     make_splits,
     primary_class,
 )
+from hashkd.data.splits import PROTOCOLS, SPLIT_NAMES
+from hashkd.metrics import code_health, collapse_warning, evaluate_codes
+from hashkd.training.data_setup import default_protocol
 
 
 def _one_hot(ids: np.ndarray, c: int) -> np.ndarray:
@@ -194,3 +198,82 @@ def test_cifar10_protocols_on_real_folder(cifar10_dir: Path) -> None:
     assert _per_class(cpu.indices["database"], classes, 10) == [1000] * 10
     assert set(cpu.indices["train"]) <= set(cpu.indices["database"]) <= train_group
     assert not set(cpu.indices["val"]) & set(cpu.indices["database"])
+
+
+def _class_sorted_dataset(per_class: int = 200, classes: int = 10) -> ArrayDataset:
+    """An image-folder-like dataset: index order is class order (class 0 first)."""
+    ids = np.repeat(np.arange(classes), per_class)
+    images = np.zeros((len(ids), 2, 2, 3), dtype=np.uint8)
+    return ArrayDataset(images, _one_hot(ids, classes), [f"c{k}" for k in range(classes)])
+
+
+SORTED_FIXTURE = Protocol("fixture", train=20, val=10, query=10, database="rest+train")
+
+
+def test_every_named_protocol_and_the_folder_default_shuffle() -> None:
+    assert set(PROTOCOLS) == {"cifar10", "cifar10-cpu", "digits"}
+    assert all(p.shuffle for p in PROTOCOLS.values())
+    assert default_protocol("my/folder", _class_sorted_dataset()).shuffle
+
+
+@pytest.mark.parametrize("protocol", ["digits", SORTED_FIXTURE])
+def test_splits_are_a_seeded_permutation_of_the_sorted_splits(protocol) -> None:
+    ds = load_dataset("digits") if protocol == "digits" else _class_sorted_dataset()
+    proto = get_protocol(protocol)
+    shuffled = make_splits(proto, ds, seed=3)
+    again = make_splits(proto, ds, seed=3)
+    ordered = make_splits(replace(proto, shuffle=False), ds, seed=3)
+    other_seed = make_splits(proto, ds, seed=4)
+    assert shuffled.meta["order"] == "shuffled" and ordered.meta["order"] == "sorted"
+    for name in SPLIT_NAMES:
+        idx, sorted_idx = shuffled.indices[name], ordered.indices[name]
+        assert np.all(np.diff(sorted_idx) > 0)
+        np.testing.assert_array_equal(np.sort(idx), sorted_idx)  # same members
+        assert not np.array_equal(idx, sorted_idx)  # but a different order
+        np.testing.assert_array_equal(idx, again.indices[name])  # same seed, same order
+        assert not np.array_equal(idx, other_seed.indices[name])
+        np.testing.assert_array_equal(shuffled[name].labels, ds.labels[idx])  # views follow
+    # the order is drawn apart from the members: a split of the same members keeps its order
+    smaller_db = make_splits(proto, ds, seed=3, database_per_class=25)
+    np.testing.assert_array_equal(smaller_db.indices["train"], shuffled.indices["train"])
+
+
+def test_shuffled_database_is_not_class_sorted() -> None:
+    ds = _class_sorted_dataset()
+    for proto, expect_sorted in (
+        (replace(SORTED_FIXTURE, shuffle=False), True),
+        (SORTED_FIXTURE, False),
+    ):
+        classes = make_splits(proto, ds, seed=0)["database"].labels.argmax(1)
+        changes = int(np.count_nonzero(np.diff(classes)))
+        # class-sorted: 9 class changes; shuffled: about 0.9 x 1,799 of them
+        assert (changes == 9) == expect_sorted and (changes > 1000) != expect_sorted
+
+
+def _constant_code_map(splits, topk: int) -> dict:
+    """mAP of constant codes (every item ties with every other) on a protocol's query/database."""
+    q, d = splits["query"], splits["database"]
+    zeros = np.zeros((len(q), 2), dtype=np.uint8), np.zeros((len(d), 2), dtype=np.uint8)
+    return evaluate_codes(*zeros, q.labels, d.labels, topk=topk, curves=False)
+
+
+def test_position_broken_map_of_tied_codes_needs_the_shuffle() -> None:
+    """Constant codes: every query ranks the database in database order.
+
+    Class-sorted: the first 180 of the 1,800 items are class 0, so class-0 queries score AP 1
+    and the next classes score well too: mAP 0.180, far above the tie-averaged 0.106 (the
+    expectation over random tie orders). Shuffled: the database order is one random order, so
+    the position-broken mAP is one draw around the tie-averaged value (measured std 0.0004
+    over 30 seeds); the 0.005 tolerance is over ten of those, the sorted gap 15 times it.
+    """
+    ds = _class_sorted_dataset()
+    sorted_result = _constant_code_map(
+        make_splits(replace(SORTED_FIXTURE, shuffle=False), ds, 0), 1000
+    )
+    assert sorted_result["map"] - sorted_result["map_tie_averaged"] > 0.07
+    for seed in range(5):
+        shuffled = _constant_code_map(make_splits(SORTED_FIXTURE, ds, seed), 1000)
+        assert shuffled["map_tie_averaged"] == pytest.approx(sorted_result["map_tie_averaged"])
+        assert abs(shuffled["map"] - shuffled["map_tie_averaged"]) < 0.005
+    health = code_health(np.zeros((1800, 2), dtype=np.uint8))
+    assert health["collapsed"] and collapse_warning(health) is not None

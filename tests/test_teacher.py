@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from hashkd.data.transforms import eval_transform
+from hashkd.metrics import code_health, evaluate_codes
 from hashkd.models import ModelConfig, build_model, load_artifact
+from hashkd.models.artifact import read_config
 from hashkd.training.cibhash import CIBHashLoss
+from hashkd.training.common import Validation, end_epoch, validation_map
+from hashkd.training.data_setup import prepare_data
+from hashkd.training.distributed import DistInfo
+from hashkd.training.run_dir import RunDir
 from hashkd.training.teacher import TeacherConfig, cached_and_uncached_loss, train_teacher
 from hashkd.training.views import ViewBank
 from tests.conftest import TINY_VIT
@@ -53,7 +61,9 @@ def test_train_writes_artifact_log_and_resumes(tmp_path):
     out = train_teacher(cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1]
-    assert 0.0 <= log[0]["val_map"] <= 1.0
+    assert 0.0 <= log[0]["val_map"] <= 1.0 and 0.0 <= log[0]["val_map_position"] <= 1.0
+    health = log[0]["val_code_health"]
+    assert health["num_codes"] == 100 and log[0]["val_collapsed"] == health["collapsed"]
     model = load_artifact(out)
     assert model.bits == 16 and model.config.role == "teacher"
     # resume to 2 epochs: one more record, starting from the saved epoch
@@ -83,3 +93,103 @@ def test_bad_settings_are_refused(tmp_path):
         train_teacher(_cfg(tmp_path, feature_cache_views=4))
     with pytest.raises(ValueError, match="resume"):
         train_teacher(_cfg(tmp_path, resume=True))
+
+
+class ConstantCodes(torch.nn.Module):
+    """A fake hash model whose codes are the same for every image (fully collapsed)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(x.shape[0], 16)
+
+
+class PixelCodes(torch.nn.Module):
+    """A fake hash model: the signs of 16 centred pixels (many distinct codes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)[:, ::37][:, :16]
+        return flat - flat.mean(dim=0, keepdim=True)
+
+
+def test_validation_is_tie_averaged_with_the_health_of_the_codes():
+    data = prepare_data("digits", None, "digits", 0)
+    tf = eval_transform(16)
+    collapsed = validation_map(ConstantCodes(), data.val, data.train, tf, torch.device("cpu"))
+    # oracle: constant codes rank every item equally, so the tie-averaged mAP@K of class-balanced
+    # data is evaluate_codes' value on any order of the same labels (here sorted by class)
+    labels = data.train.labels[np.argsort(data.train.labels.argmax(1), kind="stable")]
+    zeros = np.zeros((len(data.val), 2), np.uint8), np.zeros((len(labels), 2), np.uint8)
+    expected = evaluate_codes(*zeros, data.val.labels, labels, topk=500, curves=False)
+    assert collapsed.map_tie_averaged == pytest.approx(expected["map_tie_averaged"])
+    assert collapsed.map_tie_averaged != pytest.approx(expected["map"], abs=0.05)  # sorted: off
+    assert collapsed.map == pytest.approx(collapsed.map_tie_averaged, abs=0.005)  # shuffled
+    assert collapsed.collapsed and collapsed.health["distinct_codes"] == 1
+    healthy = validation_map(PixelCodes(), data.val, data.train, tf, torch.device("cpu"))
+    assert not healthy.collapsed and healthy.health["num_codes"] == len(data.train)
+    given = validation_map(
+        ConstantCodes(),
+        data.val,
+        data.train,
+        tf,
+        torch.device("cpu"),
+        database_codes=np.arange(len(data.train) * 2, dtype=np.uint8).reshape(-1, 2),
+    )
+    assert given.health["num_codes"] == len(data.val)  # the model's own (query) codes
+
+
+def _health(collapsed: bool) -> dict:
+    codes = (
+        np.zeros((200, 2), np.uint8)
+        if collapsed
+        else np.arange(400).astype(np.uint8).reshape(200, 2)
+    )
+    return code_health(codes)
+
+
+def test_a_collapsed_epoch_is_never_kept_as_best(tmp_path):
+    """Epoch 2 has the highest mAP, position-broken and tie-averaged, but collapsed codes."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT))
+    run = RunDir(tmp_path / "run")
+    results = [
+        Validation(map_tie_averaged=0.30, map=0.31, health=_health(False)),
+        Validation(map_tie_averaged=0.50, map=0.90, health=_health(True)),
+        Validation(map_tie_averaged=0.25, map=0.26, health=_health(False)),
+    ]
+    best, saved = -math.inf, []
+    for epoch, result in enumerate(results, start=1):
+        best = end_epoch(
+            run,
+            DistInfo(),
+            model,
+            {"epoch": epoch},
+            3,
+            1,
+            best,
+            validate=lambda r=result: r,
+            checkpoint=lambda b: {"best_map": b},
+        )
+        saved.append(read_config(run.path)[0].meta["epoch"])
+    assert saved == [1, 1, 1] and best == pytest.approx(0.30)
+    log = run.read_log()
+    assert [r["val_collapsed"] for r in log] == [False, True, False]
+    assert [r["val_map"] for r in log] == [0.30, 0.50, 0.25]
+    assert [r["val_map_position"] for r in log] == [0.31, 0.90, 0.26]
+    assert log[1]["val_code_health"]["distinct_codes"] == 1
+
+    # a run that starts collapsed: the first healthy epoch replaces it, even with a lower mAP
+    run2 = RunDir(tmp_path / "run2")
+    best, saved = -math.inf, []
+    for epoch, result in enumerate([results[1], results[2]], start=1):
+        best = end_epoch(
+            run2,
+            DistInfo(),
+            model,
+            {"epoch": epoch},
+            2,
+            1,
+            best,
+            validate=lambda r=result: r,
+            checkpoint=lambda b: {"best_map": b},
+        )
+        saved.append(read_config(run2.path)[0].meta["epoch"])
+    assert saved == [1, 2] and best == pytest.approx(0.25)

@@ -4,6 +4,10 @@ The hashing literature evaluates retrieval with four disjoint-or-nested sets dra
 class with a fixed seed (CIBHash, Qiu et al. IJCAI 2021; BRCD, WWW 2024; DeepHash-pytorch):
 ``train`` (unlabelled training images), ``val`` (model selection — never the test queries),
 ``query`` and ``database`` (retrieval evaluation). The seed goes into every output.
+
+Each split of a protocol comes in a seeded random order, never sorted by class: mAP@K breaks
+equal Hamming distances by database position, so a class-sorted database would let tied (or
+collapsed) codes gain from the class order (docs/data.md, docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -148,7 +152,9 @@ class Protocol:
     :func:`class_balanced_split` (``"all"``, ``"rest"``, ``"500+train"``...). ``pool_group``
     and ``query_group`` name dataset groups (``dataset.groups``) to draw from: CIFAR-10 draws
     train/val/database from ``train`` and queries from ``test``; ``None`` means the whole
-    dataset. ``dataset`` is the default :func:`hashkd.data.load_dataset` spec.
+    dataset. ``dataset`` is the default :func:`hashkd.data.load_dataset` spec. ``shuffle``:
+    every split comes in a seeded random order (:func:`shuffle_splits`); ``False`` keeps the
+    ascending index order (class-sorted for class-sorted data), which favours tied codes.
     """
 
     name: str
@@ -160,6 +166,7 @@ class Protocol:
     query_group: str | None = None
     dataset: str | None = None
     description: str = ""
+    shuffle: bool = True
 
     def pool_sizes(self) -> dict[str, SizeSpec]:
         """Sizes drawn from the pool (with ``query`` when queries share the pool)."""
@@ -228,6 +235,24 @@ PROTOCOLS["cifar10-cpu"] = replace(
     description="CIFAR-10 on CPU: as cifar10 but the database is 1,000/class = 10,000 train images "
     "(the 500/class training images plus 500/class others, no validation images).",
 )
+
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "query", "database")
+
+
+def shuffle_splits(indices: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Each split's indices in a random order drawn from ``seed``; the members are unchanged.
+
+    The order of a split depends only on ``seed``, the split's name and its members (one
+    random stream per name in :data:`SPLIT_NAMES`, apart from the stream that drew the
+    members), so e.g. the ``train`` split of ``cifar10`` and ``cifar10-cpu`` stay identical.
+    """
+    out = {}
+    for name, idx in indices.items():
+        stream = SPLIT_NAMES.index(name) + 1 if name in SPLIT_NAMES else len(SPLIT_NAMES) + 1
+        rng = np.random.default_rng([int(seed), stream])
+        out[name] = rng.permutation(np.sort(np.asarray(idx, dtype=np.int64)))
+    return out
 
 
 def get_protocol(protocol: str | Protocol) -> Protocol:
@@ -309,6 +334,8 @@ def make_splits(
     ``dataset`` is one :class:`ImageDataset` (with ``groups`` when the protocol names them,
     e.g. ``load_dataset("cifar10")``) or a mapping such as ``{"train": ds, "test": ds}``.
     ``database_per_class`` shrinks the database (see :meth:`Protocol.with_database_per_class`).
+    Every split is in a seeded random order (:func:`shuffle_splits`) unless the protocol says
+    ``shuffle=False`` (then ascending indices); ``meta["order"]`` records which.
     """
     proto = get_protocol(protocol)
     if database_per_class is not None:
@@ -320,16 +347,18 @@ def make_splits(
     )
     indices = {k: pool_idx[v] for k, v in drawn.items()}
     sources = dict.fromkeys(indices, pool_src)
-    views = {k: pool_ds.subset(v) for k, v in indices.items()}
+    parents = dict.fromkeys(indices, pool_ds)
     if proto.query_group is not None:
         q_src, q_ds, q_idx = _pool(dataset, proto.query_group, proto, "queries")
         q = class_balanced_split(
             q_ds.labels[q_idx], {"query": proto.query}, seed, class_names=q_ds.class_names
         )
         indices["query"] = q_idx[q["query"]]
-        sources["query"] = q_src
-        views["query"] = q_ds.subset(indices["query"])
-    order = ("train", "val", "query", "database")
+        sources["query"], parents["query"] = q_src, q_ds
+    order = SPLIT_NAMES
+    if proto.shuffle:
+        indices = shuffle_splits(indices, seed)
+    views = {k: parents[k].subset(indices[k]) for k in order}
     meta = {
         "protocol": proto.name,
         "seed": int(seed),
@@ -341,10 +370,11 @@ def make_splits(
         },
         "sizes": {k: int(len(indices[k])) for k in order},
         "sources": {k: sources[k] for k in order},
+        "order": "shuffled" if proto.shuffle else "sorted",
         "dataset": pool_ds.describe(),
     }
     return Splits(
-        views={k: views[k] for k in order},
+        views=views,
         indices={k: indices[k] for k in order},
         meta=meta,
     )

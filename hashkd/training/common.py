@@ -66,6 +66,43 @@ def encode_split(
     return pack_codes(torch.cat(outs))
 
 
+#: Subtracted from a collapsed epoch's selection score, so that it ranks below every
+#: non-collapsed epoch (mAP lies in [0, 1]).
+COLLAPSED_PENALTY = 2.0
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One validation of a model: tie-robust mAP, position-broken mAP and its codes' health.
+
+    ``map_tie_averaged`` (the expected mAP@K under a random order of equal distances) is the
+    figure that selects checkpoints; ``map`` breaks ties by database position (reported beside
+    it); ``health`` is :func:`hashkd.metrics.code_health` of the model's own codes.
+    """
+
+    map_tie_averaged: float
+    map: float
+    health: dict[str, Any]
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.health["collapsed"])
+
+    def selection_score(self) -> float:
+        """What checkpoint selection maximises: the tie-averaged mAP, minus
+        :data:`COLLAPSED_PENALTY` for collapsed codes (never better than a healthy epoch)."""
+        return self.map_tie_averaged - (COLLAPSED_PENALTY if self.collapsed else 0.0)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-lines log fields of this validation."""
+        return {
+            "val_map": self.map_tie_averaged,
+            "val_map_position": self.map,
+            "val_collapsed": self.collapsed,
+            "val_code_health": self.health,
+        }
+
+
 def validation_map(
     model: nn.Module,
     query: Split,
@@ -74,18 +111,33 @@ def validation_map(
     device: torch.device,
     topk: int = 1000,
     database_codes: np.ndarray | None = None,
-) -> float:
-    """mAP@topk of ``query`` against ``database`` (both coded by ``model`` unless given)."""
-    from hashkd.metrics import mean_average_precision
+    order_seed: int = 0,
+) -> Validation:
+    """Validate ``model``: ``query`` against ``database`` (both coded by ``model`` unless given).
+
+    The database is put in a random order drawn from ``order_seed`` before ranking, so the
+    position-broken ``map`` cannot gain from a class-sorted database; the tie-averaged mAP
+    does not depend on the order. ``health`` describes the model's database codes (its query
+    codes when ``database_codes`` come from another model).
+    """
+    from hashkd.metrics import code_health, evaluate_codes
 
     q = encode_split(model, query, transform, device)
-    d = (
-        database_codes
-        if database_codes is not None
-        else encode_split(model, database, transform, device)
+    own_database = database_codes is None
+    d = encode_split(model, database, transform, device) if own_database else database_codes
+    order = np.random.default_rng(order_seed).permutation(len(database))
+    result = evaluate_codes(
+        q,
+        d[order],
+        query.labels,
+        database.labels[order],
+        topk=min(topk, len(database)),
+        curves=False,
     )
-    return float(
-        mean_average_precision(q, d, query.labels, database.labels, topk=min(topk, len(database)))
+    return Validation(
+        map_tie_averaged=float(result["map_tie_averaged"]),
+        map=float(result["map"]),
+        health=code_health(d if own_database else q),
     )
 
 
@@ -145,25 +197,40 @@ def end_epoch(
     epochs: int,
     val_every: int,
     best: float,
-    validate: Callable[[], float],
+    validate: Callable[[], Validation],
     checkpoint: Callable[[float], dict[str, Any]],
 ) -> float:
     """Validate when due, keep the best model as the run's artifact, log, checkpoint.
 
-    Returns the best validation mAP so far. Only the main process validates and writes.
+    ``best`` is the best :meth:`Validation.selection_score` so far (tie-averaged mAP; a
+    collapsed epoch never beats a healthy one); it is returned updated. The record gets the
+    fields of :meth:`Validation.record` and a collapse warning is printed. Only the main
+    process validates and writes.
     """
+    from hashkd.metrics import collapse_warning
     from hashkd.models import save_artifact
     from hashkd.training.distributed import barrier
 
     epoch = int(record["epoch"])
     improved = False
     if info.is_main and (epoch % val_every == 0 or epoch == epochs):
-        record["val_map"] = validate()
-        if record["val_map"] > best:
-            best, improved = record["val_map"], True
+        result = validate()
+        record.update(result.record())
+        warning = collapse_warning(result.health, f"validation codes at epoch {epoch}")
+        if warning:
+            print(warning, flush=True)
+        if result.selection_score() > best:
+            best, improved = result.selection_score(), True
     if info.is_main:
         if improved or not (run.path / "model.safetensors").exists():
-            model.config.meta.update({"epoch": epoch, "val_map": record.get("val_map")})
+            model.config.meta.update(
+                {
+                    "epoch": epoch,
+                    "val_map": record.get("val_map"),
+                    "val_map_position": record.get("val_map_position"),
+                    "val_collapsed": record.get("val_collapsed"),
+                }
+            )
             save_artifact(model, run.path)
         run.log(record)
         run.save_checkpoint(checkpoint(best))
