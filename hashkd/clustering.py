@@ -1,6 +1,6 @@
 """BRCD's offline stage: k-means on the teacher's codes of the training set.
 
-BRCD (Bit-mask Robust Contrastive KD, WWW 2024; docs in brcd.md) encodes the training
+BRCD (Bit-mask Robust Contrastive KD, He et al., WWW 2024, arXiv:2403.06071) encodes the training
 set with the frozen teacher, clusters the ±1 codes with k-means, and keeps each image's
 cluster label ``c(i)``, the centres, and the per-cluster mean code ``mu_c`` (mean of the
 ±1 codes of the cluster's members). During distillation these give:
@@ -46,7 +46,7 @@ class ClusterError(ValueError):
 def sign_codes(codes: Any) -> np.ndarray:
     """Teacher codes as a float32 ``n x K`` ±1 matrix.
 
-    Accepts packed uint8 codes (``n x K/8``, DESIGN.md layout), ±1 codes, or {0, 1} codes
+    Accepts packed uint8 codes (``n x K/8``, the layout of :mod:`hashkd.codes`), ±1 codes, or {0, 1} codes
     (numpy arrays or torch tensors).
     """
     if hasattr(codes, "detach"):
@@ -120,12 +120,22 @@ class ClusterResult:
     def bit_mask(self, margin: float) -> np.ndarray:
         """``k x K`` bool mask ``m_cj = |mu_cj| > margin``: the bits cluster c agrees on.
 
-        BRCD's intended rule (brcd.md); the reference code's two cancelling ``np.where``
+        BRCD's rule (see docs/losses.md); the released code's two cancelling ``np.where``
         calls, which ship an all-zero mask, are deliberately not reproduced.
         """
         if not 0.0 <= margin < 1.0:
             raise ClusterError(f"margin={margin!r} is not valid: expected a number in [0, 1)")
         return np.abs(self.means) > margin
+
+    def kept_fraction(self, margin: float) -> np.ndarray:
+        """``k`` float64: the fraction of the K bits each cluster's mask keeps at ``margin``
+        (0 for a cluster whose members agree on no bit by more than the margin)."""
+        return self.bit_mask(margin).mean(axis=1, dtype=np.float64)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``k`` int64: the number of training codes in each cluster."""
+        return np.bincount(self.labels, minlength=self.k).astype(np.int64)
 
     def assign(self, codes: Any) -> np.ndarray:
         """Nearest centre (squared L2) of each code: ``n`` int64 labels."""

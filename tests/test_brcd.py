@@ -1,4 +1,4 @@
-"""BRCD against a loop-by-loop numpy oracle of brcd.md and against its invariants."""
+"""BRCD against a loop-by-loop numpy oracle of the BRCD objective (docs/losses.md) and against its invariants."""
 
 from __future__ import annotations
 
@@ -18,9 +18,18 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def oracle_rows(
-    s1, t1, t2, alpha, tau=TAU, clusters=None, masks=None, centres=None, use_filter=False
+    s1,
+    t1,
+    t2,
+    alpha,
+    tau=TAU,
+    clusters=None,
+    masks=None,
+    centres=None,
+    use_filter=False,
+    mask_mode="anchor",
 ):
-    """brcd.md written out with explicit loops (float64 numpy)."""
+    """The BRCD objective written out with explicit loops (float64 numpy)."""
     s1, t1, t2 = (np.asarray(x, dtype=np.float64) for x in (s1, t1, t2))
     bsz = s1.shape[0]
     z = np.concatenate([s1, t2])
@@ -29,7 +38,9 @@ def oracle_rows(
     def sim(a, b):
         if masks is None:
             return cos(z[a], z[b]) / tau
-        m = masks[cz[a]]
+        if mask_mode == "own":  # each vector with its own image's cluster mask
+            return cos(masks[cz[a]] * z[a], masks[cz[b]] * z[b]) / tau
+        m = masks[cz[a]]  # the anchor row's mask on both vectors
         return cos(m * z[a], m * z[b]) / tau
 
     alphas = np.full(bsz, float(alpha))
@@ -110,7 +121,8 @@ def test_all_switches_off_matches_loop_oracle(alpha):
     assert float(value.detach()) == pytest.approx(expected.mean(), rel=1e-10)
 
 
-def test_full_brcd_matches_loop_oracle():
+@pytest.mark.parametrize("mask_mode", ["anchor", "own"])
+def test_full_brcd_matches_loop_oracle(mask_mode):
     result = hand_clusters()
     g = torch.Generator().manual_seed(3)
     c = torch.tensor([0, 1, 0, 1, 1, 0])
@@ -119,7 +131,7 @@ def test_full_brcd_matches_loop_oracle():
     t2 = t1.clone()
     t2[2] = -1.0  # image 2 (cluster 0) is nearest the centre of cluster 1 after augmentation
     s1 = torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result)
+    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result, mask_mode=mask_mode)
     rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
     masks = result.bit_mask(0.5).astype(np.float64)
     expected = oracle_rows(
@@ -131,6 +143,7 @@ def test_full_brcd_matches_loop_oracle():
         masks=masks,
         centres=result.centres,
         use_filter=True,
+        mask_mode=mask_mode,
     )
     np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9)
     offset = loss.offset_mask(t2, c)
@@ -324,3 +337,168 @@ def test_student_with_fewer_bits_gets_a_learned_projection():
     s = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     loss(DistillBatch(s1=s, t1=t1, t2=t2)).backward()
     assert loss.proj.weight.grad is not None and s.grad.abs().sum() > 0
+
+
+# -- bit-mask modes, kept fraction and empty-mask report ---------------------------------------
+
+
+def overlapping_clusters():
+    """Two 4-bit clusters whose masks at margin 0.5 overlap: m0 = 1110, m1 = 0111."""
+    means = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]], dtype=np.float32)
+    return ClusterResult(labels=[0, 1], centres=means, means=means, teacher="hand", seed=0)
+
+
+# B = 2, image 0 in cluster 0, image 1 in cluster 1; Z = [s1_0, s1_1, t2_0, t2_1]
+HAND_S1 = [[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0]]
+HAND_T2 = [[1.0, 1.0, -1.0, -1.0], [-1.0, 1.0, 1.0, -1.0]]
+# anchor: row a masks both vectors with m_c(a) (rows 0, 2 -> m0; rows 1, 3 -> m1); every
+# masked vector has 3 bits of +-1, so each entry is (masked dot product) / 3, worked by hand
+HAND_ANCHOR = [
+    [3, 1, 1, 1],  # m0 1110: s1_1 -> 1-11., t2_0 -> 11-1., t2_1 -> -111.
+    [1, 3, -3, -1],  # m1 0111: s1_0 -> .111, s1_1 -> .-111, t2_0 -> .1-1-1, t2_1 -> .11-1
+    [1, -1, 3, -1],
+    [1, -1, 1, 3],
+]
+# own: s1_0 -> 111., s1_1 -> .-111, t2_0 -> 11-1., t2_1 -> .11-1 (symmetric)
+HAND_OWN = [[3, 0, 1, 2], [0, 3, -2, -1], [1, -2, 3, 0], [2, -1, 0, 3]]
+
+
+@pytest.mark.parametrize(("mask_mode", "hand"), [("anchor", HAND_ANCHOR), ("own", HAND_OWN)])
+def test_mask_modes_on_a_hand_worked_batch(mask_mode, hand):
+    loss = build_loss(
+        "brcd",
+        alpha=0.0,
+        margin=0.5,
+        mask_mode=mask_mode,
+        clusters=overlapping_clusters(),
+        use_cluster_filter=False,
+        use_offset_positive=False,
+    )
+    s1 = torch.tensor(HAND_S1, dtype=torch.float64)
+    t2 = torch.tensor(HAND_T2, dtype=torch.float64)
+    batch = DistillBatch(s1=s1, t1=t2.clone(), t2=t2, cluster=torch.tensor([0, 1]))
+    expected = np.array(hand, dtype=np.float64) / 3.0 / TAU
+    np.testing.assert_allclose(loss.similarity_matrix(batch).numpy(), expected, rtol=1e-12)
+    # row 0's loss by hand: positive S_02, negatives S_01 and S_03 (not itself, not partner)
+    row0 = np.log(np.exp(expected[0, [2, 1, 3]]).sum()) - expected[0, 2]
+    assert float(loss.row_losses(batch)[0]) == pytest.approx(row0, rel=1e-12)
+
+
+def test_mask_modes_share_the_cross_view_positive_and_differ_elsewhere():
+    s1, t1, t2 = random_batch(bsz=6, bits=8, seed=9)
+    c = torch.tensor([0, 1, 0, 1, 1, 0])
+    sims = {}
+    for mode in ("anchor", "own"):
+        loss = build_loss("brcd", margin=0.5, clusters=hand_clusters(), mask_mode=mode)
+        sims[mode] = loss.similarity_matrix(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c)).detach()
+    rows = torch.arange(6)
+    assert torch.allclose(sims["anchor"][rows, rows + 6], sims["own"][rows, rows + 6])
+    assert torch.allclose(sims["own"], sims["own"].t())  # own mode is symmetric
+    same = (torch.cat([c, c])[:, None] == torch.cat([c, c])[None, :]).bool()
+    assert torch.allclose(sims["anchor"][same], sims["own"][same])  # one mask for both
+    assert not torch.allclose(sims["anchor"][~same], sims["own"][~same])
+
+
+def kept_fraction_clusters() -> ClusterResult:
+    """cluster 0: 4 codes, bit means 1, .5, .5, 0; cluster 1: 2 codes agreeing on no bit."""
+    codes = np.array(
+        [
+            [1, 1, 1, 1],
+            [1, 1, -1, 1],
+            [1, -1, 1, -1],
+            [1, 1, 1, -1],
+            [1, -1, 1, -1],
+            [-1, 1, -1, 1],
+        ],
+        dtype=np.float32,
+    )
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    means = cluster_means(codes, labels, 2)
+    np.testing.assert_allclose(means, [[1.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    return ClusterResult(labels=labels, centres=means, means=means, teacher="hand", seed=0)
+
+
+@pytest.mark.parametrize(
+    ("margin", "kept0", "mask0"), [(0.4, 0.75, [1.0, 1.0, 1.0, 0.0]), (0.5, 0.25, [1.0, 0, 0, 0])]
+)
+def test_kept_fraction_and_empty_mask_report_by_hand(margin, kept0, mask0):
+    result = kept_fraction_clusters()
+    np.testing.assert_allclose(result.kept_fraction(margin), [kept0, 0.0])
+    assert result.sizes.tolist() == [4, 2]
+    loss = build_loss("brcd", margin=margin, clusters=result)
+    assert loss.masks.tolist() == [mask0, [1.0, 1.0, 1.0, 1.0]]  # the empty mask keeps all
+    report = loss.report()
+    assert report["margin"] == margin and report["mask_mode"] == "anchor"
+    assert report["kept_fraction"] == [kept0, 0.0]
+    assert report["cluster_sizes"] == [4, 2]
+    assert report["mean_kept_fraction"] == pytest.approx(kept0 / 2)
+    assert report["image_weighted_kept_fraction"] == pytest.approx(kept0 * 4 / 6)
+    assert report["empty_mask_clusters"] == [1] and report["empty_mask_count"] == 1
+    assert "kept all bits" in report["empty_mask_action"]
+    assert report["applied_mean_kept_fraction"] == pytest.approx((kept0 + 1.0) / 2)
+    assert loss.log_fields() == {"mean_kept_fraction": pytest.approx(kept0 / 2), "empty_masks": 1}
+
+
+def test_report_without_empty_masks_says_none():
+    loss = build_loss("brcd", margin=0.5, clusters=hand_clusters())
+    report = loss.report()
+    assert report["kept_fraction"] == [0.5, 0.75]  # cluster 0 keeps bits 0-3, cluster 1 six
+    assert report["empty_mask_count"] == 0 and report["empty_mask_action"] == "none"
+    off = build_loss("brcd", margin=0.5, clusters=hand_clusters(), use_bit_mask=False)
+    assert off.report()["applied_mean_kept_fraction"] == 1.0
+    assert build_loss("brcd", **OFF).report() == {}  # no clusters, nothing to report
+
+
+def test_margin_and_mask_mode_come_through_the_cli_option_parser():
+    from hashkd.cli.distill import _loss_options
+
+    options = _loss_options(["brcd.margin=0.3", "brcd.mask_mode=own"])["brcd"]
+    loss = build_loss("brcd", clusters=kept_fraction_clusters(), **options)
+    assert loss.margin == 0.3 and loss.mask_mode == "own"
+    assert loss.report()["kept_fraction"] == [0.75, 0.0]  # |mu| > 0.3: bits 0, 1, 2
+    for bad in ({"margin": "abc"}, {"margin": 1.0}, {"mask_mode": "both"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_loss("brcd", **bad)
+
+
+def test_a_distillation_run_records_weights_and_the_bit_mask_report(tmp_path):
+    """The trainer writes each loss's weight, its source and BRCD's mask report into
+    run.json and the artifact's config.json, and repeats the mean kept fraction per epoch."""
+    import json
+
+    from hashkd.models import ModelConfig, build_model, save_artifact
+    from hashkd.training.distill import DistillConfig, distill
+    from tests.conftest import TINY_CNN, TINY_VIT
+
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    out = distill(
+        DistillConfig(
+            out=str(tmp_path / "student"),
+            teacher=str(teacher),
+            student=TINY_CNN["backbone"],
+            data="digits",
+            epochs=1,
+            batch_size=32,
+            max_train=96,
+            progress=False,
+            losses=["brcd", "sp"],
+            loss_options={"brcd": {"k": 4, "margin": 0.3, "mask_mode": "own"}},
+        )
+    )
+    setup = json.loads((out / "run.json").read_text())["losses"]
+    assert [(r["loss"], r["weight"]) for r in setup] == [("brcd", 1.0), ("sp", 3000.0)]
+    assert all(r["source"].startswith("default: ") for r in setup)
+    report = setup[0]["report"]
+    assert report["margin"] == 0.3 and report["mask_mode"] == "own" and report["k"] == 4
+    n_train = json.loads((out / "run.json").read_text())["splits"]["sizes"]["train"]
+    assert len(report["kept_fraction"]) == 4 and sum(report["cluster_sizes"]) == n_train
+    assert report["mean_kept_fraction"] == pytest.approx(np.mean(report["kept_fraction"]))
+    empty = [i for i, f in enumerate(report["kept_fraction"]) if f == 0.0]
+    assert report["empty_mask_clusters"] == empty and report["empty_mask_count"] == len(empty)
+    assert "report" not in setup[1]  # sp has no fitted state to report
+    assert json.loads((out / "config.json").read_text())["meta"]["losses"] == setup
+    record = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    assert record["brcd.mean_kept_fraction"] == pytest.approx(report["mean_kept_fraction"])
+    assert record["brcd.empty_masks"] == len(empty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -9,7 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hashkd.losses import DistillBatch, DistillLoss, build_loss, list_losses, register_loss
+from hashkd.losses import (
+    DistillBatch,
+    DistillLoss,
+    build_loss,
+    get_loss_class,
+    list_losses,
+    register_loss,
+    resolve_weights,
+    weight_table,
+)
+from hashkd.losses.rkd import angle_loss
 from hashkd.losses.sp import batch_gram
 
 EXPECTED = {
@@ -234,6 +245,57 @@ def test_rkd_distance_term_matches_brute_force():
     assert float(loss(batch_of(s, t))) == pytest.approx(smooth_l1, rel=1e-6)
 
 
+def rkd_angle_oracle(s: np.ndarray, t: np.ndarray) -> float:
+    """Loop over the B^3 triplets; a triplet is skipped when x_j - x_i or x_k - x_i is zero
+    for either network; the sum is divided by B^3 (the authors' mean over all entries)."""
+    n = s.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            for k in range(n):
+                legs = [x[m] - x[i] for x in (s, t) for m in (j, k)]
+                if any(np.linalg.norm(v) == 0 for v in legs):
+                    continue
+                a_s = legs[0] @ legs[1] / (np.linalg.norm(legs[0]) * np.linalg.norm(legs[1]))
+                a_t = legs[2] @ legs[3] / (np.linalg.norm(legs[2]) * np.linalg.norm(legs[3]))
+                d = abs(a_s - a_t)
+                total += 0.5 * d * d if d < 1 else d - 0.5
+    return total / n**3
+
+
+def test_rkd_angle_term_matches_brute_force_without_and_with_duplicates():
+    g = torch.Generator().manual_seed(8)
+    s = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    # without duplicates: the paper's psi_A with F.normalize over all B^3 entries
+    e_s = F.normalize(s[None] - s[:, None], dim=2)
+    e_t = F.normalize(t[None] - t[:, None], dim=2)
+    paper = F.smooth_l1_loss(e_s @ e_s.transpose(1, 2), e_t @ e_t.transpose(1, 2))
+    assert float(angle_loss(s, t)) == pytest.approx(float(paper), rel=1e-10)
+    assert float(angle_loss(s, t)) == pytest.approx(rkd_angle_oracle(s.numpy(), t.numpy()))
+    s[3], t[4] = s[1], t[0]  # a duplicate student row and another duplicate teacher row
+    assert float(angle_loss(s, t)) == pytest.approx(rkd_angle_oracle(s.numpy(), t.numpy()))
+
+
+def test_rkd_duplicate_codes_give_a_bounded_gradient():
+    """Two images with the same straight-through code: x_j - x_i is 0 up to rounding."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(8, 16, generator=g) * 2
+    logits[5] = logits[2].sign() * torch.rand(16, generator=g)  # same signs, other values
+    p = torch.sigmoid(logits).requires_grad_(True)
+    codes = ste_codes(p)
+    assert torch.equal(codes[5].detach().sign(), codes[2].detach().sign())
+    teacher = torch.randn(8, 16, generator=g).sign()
+    value = build_loss("rkd")(batch_of(codes, teacher))
+    value.backward()
+    assert torch.isfinite(value) and float(p.grad.norm()) < 1.0
+    # the duplicate pair's distance is exactly 0 and the other distances are untouched
+    from hashkd.losses.rkd import normalized_distances
+
+    d = normalized_distances(codes.detach())
+    assert float(d[2, 5]) == 0.0 and bool((d[~torch.eye(8, dtype=torch.bool)] > 0).sum() == 54)
+
+
 # -- compress ---------------------------------------------------------------------------------
 
 
@@ -365,3 +427,117 @@ def test_crd_needs_indices_and_dims():
         loss(batch_of(torch.randn(2, 4), torch.randn(2, 4)))
     with pytest.raises(ValueError, match="outside"):
         loss(batch_of(torch.randn(2, 4), torch.randn(2, 4), index=torch.tensor([0, 10])))
+
+
+# -- every registered loss on the codes training really produces --------------------------------
+
+
+def ste_codes(p: torch.Tensor) -> torch.Tensor:
+    """Straight-through ±1 codes of probabilities p, as ``CIBHashLoss.binarize`` (eval)."""
+    return p + (torch.where(p > 0.5, 1.0, -1.0) - p).detach()
+
+
+def duplicate_logits(bsz: int, bits: int, distinct: int, g: torch.Generator) -> torch.Tensor:
+    """Logits whose signs repeat every ``distinct`` rows while their values all differ."""
+    signs = torch.randn(distinct, bits, generator=g).sign()[torch.arange(bsz) % distinct]
+    return signs * (0.05 + 3.0 * torch.rand(bsz, bits, generator=g))
+
+
+def teacher_codes_for(case: str, bsz: int, bits: int, g: torch.Generator) -> torch.Tensor:
+    if case in ("teacher_all_equal", "both_all_equal"):
+        return torch.ones(bsz, bits)
+    if case == "duplicates_both":
+        return torch.randn(3, bits, generator=g).sign()[torch.arange(bsz) % 3]
+    return torch.randn(bsz, bits, generator=g).sign()
+
+
+STUDENT_DISTINCT = {
+    "student_duplicates": 4,
+    "duplicates_both": 4,
+    "student_all_equal": 1,
+    "teacher_all_equal": None,
+    "both_all_equal": 1,
+}
+
+
+@pytest.mark.parametrize("case", sorted(STUDENT_DISTINCT))
+@pytest.mark.parametrize("name", list_losses())  # a newly registered loss is covered too
+@pytest.mark.parametrize("student_dim", [32, 16])
+def test_every_loss_is_finite_on_duplicate_and_equal_codes(name, case, student_dim):
+    bsz, teacher_dim, n_data = 24, 32, 64
+    g = torch.Generator().manual_seed(11)
+    t1 = teacher_codes_for(case, bsz, teacher_dim, g)
+    t2 = t1.clone()
+    train_codes = torch.randn(n_data, teacher_dim, generator=g).sign()
+    train_codes[:bsz] = t1
+    loss = build_ready(name, student_dim, teacher_dim, n_data, train_codes)
+    index = torch.arange(bsz)
+    distinct = STUDENT_DISTINCT[case]
+    for _ in range(2):  # the second step runs with filled memories (compress, crd)
+        views = [
+            torch.randn(bsz, student_dim, generator=g)
+            if distinct is None
+            else duplicate_logits(bsz, student_dim, distinct, g)
+            for _ in range(2)
+        ]
+        logits = [v.requires_grad_(True) for v in views]
+        p1, p2 = (torch.sigmoid(u) for u in logits)
+        p1.retain_grad()
+        s1, s2 = ste_codes(p1), ste_codes(p2)
+        value = loss(DistillBatch(s1=s1, s2=s2, t1=t1, t2=t2, index=index))
+        assert value.ndim == 0 and torch.isfinite(value), f"{name} on {case}: loss {value}"
+        value.backward()
+        assert p1.grad is not None and logits[0].grad is not None
+        # view 2 is unread by brcd and crd: no gradient there is right
+        grads = [p1.grad, logits[0].grad] + [gr for gr in [logits[1].grad] if gr is not None]
+        for grad in grads:
+            assert torch.isfinite(grad).all()
+            assert float(grad.norm()) < 1e3, f"{name} on {case}: gradient norm {grad.norm()}"
+
+
+# -- default weights ----------------------------------------------------------------------------
+
+
+def test_paper_default_weights():
+    assert get_loss_class("sp").default_weight == 3000.0  # Tung & Mori 2019
+    rkd = build_loss("rkd")
+    weight = get_loss_class("rkd").default_weight
+    assert (weight * rkd.w_dist, weight * rkd.w_angle) == (25.0, 50.0)  # Park et al. 2019
+    assert get_loss_class("crd").default_weight == 0.8  # Tian et al. 2020
+    for name in list_losses():
+        cls = get_loss_class(name)
+        assert cls.default_weight > 0 and cls.default_weight_note
+
+
+def test_default_weights_table_in_docs_matches_the_registry():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text()
+    section = text.split("### Default weights", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0] in list_losses():
+            rows[cells[0]] = float(cells[1])
+    assert rows == {n: get_loss_class(n).default_weight for n in list_losses()}
+
+
+def test_resolve_weights_and_weight_table():
+    assert resolve_weights(["sp", "crd"]) == [3000.0, 0.8]
+    assert resolve_weights(["sp", "crd"], [1, 2]) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="2 losses"):
+        resolve_weights(["sp", "crd"], [1.0])
+    table = weight_table(["sp", "align"])
+    assert [r["weight"] for r in table] == [3000.0, 1.0]
+    assert "Tung & Mori" in table[0]["source"] and "sweep" in table[1]["source"]
+    assert weight_table(["sp"], [2.0])[0] == {"loss": "sp", "weight": 2.0, "source": "--weights"}
+
+
+def test_distill_help_lists_every_registered_loss_and_its_weight():
+    from hashkd.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["distill"].format_help().split())
+    for name in list_losses():
+        assert f"{name} ({get_loss_class(name).default_weight:g})" in text

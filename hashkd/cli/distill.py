@@ -37,13 +37,30 @@ def _weights(text: str | None) -> list[float] | None:
         ) from None
 
 
+class _LossHelpFormatter(argparse.HelpFormatter):
+    """Lists the registered losses and their default weights under ``--loss``.
+
+    The registry is read only when help is printed: importing it loads torch, which every
+    other ``hashkd`` command would otherwise pay for at start-up.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "--loss" in action.option_strings:
+            from hashkd.losses import describe_losses
+
+            text += ". Registered (default weight): " + describe_losses().replace("%", "%%")
+        return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "distill",
+        formatter_class=_LossHelpFormatter,
         help="distil a teacher into a compact student (BRCD and other KD losses)",
         description="Train a compact timm student to reproduce a frozen teacher's codes. The student keeps its "
-        "own CIBHash term (unless --no-cib) plus the weighted KD losses of --loss. Losses: brcd, align, sp, "
-        "relative_teacher, absolute_teacher, rkd, compress, lsh, crd (see docs/losses.md).",
+        "own CIBHash term (unless --no-cib) plus the weighted KD losses of --loss (listed with their "
+        "default weights under --loss; see docs/losses.md).",
     )
     p.add_argument(
         "--teacher",
@@ -68,13 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         default=None,
-        help="one weight per loss, comma-separated (default: each loss's own)",
+        help="one weight per loss, comma-separated (default: each loss's documented default "
+        "weight, listed under --loss and written to the run's metadata)",
     )
     p.add_argument(
         "--loss-opt",
         action="append",
         metavar="LOSS.OPTION=VALUE",
-        help="a loss option, repeatable: e.g. brcd.alpha=0.8, brcd.k=10, brcd.use_bit_mask=false",
+        help="a loss option, repeatable: e.g. brcd.alpha=0.8, brcd.k=10, brcd.margin=0.3, "
+        "brcd.mask_mode=own, brcd.use_bit_mask=false",
     )
     p.add_argument(
         "--no-cib", action="store_true", help="drop the student's own CIBHash term (KD losses only)"

@@ -11,14 +11,25 @@ Every module here registers itself with ``@register_loss(name)``; importing it i
 
 from hashkd.losses import align, brcd, compress, crd, lsh, metric_teacher, rkd, sp  # noqa: F401
 from hashkd.losses.base import DistillBatch, DistillLoss, as_sign_tensor
-from hashkd.losses.registry import build_loss, get_loss_class, list_losses, register_loss
+from hashkd.losses.registry import (
+    build_loss,
+    describe_losses,
+    get_loss_class,
+    list_losses,
+    register_loss,
+    resolve_weights,
+    weight_table,
+)
 
 __all__ = [
     "DistillBatch",
     "DistillLoss",
     "as_sign_tensor",
     "build_loss",
+    "describe_losses",
     "get_loss_class",
     "list_losses",
     "register_loss",
+    "resolve_weights",
+    "weight_table",
 ]

@@ -13,8 +13,8 @@ from hashkd.losses.registry import register_loss
 class AlignLoss(DistillLoss):
     """Same-view code alignment: ``L = mean_i (1 - cos(s_i, t_i))``.
 
-    The baseline losses.md calls "kd on codes"; it is what the released BRCD script
-    effectively runs, because its bit mask is all zeros (brcd.md, "Defects"). Averaged
+    The baseline docs/losses.md calls "kd on codes"; it is what the released BRCD script
+    effectively runs, because its bit mask is all zeros. Averaged
     over the views present (``(s1, t1)`` and ``(s2, t2)``). 0 when the student equals the
     teacher up to a positive scale, 2 when it is its opposite.
 

@@ -91,7 +91,7 @@ class DistillBatch:
 def as_sign_tensor(codes: Any) -> torch.Tensor:
     """Teacher codes for :meth:`DistillLoss.fit` as a float32 ``N x K`` tensor.
 
-    Accepts packed uint8 codes (``N x K/8``, DESIGN.md layout) or any real ``N x K`` array
+    Accepts packed uint8 codes (``N x K/8``, the layout of :mod:`hashkd.codes`) or any real ``N x K`` array
     or tensor (±1 codes, features).
     """
     if isinstance(codes, np.ndarray) and codes.dtype == np.uint8:
@@ -123,8 +123,13 @@ class DistillLoss(nn.Module):
     teacher_dim)`` projection of the student side (``self.proj``).
     """
 
-    #: weight suggested for ``total = task_loss + weight * loss`` (see docs/losses.md)
+    #: weight used in ``total = L_cib + sum_i w_i L_i`` when ``--weights`` is not given
+    #: (the table in docs/losses.md lists every loss's value and where it comes from)
     default_weight: ClassVar[float] = 1.0
+    #: where ``default_weight`` comes from: the paper's value, or why there is none
+    default_weight_note: ClassVar[str] = (
+        "no value in the paper for this setting: choose it by a sweep on a validation split"
+    )
     #: True when the loss compares student and teacher vectors coordinate-wise
     needs_same_dim: ClassVar[bool] = False
     #: DistillBatch fields the loss cannot do without (besides its input pair)
@@ -156,6 +161,15 @@ class DistillLoss(nn.Module):
         (or packed uint8 ``N x K/8``), row ``i`` for dataset index ``i``;
         ``teacher_features``: optional ``N x d_t`` backbone features in the same order.
         """
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready facts about the state :meth:`fit` set up, for the run's metadata
+        (default: nothing to report; BRCD reports its bit masks)."""
+        return {}
+
+    def log_fields(self) -> dict[str, float]:
+        """A few scalars of :meth:`report` worth repeating in every epoch's log record."""
+        return {}
 
     # -- helpers for subclasses ---------------------------------------------------------
     def pairs(self, batch: DistillBatch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,5 +1,5 @@
 """BRCD: Bit-mask Robust Contrastive Knowledge Distillation for unsupervised semantic
-hashing (WWW 2024), as specified in brcd.md — the method, not the reference script."""
+hashing (He, Huang, Liu, Chen, Wang, Sha, Wang; WWW 2024; arXiv:2403.06071)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hashkd.clustering import DEFAULT_CANDIDATES, ClusterResult, cluster_teacher_codes
 from hashkd.losses.base import DistillBatch, DistillLoss, as_sign_tensor
 from hashkd.losses.registry import register_loss
+
+#: how a row's similarities are masked: with the anchor row's cluster mask on both vectors,
+#: or each vector with the mask of its own image's cluster
+MASK_MODES = ("anchor", "own")
+EMPTY_MASK_ACTION = "kept all bits (an empty mask would erase the row)"
 
 
 @register_loss("brcd")
@@ -41,13 +47,17 @@ class BRCDLoss(DistillLoss):
       to its nearest centre ``c'(k)``; if ``c'(k) != c(k)``, ``alpha_k = 1`` (the
       cross-view positive is dropped for that image). Off: ``alpha_k = alpha``.
     - ``use_bit_mask``: ``m_cj = 1[|mu_cj| > margin]`` (mu_c = mean ±1 teacher code of
-      cluster c; the intended rule, not the reference code's all-zero mask). Row-specific
-      definition used here: every similarity of row a is computed on the bits of the
-      anchor's cluster, ``cos_a(x, y) = cos(m_{c(a)} * x, m_{c(a)} * y)``, for the
-      cross-view positive and all negatives; rows k and B+k share c(k), so the
-      cross-view positive is the same for both. The same-view term is never masked.
-      A cluster agreeing on no bit keeps all its bits (an empty mask would erase the row).
-      Off: plain cosine.
+      cluster c). ``mask_mode`` says which mask a similarity uses, for the cross-view
+      positive and all negatives (the same-view term is never masked):
+
+      * ``"anchor"`` (default): every similarity of row a is computed on the bits of the
+        anchor's cluster, ``cos_a(x, y) = cos(m_{c(a)} * x, m_{c(a)} * y)``;
+      * ``"own"``: each vector is masked with its own image's cluster,
+        ``S_ab = cos(m_{c(a)} * Z_a, m_{c(b)} * Z_b)`` (symmetric).
+
+      Rows k and B+k share c(k), so the cross-view positive is the same in both modes.
+      A cluster agreeing on no bit keeps all its bits (an empty mask would erase the
+      row); :meth:`report` says which clusters that happened to. Off: plain cosine.
 
     With all switches off and ``alpha = 0`` this is exactly NT-Xent between ``s1`` and
     ``t2`` (SimCLR's loss across the two code spaces). Gradients reach the student only.
@@ -58,12 +68,16 @@ class BRCDLoss(DistillLoss):
     ``set_clusters(ClusterResult)``; ``clusters=`` accepts a result or a saved directory.
     A learned ``Linear(student_dim, teacher_dim)`` projection when code lengths differ.
     Defaults: alpha 0.5 (reference script 0.8), tau 0.3, margin 0.5 (reference; 0.1
-    masks about 14% of the bits). Example: ``build_loss("brcd", alpha=0.5, k=10,
-    teacher="runs/teacher")``.
+    masks about 14% of the bits), mask_mode "anchor". Example:
+    ``build_loss("brcd", alpha=0.5, k=10, teacher="runs/teacher")``.
     """
 
     needs_same_dim = True
     requires = ("t2",)
+    default_weight_note = (
+        "1: BRCD adds its term to the student's hashing loss unweighted; "
+        "not re-tuned here, confirm by a validation sweep"
+    )
 
     def __init__(
         self,
@@ -73,6 +87,7 @@ class BRCDLoss(DistillLoss):
         use_offset_positive: bool = True,
         use_bit_mask: bool = True,
         margin: float = 0.5,
+        mask_mode: str = "anchor",
         k: int | None = None,
         k_candidates: Sequence[int] = DEFAULT_CANDIDATES,
         k_method: str = "silhouette",
@@ -87,14 +102,20 @@ class BRCDLoss(DistillLoss):
             raise ValueError(f"alpha={alpha!r} is not valid: expected a number in [0, 1]")
         if tau <= 0:
             raise ValueError(f"tau={tau!r} is not valid: expected a positive temperature")
-        if not 0.0 <= margin < 1.0:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
             raise ValueError(f"margin={margin!r} is not valid: expected a number in [0, 1)")
+        if mask_mode not in MASK_MODES:
+            raise ValueError(
+                f"mask_mode={mask_mode!r} is not valid: expected one of {', '.join(MASK_MODES)}"
+            )
         self.alpha = float(alpha)
         self.tau = float(tau)
         self.use_cluster_filter = bool(use_cluster_filter)
         self.use_offset_positive = bool(use_offset_positive)
         self.use_bit_mask = bool(use_bit_mask)
         self.margin = float(margin)
+        self.mask_mode = mask_mode
+        self.mask_report: dict[str, Any] = {}
         self.k = k
         self.k_candidates = tuple(k_candidates)
         self.k_method = k_method
@@ -139,10 +160,51 @@ class BRCDLoss(DistillLoss):
         device = self.centres.device if self.centres is not None else torch.device("cpu")
         self.cluster_labels = torch.as_tensor(result.labels, dtype=torch.long, device=device)
         self.centres = torch.as_tensor(result.centres, dtype=torch.float32, device=device)
-        masks = torch.as_tensor(result.bit_mask(self.margin), dtype=torch.float32, device=device)
-        empty = masks.sum(dim=1) == 0
-        masks[empty] = 1.0  # a cluster that agrees on no bit keeps them all
-        self.masks = masks
+        rule = result.bit_mask(self.margin)
+        empty = ~rule.any(axis=1)
+        masks = torch.as_tensor(rule | empty[:, None], dtype=torch.float32, device=device)
+        self.masks = masks  # a cluster that agrees on no bit keeps them all (reported)
+        self.mask_report = self._mask_report(result, rule, empty)
+
+    def _mask_report(
+        self, result: ClusterResult, rule: np.ndarray, empty: np.ndarray
+    ) -> dict[str, Any]:
+        kept = result.kept_fraction(self.margin)
+        sizes = result.sizes
+        applied = (rule | empty[:, None]).mean(axis=1) if self.use_bit_mask else np.ones(result.k)
+        return {
+            "use_bit_mask": self.use_bit_mask,
+            "mask_mode": self.mask_mode,
+            "margin": self.margin,
+            "k": result.k,
+            "bits": result.bits,
+            "cluster_sizes": sizes.tolist(),
+            "kept_fraction": [round(float(f), 6) for f in kept],
+            "mean_kept_fraction": float(kept.mean()),
+            "image_weighted_kept_fraction": float((kept * sizes).sum() / max(int(sizes.sum()), 1)),
+            "empty_mask_clusters": np.flatnonzero(empty).tolist(),
+            "empty_mask_count": int(empty.sum()),
+            "empty_mask_action": (
+                "none"
+                if not empty.any()
+                else EMPTY_MASK_ACTION
+                if self.use_bit_mask
+                else "none (bit mask off)"
+            ),
+            "applied_mean_kept_fraction": float(applied.mean()),
+        }
+
+    def report(self) -> dict[str, Any]:
+        """The bit masks at this margin: per-cluster kept fraction, means, empty masks."""
+        return dict(self.mask_report)
+
+    def log_fields(self) -> dict[str, float]:
+        if not self.mask_report:
+            return {}
+        return {
+            "mean_kept_fraction": round(self.mask_report["mean_kept_fraction"], 6),
+            "empty_masks": self.mask_report["empty_mask_count"],
+        }
 
     # -- pieces of the objective -----------------------------------------------------------
     def batch_clusters(self, batch: DistillBatch) -> torch.Tensor:
@@ -190,7 +252,9 @@ class BRCDLoss(DistillLoss):
         self, s1: torch.Tensor, t2: torch.Tensor, c: torch.Tensor | None
     ) -> torch.Tensor:
         z = torch.cat([s1, t2.to(s1)], dim=0)
-        if not self.use_bit_mask:
+        if self.use_bit_mask and self.mask_mode == "own":
+            z = self.masks.to(z)[torch.cat([c, c])] * z  # each vector with its own cluster's bits
+        if not self.use_bit_mask or self.mask_mode == "own":
             zn = F.normalize(z, dim=1, eps=1e-8)
             return zn @ zn.t() / self.tau
         w = self.masks.to(z)[torch.cat([c, c])] ** 2  # anchor row's mask, squared: cos(m*x, m*y)

@@ -50,6 +50,7 @@ class CRDLoss(DistillLoss):
 
     requires = ("index",)
     default_weight = 0.8
+    default_weight_note = "Tian et al. 2020: beta = 0.8 for the CRD term"
 
     def __init__(
         self,

@@ -38,6 +38,9 @@ class LSHLoss(DistillLoss):
     """
 
     needs_same_dim = True
+    default_weight_note = (
+        "1: the paper's beta = 6 is already inside the loss; confirm by a validation sweep"
+    )
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ decorate the class, import the module in ``hashkd/losses/__init__.py``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from hashkd.losses.base import DistillLoss
@@ -61,3 +61,31 @@ def build_loss(name: str, **kwargs: Any) -> DistillLoss:
                 f"loss {name!r} has no option {', '.join(map(repr, unknown))}: expected some of {', '.join(allowed)}"
             )
     return cls(**kwargs)
+
+
+def resolve_weights(names: Sequence[str], weights: Sequence[float] | None = None) -> list[float]:
+    """One weight per loss: ``weights`` when given, else each loss's ``default_weight``."""
+    if weights is not None:
+        if len(weights) != len(names):
+            raise ValueError(
+                f"{len(weights)} weights were given for {len(names)} losses: expected one weight per loss"
+            )
+        return [float(w) for w in weights]
+    return [float(get_loss_class(name).default_weight) for name in names]
+
+
+def weight_table(
+    names: Sequence[str], weights: Sequence[float] | None = None
+) -> list[dict[str, Any]]:
+    """Each loss's weight and where it came from, for a run's log and metadata."""
+    table = []
+    for name, weight in zip(names, resolve_weights(names, weights), strict=True):
+        cls = get_loss_class(name)
+        source = "--weights" if weights is not None else f"default: {cls.default_weight_note}"
+        table.append({"loss": name, "weight": weight, "source": source})
+    return table
+
+
+def describe_losses() -> str:
+    """``name (default weight w)`` for every registered loss, for help texts."""
+    return ", ".join(f"{n} ({get_loss_class(n).default_weight:g})" for n in list_losses())

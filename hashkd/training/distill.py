@@ -15,6 +15,7 @@ teacher (:mod:`hashkd.training.teacher`).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from hashkd.codes import check_bits, codes_to_signs
-from hashkd.losses import DistillBatch, build_loss, get_loss_class
+from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
+from hashkd.losses.run_report import epoch_log_fields, loss_setup
 from hashkd.models import ModelConfig, build_model, load_artifact
 from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
@@ -183,7 +185,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         "seed": cfg.seed,
         "protocol": data.protocol,
     }
-    weights = cfg.weights or [get_loss_class(n).default_weight for n in cfg.losses]
+    weights = resolve_weights(cfg.losses, cfg.weights)  # each loss's default_weight if None
     t_eval_tf = data.eval_transform(tcfg)
     s_eval_tf = data.eval_transform(scfg)
 
@@ -193,6 +195,13 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     losses = build_losses(cfg, scfg.bits, tcfg.bits, len(data.train)).to(info.device)
     for loss in losses:
         loss.fit(torch.from_numpy(codes_to_signs(teacher_train_codes)))
+
+    # what the losses run with (weights, their source, BRCD's bit masks): metadata + log
+    losses_meta = loss_setup(cfg.losses, cfg.weights, list(losses))
+    loss_fields = epoch_log_fields(cfg.losses, list(losses))
+    student.config.meta["losses"] = losses_meta
+    if info.is_main:
+        print(json.dumps({"losses": losses_meta}), flush=True)
     cib = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
     optimizer = torch.optim.Adam(trainable_parameters([student, losses]), lr=cfg.lr)
 
@@ -208,6 +217,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             "config": asdict(cfg),
             "splits": data.summary(),
             "teacher_config": tcfg.to_dict(),
+            "losses": losses_meta,
         },
     )
 
@@ -291,6 +301,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             bar.set_postfix(loss=f"{float(total.detach()):.4f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "elapsed_s": round(timer.elapsed(), 2)}
         record.update({k: all_reduce_mean(v / max(count, 1), info) for k, v in sums.items()})
+        record.update(loss_fields)
         best = end_epoch(
             run,
             info,
