@@ -10,7 +10,7 @@ queries), each tie-averaged (the headline: the expected mAP under a random order
 Hamming distances) with the position-broken value beside it; precision within Hamming radius
 2 (symmetric); the health of the student's database codes (distinct codes, bit balance,
 largest bucket; a warning when collapsed); the loss weight used; the BRCD kept-bit fraction
-(from the run metadata's ``brcd_mask``, "-" when absent); training and wall time; student
+(from the run metadata's ``losses`` rows, "-" when absent); training and wall time; student
 parameters and encode throughput.
 
     python scripts/bench_distill.py --teacher 64=runs/teacher_vit6_64 --data cifar10 \
@@ -40,7 +40,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hashkd.data.transforms import eval_transform  # noqa: E402
-from hashkd.losses.registry import get_loss_class  # noqa: E402
 from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
@@ -93,36 +92,24 @@ def student_dir(out: Path, bits: int, name: str, seed: int) -> Path:
     )
 
 
-def loss_weights(losses: Sequence[str]) -> list[float]:
-    """The weight of each KD loss of a row: the loss's default, as ``distill`` applies it."""
-    return [float(get_loss_class(n).default_weight) for n in losses]
+def recorded_losses(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The loss rows the trainer wrote into the student's metadata (``hashkd.losses.run_report``)."""
+    rows = meta.get("losses")
+    return rows if isinstance(rows, list) else []
 
 
-def kept_bit_fraction(mask_meta: Any) -> float | None:
-    """The mean fraction of bits BRCD's mask keeps, from a run's ``brcd_mask`` metadata.
+def loss_weights(meta: dict[str, Any]) -> list[float]:
+    """The weight each KD loss of a run was trained with, as the run recorded it."""
+    return [float(row["weight"]) for row in recorded_losses(meta) if "weight" in row]
 
-    Accepts a number, a list of per-cluster fractions, or a dict holding either under
-    ``kept_fraction`` (or ``mean_kept_fraction``); None when absent or unreadable.
-    """
-    if isinstance(mask_meta, dict):
-        for key in ("mean_kept_fraction", "kept_fraction"):
-            if key in mask_meta:
-                return kept_bit_fraction(mask_meta[key])
-        return None
-    if isinstance(mask_meta, (int, float)) and not isinstance(mask_meta, bool):
-        return float(mask_meta)
-    if isinstance(mask_meta, list) and mask_meta:
-        values = [kept_bit_fraction(v) for v in mask_meta]
-        return None if None in values else float(np.mean(values))
+
+def kept_bit_fraction(meta: dict[str, Any]) -> float | None:
+    """BRCD's mean kept-bit fraction at the run's margin; None for runs without BRCD."""
+    for row in recorded_losses(meta):
+        report = row.get("report") or {}
+        if row.get("loss") == "brcd" and isinstance(report.get("mean_kept_fraction"), (int, float)):
+            return float(report["mean_kept_fraction"])
     return None
-
-
-def run_brcd_mask(sdir: Path, meta: dict[str, Any]) -> Any:
-    """The ``brcd_mask`` entry of a student run: the artifact's meta or the run's run.json."""
-    if "brcd_mask" in meta:
-        return meta["brcd_mask"]
-    run_json = sdir / "run.json"
-    return json.loads(run_json.read_text()).get("brcd_mask") if run_json.is_file() else None
 
 
 def health_summary(codes: np.ndarray) -> dict[str, Any]:
@@ -184,14 +171,14 @@ def train_row(
         "bits": bits,
         "model": name,
         "seed": seed,
-        "weights": loss_weights(losses),
+        "weights": loss_weights(student.config.meta),
         "map_sym": sym["map_tie_averaged"],
         "map_sym_position": sym["map"],
         "map_asym": asym["map_tie_averaged"],
         "map_asym_position": asym["map"],
         "p_r2": sym["precision_at_radius"],
         "health": health_summary(sdb),
-        "brcd_kept": kept_bit_fraction(run_brcd_mask(sdir, student.config.meta)),
+        "brcd_kept": kept_bit_fraction(student.config.meta),
         "train_s": round(train_s, 1),
         "wall_s": round(wall_s, 1),
         "params": sum(p.numel() for p in student.parameters()),

@@ -93,7 +93,8 @@ def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
         assert 0.0 <= r["health"]["bit_balance"] <= 0.5
         expected_weights = [get_loss_class("brcd").default_weight] if r["model"] == BRCD else []
         assert r["weights"] == expected_weights
-        assert r["brcd_kept"] is None or (r["model"] == BRCD and 0.0 <= r["brcd_kept"] <= 1.0)
+        assert (r["brcd_kept"] is not None) == (r["model"] == BRCD)
+        assert r["brcd_kept"] is None or 0.0 < r["brcd_kept"] <= 1.0
     # the seeds draw different splits and students
     by_seed = {r["seed"]: r for r in rows if r["model"] == BRCD}
     assert by_seed[0]["map_sym"] != by_seed[1]["map_sym"]
@@ -173,17 +174,18 @@ def test_table_marks_collapse_and_shows_kept_bits(tmp_path):
     assert "BRCD: + bit mask (full): codes collapsed" not in text
 
 
+BRCD_ROW = {"loss": "brcd", "weight": 1.0, "report": {"mean_kept_fraction": 0.4375}}
+
+
 @pytest.mark.parametrize(
-    ("meta", "expected"),
+    ("meta", "weights", "kept"),
     [
-        (None, None),
-        (0.25, 0.25),
-        ([0.5, 1.0], 0.75),
-        ({"kept_fraction": [0.25, 0.75, 0.5]}, 0.5),
-        ({"mean_kept_fraction": 0.4, "kept_fraction": [1.0]}, 0.4),
-        ({"empty_mask": True}, None),
-        (True, None),
+        ({}, [], None),
+        ({"losses": [{"loss": "sp", "weight": 3000.0, "source": "default"}]}, [3000.0], None),
+        ({"losses": [BRCD_ROW]}, [1.0], 0.4375),
+        ({"losses": [{"loss": "brcd", "weight": 2.0, "report": {}}]}, [2.0], None),
     ],
 )
-def test_kept_bit_fraction_reads_the_brcd_mask_metadata(meta, expected):
-    assert bench.kept_bit_fraction(meta) == expected
+def test_weights_and_kept_fraction_come_from_the_recorded_losses(meta, weights, kept):
+    assert bench.loss_weights(meta) == weights
+    assert bench.kept_bit_fraction(meta) == kept
