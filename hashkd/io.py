@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,15 +104,22 @@ def atomic_open(
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], object]) -> Path:
     """Call ``writer(tmp_path)`` (e.g. ``safetensors.torch.save_file``), then replace ``path`` with it.
 
-    For writers that take a file name. Writers that take a file object use :func:`atomic_open`:
+    For writers that take a file name. A writer that creates its own file there (safetensors
+    makes it ``0o600``) still leaves a file with the umask's permissions. Writers that take a
+    file object use :func:`atomic_open`:
     ``with atomic_open(path) as f: torch.save(state, f)``.
     """
     target = Path(path)
     tmp, fd = _create_temp(target)
-    os.close(fd)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
     try:
         writer(str(tmp))
         with open(tmp, "rb+") as f:  # the writer may have closed without fsync
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) != mode:
+                os.chmod(tmp, mode)  # the writer made its own file (safetensors: 0o600)
             os.fsync(f.fileno())
         _publish(tmp, target)
     except BaseException:

@@ -203,6 +203,30 @@ def test_writers_that_need_the_suffix_or_a_file_object(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["codes.npy", "state.pt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_writer_that_makes_its_own_private_file_still_gets_the_umask_permissions(tmp_path, umask):
+    from safetensors.torch import load_file, save_file
+
+    def private_writer(tmp: str) -> None:  # as a library writing via its own temp file would
+        os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"private")
+        os.close(fd)
+
+    old = os.umask(umask)
+    try:
+        hashkd.io.atomic_write(tmp_path / "a.bin", private_writer)
+        state = {"w": torch.arange(4.0)}
+        hashkd.io.atomic_write(tmp_path / "m.safetensors", lambda tmp: save_file(state, tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").read_bytes() == b"private"
+    assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], state["w"])
+    for name in ("a.bin", "m.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "m.safetensors"]
+
+
 def test_atomic_move_publishes_a_staged_file(tmp_path, monkeypatch):
     staging = tmp_path / ".stage"
     staging.mkdir()
