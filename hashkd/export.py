@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hashkd.io import atomic_move, atomic_write, atomic_write_json
 from hashkd.models.artifact import CONFIG_NAME, WEIGHTS_NAME, load_artifact, read_config
 from hashkd.models.hash_model import HashModel
 from hashkd.runtime.backends import EXPORT_FILES, export_entry, file_sha256, open_backend
@@ -162,18 +163,8 @@ def _run_check(
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=True))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a config is not a secret
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _atomic_copy(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copy2(src, tmp))
 
 
 def _export_files(raw: dict, fmt: str) -> list[str]:
@@ -273,16 +264,16 @@ def export_model(
             )
         # Publish: weights and listed exports first, then the config that lists them.
         if not in_place:
-            shutil.copy2(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
+            _atomic_copy(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
             for other in EXPORT_FORMATS:
                 if other == fmt:
                     continue
                 for name in _export_files(raw, other):
                     if (src / name).is_file():
-                        shutil.copy2(src / name, out / name)
+                        _atomic_copy(src / name, out / name)
         extra_files = []
         for f in staging.iterdir():
-            os.replace(f, out / f.name)
+            atomic_move(f, out / f.name)
             if f.name != EXPORT_FILES[fmt]:
                 extra_files.append(f.name)
     finally:
@@ -308,5 +299,5 @@ def export_model(
     exports = _kept_exports(raw, out, entry["weights_sha256"])
     exports[fmt] = entry
     new_raw["exports"] = exports
-    _write_json(out / CONFIG_NAME, new_raw)
+    atomic_write_json(out / CONFIG_NAME, new_raw)
     return entry

@@ -25,14 +25,17 @@ version, sizes or CRC-32 checksums do not match raises ``IndexFileError``.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import secrets
 import struct
-import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -61,10 +64,69 @@ def npy_load(data: bytes, name: str, path: str) -> np.ndarray:
         ) from None
 
 
+# ------------------------------------------------------------------ atomic replacement of a file
+# The same semantics as ``hashkd.io.atomic_open`` (indexes must stay importable without hashkd):
+# a unique hidden temporary file beside the target with the permissions of a plain open() under
+# the umask, flush + fsync, os.replace over the target, fsync of the directory; on any failure
+# the temporary file is removed and the target untouched. tests/test_atomic_write.py runs the
+# same cases over both copies.
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
+
+def _create_temp(target: Path) -> tuple[Path, int]:
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp{target.suffix}")
+        try:
+            return tmp, os.open(tmp, _OPEN_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(target))
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory file descriptors (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems refuse fsync on a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
+    """A binary file object that replaces ``path`` atomically when the ``with`` block ends."""
+    if mode != "wb":
+        raise ValueError(f"mode={mode!r} is not valid: expected 'wb'")
+    target = Path(path)
+    tmp, fd = _create_temp(target)
+    try:
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_directory(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_index_file(
     path: str | os.PathLike[str], header: dict[str, Any], sections: dict[str, bytes]
 ) -> Path:
-    """Write ``header`` and ``sections`` to ``path`` atomically: temp file, fsync, rename, fsync dir."""
+    """Write ``header`` and ``sections`` to ``path`` atomically (:func:`atomic_open`)."""
     path = Path(path)
     header = dict(header)
     header["sections"] = [
@@ -75,27 +137,11 @@ def write_index_file(
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise FileNotFoundError(2, "directory does not exist", str(directory))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)))
-            fh.write(head)
-            for data in sections.values():
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return path
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    with atomic_open(path) as fh:
+        fh.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)))
+        fh.write(head)
+        for data in sections.values():
+            fh.write(data)
     return path
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,33 +31,13 @@ from typing import Any
 import numpy as np
 
 import indexes
+from hashkd.io import atomic_write_text, fsync_directory
 from indexes.errors import IndexFileError
 from service.store import ItemStore, StoreError
 
 log = logging.getLogger("service.catalog")
 
 SNAPSHOT_NAME = "snapshot.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Catalog:
@@ -201,8 +180,8 @@ class Catalog:
         seq = self.store.last_seq()
         name = f"index-{seq}.bin"
         index.save(self.index_dir / name)
-        _fsync_dir(self.index_dir)
-        _atomic_write_text(
+        fsync_directory(self.index_dir)
+        atomic_write_text(
             self.index_dir / SNAPSHOT_NAME,
             json.dumps(
                 {

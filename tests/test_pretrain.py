@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 
 import numpy as np
 import pytest
@@ -17,10 +18,9 @@ from hashkd.training.pretrain import (
     build_ssl_model,
     knn_accuracy,
     lr_at,
-    moco_contrastive,
     read_log,
-    simclr_loss,
 )
+from hashkd.training.ssl import moco_contrastive, simclr_loss
 from tests.conftest import TINY_VIT
 
 KW = "depth=1,embed_dim=48,num_heads=2"  # patch_size=4 is added by the CLI below 64 px
@@ -174,6 +174,93 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     a, b = load_file(str(straight)), load_file(str(stopped))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+#: The checkpoint format written by every version of ``hashkd pretrain`` so far (kept stable so
+#: that a running job's checkpoint resumes after an upgrade).
+OLD_CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "step",
+    "steps_per_epoch",
+    "elapsed_s",
+    "rng",
+    "config",
+}
+
+
+def test_checkpoint_of_the_earlier_format_resumes_exactly(tmp_path):
+    """A checkpoint built by hand as the earlier trainer wrote it (step 0) resumes to a straight run."""
+    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert _pretrain(straight, "--epochs", "2") == 0
+    written = torch.load(f"{straight}.ckpt.pt", weights_only=True)
+    assert set(written) == OLD_CHECKPOINT_KEYS
+    assert {k.split(".")[0] for k in written["model"]} == {"backbone", "projector"}
+
+    # The earlier trainer's state at its first step: seeded init, AdamW with decay on matrices
+    # only (two groups, in named_parameters order), the global RNG that draws the augmentations.
+    cfg = PretrainConfig(
+        out=str(resumed),
+        backbone=TINY_VIT["backbone"],
+        backbone_kwargs={"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 4},
+        seed=3,
+    )
+    torch.manual_seed(3)
+    model = build_ssl_model(cfg)[0]
+    rng = torch.get_rng_state()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in named if p.ndim > 1], "weight_decay": 0.05},
+            {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
+    old = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": 0,
+        "steps_per_epoch": 96 // 32,
+        "elapsed_s": 0.0,
+        "rng": rng,
+        "config": {"backbone": TINY_VIT["backbone"], "method": "simclr"},
+    }
+    torch.save(old, f"{resumed}.ckpt.pt")
+    assert _pretrain(resumed, "--epochs", "2", "--resume") == 0
+    assert [r["epoch"] for r in read_log(resumed)] == [1, 2]
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_outputs_have_the_permissions_of_a_plain_write(weights):
+    reference = weights.with_name("plain.txt")
+    reference.write_text("x")
+    mode = stat.S_IMODE(reference.stat().st_mode)
+    for name in ("w.safetensors", "w.safetensors.json", "w.safetensors.ckpt.pt"):
+        assert stat.S_IMODE(weights.with_name(name).stat().st_mode) == mode, name
+    assert sorted(p.name for p in weights.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_small_images_get_4_pixel_patches_on_plain_vits_only():
+    from hashkd.training.pretrain import small_image_kwargs
+
+    assert small_image_kwargs("vit_tiny_patch16_224", 32, {"depth": 1}) == {
+        "depth": 1,
+        "patch_size": 4,
+    }
+    assert small_image_kwargs("vit_tiny_patch16_224", 32, {"patch_size": 8}) == {"patch_size": 8}
+    assert small_image_kwargs("vit_tiny_patch16_224", 64, {}) == {}
+    assert small_image_kwargs("vit_tiny_r_s16_p8_224", 32, {}) == {}  # ResNet-stem hybrid
+    assert small_image_kwargs("resnet18", 32, {}) == {}
+
+
+def test_cli_method_names_are_the_ssl_methods():
+    from hashkd.training import PRETRAIN_METHODS
+    from hashkd.training.ssl import SSL_METHODS
+
+    assert tuple(SSL_METHODS) == PRETRAIN_METHODS
 
 
 @pytest.mark.parametrize("method", ["simclr", "mocov3"])

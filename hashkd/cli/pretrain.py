@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from hashkd.cli._common import non_negative_int, parse_kwargs, positive_int
 
@@ -154,21 +153,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hashkd.training.pretrain import PretrainConfig, pretrain
+    from hashkd.training.pretrain import PretrainConfig, pretrain, small_image_kwargs
 
-    kwargs = parse_kwargs(args.backbone_kwargs)
-    hybrid = (
-        re.search(r"_r\d*_s\d+_", args.backbone) is not None
-    )  # ResNet-stem hybrids: patch_size is on the stem map
-    if (
-        args.backbone.startswith("vit_")
-        and not hybrid
-        and "patch_size" not in kwargs
-        and args.img_size < 64
-    ):
-        kwargs["patch_size"] = (
-            4  # as train-teacher: 16 px patches would leave a 32 px image 4 tokens
-        )
+    kwargs = small_image_kwargs(args.backbone, args.img_size, parse_kwargs(args.backbone_kwargs))
     cfg = PretrainConfig(
         out=args.out,
         data=args.data,

@@ -239,6 +239,25 @@ def end_epoch(
     return best
 
 
+def training_state(
+    modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """The state dict of each module (under its name) and the optimiser's, for a checkpoint."""
+    return {
+        **{name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer
+) -> None:
+    """Load what :func:`training_state` saved back into ``modules`` and ``optimizer``."""
+    for name, m in modules.items():
+        m.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+
+
 def checkpoint_state(
     modules: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
@@ -248,8 +267,7 @@ def checkpoint_state(
 ) -> dict[str, Any]:
     """What a resumable checkpoint holds: tensors and plain values only (weights_only loadable)."""
     return {
-        **{name: m.state_dict() for name, m in modules.items()},
-        "optimizer": optimizer.state_dict(),
+        **training_state(modules, optimizer),
         "epoch": int(epoch),
         "best_map": float(best),
         "generator": gen.get_state(),
@@ -261,8 +279,6 @@ def resume_from(
 ) -> tuple[int, float]:
     """Restore a :func:`checkpoint_state` from ``run``; returns (epochs done, best val mAP)."""
     state = run.load_checkpoint()
-    for name, m in modules.items():
-        m.load_state_dict(state[name])
-    optimizer.load_state_dict(state["optimizer"])
+    restore_training_state(state, modules, optimizer)
     gen.set_state(state["generator"])
     return int(state["epoch"]), float(state["best_map"])

@@ -2,34 +2,24 @@
 
 The teacher of the reference setting is a frozen, large-scale pretrained ViT with only a
 linear hash head trained. A user without pretrained weights for their domain gets such a
-backbone from their own unlabeled images with one of two methods:
-
-* ``simclr`` -- SimCLR (Chen, Kornblith, Norouzi, Hinton, ICML 2020): two augmented views,
-  backbone -> projection MLP ``g`` (Linear-BN-ReLU-Linear) -> ``z``, NT-Xent loss
-
-      l(i, j) = -log exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)
-
-  over the 2N views of the batch (under torchrun the negatives of every process are
-  gathered with a differentiable all-gather, so the loss sees the global batch).
-* ``mocov3`` -- MoCo v3 (Chen, Xie, He, ICCV 2021; the recipe recommended for ViTs):
-  a query encoder (backbone, 3-layer projector, 2-layer predictor) and a momentum encoder
-  (EMA of backbone and projector, momentum ``m`` rising to 1 on a cosine schedule), loss
-  ``ctr(q1, k2) + ctr(q2, k1)`` with ``ctr(q, k) = 2 tau * CE(q k^T / tau, diag)``; keys are
-  gathered from every process.
-
-Augmentation is the SimCLR CIFAR one, stronger than the hashing views: RandomResizedCrop
-scale (0.2, 1), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2,
-no blur at 32 px (SimCLR appendix B.9). Optimiser: AdamW with linear warm-up and a cosine
+backbone from their own unlabeled images with SimCLR or MoCo v3 (the methods, their losses
+and views: :mod:`hashkd.training.ssl`). Optimiser: AdamW with linear warm-up and a cosine
 decay per step.
 
-Outputs, for ``out = WEIGHTS.safetensors``:
+The run's log and checkpoint go through the shared :class:`~hashkd.training.run_dir.RunDir`
+(atomic checkpoint, JSON-lines log) and :func:`~hashkd.training.common.training_state`;
+every file is replaced atomically (:mod:`hashkd.io`). Outputs, for
+``out = WEIGHTS.safetensors``:
 
 * ``WEIGHTS.safetensors`` -- the BACKBONE state dict only, with timm's own key names, so
   :func:`hashkd.models.build_model` (``--weights``) loads it;
 * ``WEIGHTS.safetensors.json`` -- its description: backbone, backbone_kwargs, img_size,
   method, epochs, data, seed, hashkd version (read by ``build_model``);
 * ``WEIGHTS.safetensors.ckpt.pt`` -- the resumable checkpoint (tensors and plain values only,
-  read back with ``torch.load(weights_only=True)``);
+  read back with ``torch.load(weights_only=True)``): ``model`` (the state dict of
+  :class:`~hashkd.training.ssl.SimCLR` / ``MoCoV3``), ``optimizer``, ``step``,
+  ``steps_per_epoch``, ``elapsed_s``, ``rng``, ``config`` -- the format of every earlier version,
+  so an older run's checkpoint resumes;
 * ``WEIGHTS.safetensors.log.jsonl`` -- one JSON object per epoch (and per mid-epoch checkpoint).
 
 kNN accuracy (``knn_eval``) is the usual sanity figure of SSL features (weighted k-NN of
@@ -39,13 +29,10 @@ with weight ``exp(s / 0.07)``.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
+import re
 import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,21 +40,36 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hashkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from hashkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from hashkd.io import atomic_write, atomic_write_json
 from hashkd.training import PRETRAIN_METHODS as METHODS
-from hashkd.training.common import Split, Timer, seed_everything
+from hashkd.training.common import (
+    Timer,
+    restore_training_state,
+    seed_everything,
+    training_state,
+)
 from hashkd.training.distributed import (
     DistInfo,
     all_reduce_mean,
     barrier,
     cleanup,
     init_distributed,
+)
+from hashkd.training.run_dir import RunDir
+from hashkd.training.ssl import (
+    MoCoV3,
+    SimCLR,
+    TwoViews,
+    backbone_features,
+    knn_accuracy,
+    ssl_model,
+    ssl_transform,
 )
 
 
@@ -150,6 +152,22 @@ class PretrainConfig:
             )
 
 
+def small_image_kwargs(backbone: str, img_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``patch_size=4`` for a plain ViT below 64 px, unless it names a patch size.
+
+    16 px patches would leave a 32 px image 4 tokens (as ``train-teacher`` does). timm's
+    ResNet-stem hybrids (``vit_tiny_r_s16_p8_224``, ...) are left alone: their ``patch_size``
+    applies to the stem's feature map.
+    """
+    hybrid = re.search(r"_r\d*_s\d+_", backbone) is not None
+    if backbone.startswith("vit_") and not hybrid and "patch_size" not in kwargs and img_size < 64:
+        return {**kwargs, "patch_size": 4}
+    return dict(kwargs)
+
+
+# --------------------------------------------------------------------------- files
+
+
 def side_paths(out: str | Path) -> dict[str, Path]:
     """The files written next to the weights file ``out``."""
     out = Path(out)
@@ -167,256 +185,20 @@ def snapshot_path(out: str | Path, epoch: int) -> Path:
     return out.with_name(f"{out.stem}-epoch{int(epoch):03d}{out.suffix}")
 
 
-# --------------------------------------------------------------------------- augmentations
-
-
-def ssl_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """SimCLR's CIFAR augmentation (module docstring); the normalisation of the hash models."""
-    return train_transform(
-        img_size,
-        mean,
-        std,
-        crop_scale=(0.2, 1.0),
-        jitter=(0.4, 0.4, 0.4, 0.1),
-        jitter_p=0.8,
-        gray_p=0.2,
-        blur_p=0.0,
+def run_dir(out: str | Path, is_main: bool = True) -> RunDir:
+    """The run directory of the weights file ``out``: its folder, checkpoint and log beside it."""
+    paths = side_paths(out)
+    return RunDir(
+        paths["weights"].parent,
+        is_main,
+        checkpoint_name=paths["checkpoint"].name,
+        log_name=paths["log"].name,
     )
 
 
-class _TwoViews(Dataset):
-    def __init__(self, source, indices: np.ndarray, transform):
-        self.source, self.indices, self.transform = source, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        img = self.source.load_image(int(self.indices[i]))
-        return self.transform(img), self.transform(img)
-
-
-# --------------------------------------------------------------------------- heads and losses
-
-
-def mlp(
-    in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_bn: bool = False
-) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a Linear (the SimCLR / MoCo v3 projector and predictor)."""
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        dim = hidden
-    mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
-    if last_bn:
-        mods.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*mods)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward sums every process's gradient and returns this process's slice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.n = x.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[dist.get_rank() * ctx.n : (dist.get_rank() + 1) * ctx.n]
-
-
-def _gather(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    if differentiable:
-        return _GatherWithGrad.apply(x)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """NT-Xent of SimCLR over the global batch: each local view against all 2 W N views but itself.
-
-    With one process this is exactly :func:`hashkd.training.cibhash.nt_xent`.
-    """
-    n = z1.shape[0]
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    q = F.normalize(torch.cat([z1, z2]), dim=1)  # local rows, 2n
-    a1 = F.normalize(_gather(z1, True), dim=1)
-    a2 = F.normalize(_gather(z2, True), dim=1)
-    keys = torch.cat([a1, a2])  # 2 W n
-    big = a1.shape[0]
-    sim = q @ keys.t() / tau
-    own = torch.arange(n, device=q.device) + rank * n
-    self_cols = torch.cat([own, own + big])
-    partner = torch.cat([own + big, own])
-    sim[torch.arange(2 * n, device=q.device), self_cols] = float("-inf")
-    return F.cross_entropy(sim, partner)
-
-
-def moco_contrastive(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
-    """MoCo v3's ``ctr(q, k) = 2 tau * CE(q k^T / tau, positives on the diagonal)`` with gathered keys."""
-    q = F.normalize(q, dim=1)
-    k = F.normalize(_gather(k.detach(), False), dim=1)
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    labels = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]
-    return F.cross_entropy(q @ k.t() / tau, labels) * (2 * tau)
-
-
-class SimCLR(nn.Module):
-    """Backbone + projection MLP; ``forward(x1, x2)`` returns the NT-Xent loss."""
-
-    def __init__(self, backbone: nn.Module, feat_dim: int, hidden: int, out_dim: int, tau: float):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = mlp(feat_dim, hidden, out_dim, layers=2)
-        self.tau = tau
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        z = self.projector(self.backbone(torch.cat([x1, x2])))
-        z1, z2 = z.chunk(2)
-        return simclr_loss(z1, z2, self.tau)
-
-
-class MoCoV3(nn.Module):
-    """Query encoder (backbone, projector, predictor) and a momentum encoder (EMA)."""
-
-    def __init__(self, backbone: nn.Module, feat_dim: int, hidden: int, out_dim: int, tau: float):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = mlp(feat_dim, hidden, out_dim, layers=3, last_bn=True)
-        self.predictor = mlp(out_dim, hidden, out_dim, layers=2, last_bn=True)
-        self.momentum_backbone = copy.deepcopy(backbone)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in list(self.momentum_backbone.parameters()) + list(
-            self.momentum_projector.parameters()
-        ):
-            p.requires_grad_(False)
-        self.tau = tau
-
-    @torch.no_grad()
-    def update_momentum(self, m: float) -> None:
-        for online, ema in (
-            (self.backbone, self.momentum_backbone),
-            (self.projector, self.momentum_projector),
-        ):
-            for p, q in zip(online.parameters(), ema.parameters(), strict=True):
-                q.mul_(m).add_(p.detach(), alpha=1 - m)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x1, x2])
-        q1, q2 = self.predictor(self.projector(self.backbone(x))).chunk(2)
-        with torch.no_grad():
-            k1, k2 = self.momentum_projector(self.momentum_backbone(x)).chunk(2)
-        return moco_contrastive(q1, k2, self.tau) + moco_contrastive(q2, k1, self.tau)
-
-
-def build_ssl_model(cfg: PretrainConfig) -> tuple[nn.Module, nn.Module]:
-    """``(ssl_model, backbone)`` for ``cfg`` (the backbone is built exactly as the hash models build it)."""
-    from hashkd.models import ModelConfig, build_model
-
-    mcfg = ModelConfig(
-        backbone=cfg.backbone,
-        bits=8,
-        img_size=cfg.img_size,
-        backbone_kwargs=dict(cfg.backbone_kwargs),
-    )
-    hm = build_model(mcfg)
-    backbone, dim = hm.backbone, hm.feature_dim
-    cls = SimCLR if cfg.method == "simclr" else MoCoV3
-    return cls(backbone, dim, cfg.proj_hidden, cfg.proj_dim, cfg.tau), backbone
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then half-cosine decay to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def momentum_at(step: int, total: int, base: float) -> float:
-    """MoCo v3 / BYOL momentum schedule: ``1 - (1 - m0)(cos(pi t / T) + 1) / 2``."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(1.0, step / max(1, total))) + 1.0) / 2.0
-
-
-# --------------------------------------------------------------------------- kNN sanity figure
-
-
-def knn_accuracy(
-    train_f: np.ndarray,
-    train_y: np.ndarray,
-    test_f: np.ndarray,
-    test_y: np.ndarray,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-) -> float:
-    """Top-1 accuracy of the weighted cosine k-NN classifier (Wu et al. 2018; DINO's eval_knn)."""
-    tr = F.normalize(torch.as_tensor(train_f, dtype=torch.float32), dim=1)
-    te = F.normalize(torch.as_tensor(test_f, dtype=torch.float32), dim=1)
-    ytr = torch.as_tensor(train_y, dtype=torch.long)
-    c = int(num_classes or (max(int(ytr.max()), int(np.max(test_y))) + 1))
-    k = min(k, tr.shape[0])
-    correct = 0
-    for s in range(0, te.shape[0], 1024):
-        sim = te[s : s + 1024] @ tr.t()
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], c).scatter_add_(1, ytr[idx], (top / temperature).exp())
-        correct += int((votes.argmax(1).numpy() == np.asarray(test_y[s : s + 1024])).sum())
-    return correct / max(1, te.shape[0])
-
-
-@torch.no_grad()
-def backbone_features(
-    backbone: nn.Module, split: Split, transform, device: torch.device, batch_size: int = 256
-) -> np.ndarray:
-    from hashkd.training.views import EvalDataset
-
-    was = backbone.training
-    backbone.eval()
-    loader = DataLoader(EvalDataset(split.source, split.indices, transform), batch_size=batch_size)
-    out = np.concatenate([backbone(x.to(device)).float().cpu().numpy() for x, _ in loader])
-    backbone.train(was)
-    return out
-
-
-def knn_eval(backbone: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
-    """kNN accuracy: the protocol's labeled training split votes for its query split."""
-    from hashkd.data.splits import primary_class
-    from hashkd.training.data_setup import prepare_data
-
-    data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed)
-    tf = eval_transform(cfg.img_size, IMAGENET_MEAN, IMAGENET_STD)
-    ftr = backbone_features(backbone, data.train, tf, device)
-    fte = backbone_features(backbone, data.query, tf, device)
-    ytr, yte = primary_class(data.train.labels), primary_class(data.query.labels)
-    return {
-        "knn_acc": knn_accuracy(ftr, ytr, fte, yte, k=cfg.knn_k),
-        "knn_train": len(ytr),
-        "knn_query": len(yte),
-    }
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def read_log(out: str | Path) -> list[dict[str, Any]]:
+    """The records of ``OUT.log.jsonl`` (empty before the first epoch)."""
+    return run_dir(out, is_main=False).read_log()
 
 
 def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any]) -> None:
@@ -427,7 +209,7 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
 
     paths = side_paths(cfg.out)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    _atomic(
+    atomic_write(
         paths["weights"],
         lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}),
     )
@@ -446,19 +228,80 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
         "config": asdict(cfg),
         **extra,
     }
-    _atomic(
-        paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(desc, indent=2, sort_keys=True))
+    atomic_write_json(paths["json"], desc)
+
+
+def keep_snapshot(out: str | Path, epoch: int) -> None:
+    """Copy the weights and description just written for ``out`` to the ``--keep-every`` names."""
+    src, dst = side_paths(out), side_paths(snapshot_path(out, epoch))
+    for kind in ("weights", "json"):
+        atomic_write(dst[kind], lambda tmp, s=src[kind]: shutil.copyfile(s, tmp))
+
+
+# --------------------------------------------------------------------------- model and schedule
+
+
+def build_ssl_model(cfg: PretrainConfig) -> tuple[SimCLR | MoCoV3, nn.Module]:
+    """``(ssl_model, backbone)`` for ``cfg`` (the backbone is built exactly as the hash models build it)."""
+    from hashkd.models import ModelConfig, build_model
+
+    mcfg = ModelConfig(
+        backbone=cfg.backbone,
+        bits=8,
+        img_size=cfg.img_size,
+        backbone_kwargs=dict(cfg.backbone_kwargs),
+    )
+    hm = build_model(mcfg)
+    model = ssl_model(
+        cfg.method,
+        hm.backbone,
+        hm.feature_dim,
+        hidden=cfg.proj_hidden,
+        out_dim=cfg.proj_dim,
+        tau=cfg.tau,
+        momentum=cfg.momentum,
+    )
+    return model, hm.backbone
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only (not on biases and norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
     )
 
 
-def _log(cfg: PretrainConfig, record: dict[str, Any]) -> None:
-    with open(side_paths(cfg.out)["log"], "a") as f:
-        f.write(json.dumps({"time": round(time.time(), 3), **record}, sort_keys=True) + "\n")
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def read_log(out: str | Path) -> list[dict[str, Any]]:
-    p = side_paths(out)["log"]
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
+# --------------------------------------------------------------------------- kNN sanity figure
+
+
+def knn_eval(backbone: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
+    """kNN accuracy: the protocol's labeled training split votes for its query split."""
+    from hashkd.data.splits import primary_class
+    from hashkd.training.data_setup import prepare_data
+
+    data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed)
+    tf = eval_transform(cfg.img_size, IMAGENET_MEAN, IMAGENET_STD)
+    ftr = backbone_features(backbone, data.train, tf, device)
+    fte = backbone_features(backbone, data.query, tf, device)
+    ytr, yte = primary_class(data.train.labels), primary_class(data.query.labels)
+    return {
+        "knn_acc": knn_accuracy(ftr, ytr, fte, yte, k=cfg.knn_k),
+        "knn_train": len(ytr),
+        "knn_query": len(yte),
+    }
 
 
 # --------------------------------------------------------------------------- data
@@ -497,6 +340,58 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+# --------------------------------------------------------------------------- checkpoint and resume
+
+
+def checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: PretrainConfig,
+    step: int,
+    steps_per_epoch: int,
+    elapsed_s: float,
+) -> dict[str, Any]:
+    """The resumable state after ``step`` optimiser steps (module docstring: keep these keys)."""
+    return {
+        **training_state({"model": model}, optimizer),
+        "step": int(step),
+        "steps_per_epoch": int(steps_per_epoch),
+        "elapsed_s": float(elapsed_s),
+        "rng": torch.get_rng_state(),  # the augmentation stream (one process)
+        "config": {"backbone": cfg.backbone, "method": cfg.method},
+    }
+
+
+def resume(
+    run: RunDir,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: PretrainConfig,
+    steps_per_epoch: int,
+    info: DistInfo,
+) -> tuple[int, float]:
+    """Restore the checkpoint of ``run``; returns (steps done, seconds spent before)."""
+    state = run.load_checkpoint()
+    saved = state["config"]
+    if saved["backbone"] != cfg.backbone or saved["method"] != cfg.method:
+        raise ValueError(
+            f"--resume: the checkpoint is for {saved['backbone']!r} / {saved['method']!r}, "
+            f"not {cfg.backbone!r} / {cfg.method!r}"
+        )
+    if state["steps_per_epoch"] != steps_per_epoch:
+        raise ValueError(
+            f"--resume: the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
+            f"{steps_per_epoch}: expected the same data, batch size and process count"
+        )
+    restore_training_state(state, {"model": model}, optimizer)
+    step = int(state["step"])
+    if "rng" in state and not info.enabled:
+        torch.set_rng_state(state["rng"])  # the augmentation stream continues where it stopped
+    else:  # one process's RNG state is saved: each rank draws a fresh stream
+        torch.manual_seed(cfg.seed * 1_000_003 + info.rank * 7_919 + step)
+    return step, float(state.get("elapsed_s", 0.0))
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -510,10 +405,19 @@ def pretrain(cfg: PretrainConfig) -> Path:
         cleanup(info)
 
 
+def _stop_requested(cfg: PretrainConfig, timer: Timer, info: DistInfo) -> bool:
+    """Whether ``--time-limit`` has passed (the same answer on every rank)."""
+    over = cfg.time_limit_min is not None and timer.elapsed() > 60 * cfg.time_limit_min
+    if info.enabled:
+        flag = torch.tensor([1.0 if over else 0.0])
+        dist.all_reduce(flag)
+        over = flag.item() > 0
+    return over
+
+
 def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
-    paths = side_paths(cfg.out)
-    if info.is_main:
-        paths["weights"].parent.mkdir(parents=True, exist_ok=True)
+    run = run_dir(cfg.out, is_main=info.is_main)
+    weights = side_paths(cfg.out)["weights"]
     seed_everything(cfg.seed + info.rank)
     ds, pool = pretrain_pool(cfg)
     world_batch = cfg.batch_size * info.world_size
@@ -522,70 +426,34 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
             f"batch-size={cfg.batch_size} x {info.world_size} processes is more than the "
             f"{len(pool)} images of {cfg.data!r}: expected a smaller batch"
         )
-    steps_per_epoch = (
-        len(pool) // world_batch
-    )  # drop_last: every process sees the same number of steps
+    steps_per_epoch = len(pool) // world_batch  # drop_last: every process, the same steps
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, backbone = build_ssl_model(cfg)
     model.to(info.device)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
+    optimizer = build_optimizer(model, cfg)
     step, elapsed_before = 0, 0.0
     if cfg.resume:
-        if not paths["checkpoint"].is_file():
-            raise ValueError(
-                f"--resume was given but {str(paths['checkpoint'])!r} does not exist: expected the "
-                "checkpoint of an earlier run with the same --out"
-            )
-        state = torch.load(paths["checkpoint"], map_location="cpu", weights_only=True)
-        if state["config"]["backbone"] != cfg.backbone or state["config"]["method"] != cfg.method:
-            raise ValueError(
-                f"--resume: the checkpoint is for {state['config']['backbone']!r} / "
-                f"{state['config']['method']!r}, not {cfg.backbone!r} / {cfg.method!r}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
-        if "rng" in state and not info.enabled:
-            torch.set_rng_state(state["rng"])  # the augmentation stream continues where it stopped
-        else:  # one process's RNG state is saved: each rank draws a fresh stream
-            torch.manual_seed(cfg.seed * 1_000_003 + info.rank * 7_919 + step)
-        if state["steps_per_epoch"] != steps_per_epoch:
-            raise ValueError(
-                f"--resume: the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
-                f"{steps_per_epoch}: expected the same data, batch size and process count"
-            )
+        step, elapsed_before = resume(run, model, optimizer, cfg, steps_per_epoch, info)
         if step >= total_steps:
             if info.is_main:
                 print(f"pretraining in {cfg.out} already finished {step // steps_per_epoch} epochs")
-            return paths["weights"]
+            return weights
     ddp = DDP(model) if info.enabled else model
     transform = ssl_transform(cfg.img_size)
     timer = Timer()
 
-    def checkpoint(epoch_done: bool) -> None:
-        if not info.is_main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "steps_per_epoch": steps_per_epoch,
-            "elapsed_s": elapsed_before + timer.elapsed(),
-            "rng": torch.get_rng_state(),
-            "config": {"backbone": cfg.backbone, "method": cfg.method},
-        }
-        _atomic(paths["checkpoint"], lambda tmp: torch.save(state, tmp))
+    def elapsed() -> float:
+        return round(elapsed_before + timer.elapsed(), 2)
+
+    def save() -> None:  # main process only
+        run.save_checkpoint(
+            checkpoint(
+                model, optimizer, cfg, step, steps_per_epoch, elapsed_before + timer.elapsed()
+            )
+        )
         save_backbone(
             backbone,
             cfg,
@@ -593,20 +461,22 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         )
 
     stop = False
+    lr = cfg.lr
     while step < total_steps and not stop:
         epoch = step // steps_per_epoch
         start = (step % steps_per_epoch) * world_batch
         order = epoch_order(len(pool), cfg.seed, epoch)[: steps_per_epoch * world_batch]
         mine = order[start:].view(-1, info.world_size, cfg.batch_size)[:, info.rank].reshape(-1)
+        # The loader gets its own generator and keeps the global RNG for the augmentations
+        # alone, so that a resumed run draws exactly the views of an uninterrupted one.
         loader = DataLoader(
-            _TwoViews(ds, pool[mine.numpy()], transform),
+            TwoViews(ds, pool[mine.numpy()], transform),
             batch_size=cfg.batch_size,
             shuffle=False,
             num_workers=cfg.num_workers,
             drop_last=True,
             generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )  # keeps the global RNG
-        # for the augmentations alone, so that a resumed run draws exactly the views of an uninterrupted one
+        )
         model.train()
         total, count = 0.0, 0
         bar = tqdm(
@@ -625,72 +495,63 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if isinstance(model, MoCoV3):
-                model.update_momentum(momentum_at(step, total_steps, cfg.momentum))
+            model.after_step(step, total_steps)
             step += 1
             total += float(loss.item())
             count += 1
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-            over = cfg.time_limit_min is not None and timer.elapsed() > 60 * cfg.time_limit_min
-            if info.enabled:  # every rank stops at the same step
-                flag = torch.tensor([1.0 if over else 0.0])
-                dist.all_reduce(flag)
-                over = flag.item() > 0
-            if over:
+            if _stop_requested(cfg, timer, info):
                 stop = True
                 break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
-                checkpoint(False)
+            mid_epoch = step % steps_per_epoch != 0
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and mid_epoch:
                 if info.is_main:
-                    _log(
-                        cfg,
-                        {
-                            "event": "checkpoint",
-                            "step": step,
-                            "epoch_float": round(step / steps_per_epoch, 4),
-                            "loss": total / max(1, count),
-                            "elapsed_s": round(elapsed_before + timer.elapsed(), 2),
-                        },
-                    )
+                    save()
+                run.log(
+                    {
+                        "event": "checkpoint",
+                        "step": step,
+                        "epoch_float": round(step / steps_per_epoch, 4),
+                        "loss": total / max(1, count),
+                        "elapsed_s": elapsed(),
+                    }
+                )
         loss_mean = all_reduce_mean(total / max(count, 1), info)
+        epoch_done = step % steps_per_epoch == 0
         record: dict[str, Any] = {
-            "event": "epoch" if step % steps_per_epoch == 0 else "stopped",
-            "epoch": step // steps_per_epoch if step % steps_per_epoch == 0 else None,
+            "event": "epoch" if epoch_done else "stopped",
+            "epoch": step // steps_per_epoch if epoch_done else None,
             "epoch_float": round(step / steps_per_epoch, 4),
             "step": step,
             "loss": loss_mean,
             "lr": lr,
             "images_seen": step * world_batch,
-            "elapsed_s": round(elapsed_before + timer.elapsed(), 2),
+            "elapsed_s": elapsed(),
         }
         if info.is_main:
-            checkpoint(True)
+            save()
             if cfg.keep_every and record["epoch"] and record["epoch"] % cfg.keep_every == 0:
-                snap = side_paths(snapshot_path(cfg.out, record["epoch"]))
-                for kind in ("weights", "json"):  # the files checkpoint(True) has just written
-                    _atomic(snap[kind], lambda tmp, src=paths[kind]: shutil.copyfile(src, tmp))
+                keep_snapshot(cfg.out, record["epoch"])
             last = step >= total_steps or stop
             if cfg.knn_eval and (
                 last or (cfg.knn_every and record["epoch"] and record["epoch"] % cfg.knn_every == 0)
             ):
                 record.update(knn_eval(backbone, cfg, info.device))
-            _log(cfg, record)
+            run.log(record)
             print(json.dumps(record), flush=True)
         barrier(info)
-    return paths["weights"]
+    return weights
 
 
 __all__ = [
     "METHODS",
     "PretrainConfig",
-    "pretrain",
-    "simclr_loss",
-    "moco_contrastive",
-    "knn_accuracy",
     "build_ssl_model",
-    "side_paths",
-    "read_log",
-    "ssl_transform",
+    "knn_accuracy",
     "lr_at",
-    "momentum_at",
+    "pretrain",
+    "read_log",
+    "side_paths",
+    "small_image_kwargs",
+    "snapshot_path",
 ]
