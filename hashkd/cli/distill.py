@@ -122,6 +122,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backbone-weights", default=None, help="local weights file for the student backbone"
     )
+    p.add_argument(
+        "--student-weights",
+        default=None,
+        metavar="PATH.safetensors",
+        help="start the student's backbone from `hashkd pretrain` weights; every tensor must match "
+        "--student and --student-kwargs (unlike --backbone-weights, which loads what fits)",
+    )
     p.add_argument("--freeze-backbone", action="store_true", help="train only the student's head")
     p.add_argument(
         "--view-bank",
@@ -132,7 +139,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(0 = augment online and run the teacher every step)",
     )
     add_data_arguments(p)
+    p.add_argument(
+        "--pool",
+        default=None,
+        metavar="SPEC",
+        help="distil on an unlabeled pool instead of the training split: 'all', a group of --data "
+        "('train': CIFAR-10's 50,000 training images), or an image source ('digits', "
+        "'cifar10[:PATH]', a folder of images, a list file) with an optional '@GROUP'; the "
+        "validation images and queries are always left out (docs/distill.md)",
+    )
     add_training_arguments(p, lr=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate per step: constant, or cosine decay to 0 at the last step (default constant)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="linear warm-up over the first N epochs (fractions allowed; default 0)",
+    )
     p.set_defaults(func=run)
 
 
@@ -158,14 +187,18 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         pretrained=args.pretrained,
         backbone_weights=args.backbone_weights,
+        student_weights=args.student_weights,
         freeze_backbone=args.freeze_backbone,
         data=args.data,
+        pool=args.pool,
         root=args.root,
         protocol=args.protocol,
         seed=args.seed,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
         tau=args.tau,
         beta=args.beta,
         view_bank=args.view_bank,

@@ -90,12 +90,49 @@ def _timm_backbone(cfg: ModelConfig, pretrained: bool) -> nn.Module:
         return timm.create_model(cfg.backbone, pretrained=pretrained, **kwargs)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
+def _key_list(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def check_exact_match(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: str | Path
+) -> None:
+    """Raise :class:`ModelError` naming the keys where ``state`` and ``own`` differ.
+
+    Keys missing from the file, keys the backbone does not have, and keys whose shapes
+    differ are all named (the first few of each kind, with the count of the rest).
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    problems = [
+        f"missing {_key_list(missing)}" if missing else "",
+        f"unexpected {_key_list(unexpected)}" if unexpected else "",
+        f"shape mismatch {_key_list(shapes)}" if shapes else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ModelError(
+            f"weights file {str(path)!r} does not match the backbone: {'; '.join(problems)}: "
+            "expected weights written for this backbone and these backbone arguments"
+        )
+
+
+def load_backbone_weights(
+    backbone: nn.Module, path: str | Path, strict: bool = False
+) -> dict[str, list[str]]:
     """Load a local weights file into ``backbone`` (classifier weights are ignored).
 
     Accepts safetensors, or a PyTorch/timm checkpoint read with ``weights_only=True``
     (a bare state dict, or one under ``state_dict`` / ``model`` / ``backbone``).
-    Returns the missing and unexpected keys; raises :class:`ModelError` when nothing matches.
+    Returns the missing and unexpected keys; raises :class:`ModelError` when nothing matches,
+    or, with ``strict``, when any key is missing, unexpected or of another shape
+    (:func:`check_exact_match`).
     """
     path = Path(path)
     if not path.is_file():
@@ -123,6 +160,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, li
                 k = k[len(prefix) :]
         cleaned[k] = v
     own = backbone.state_dict()
+    if strict:
+        check_exact_match(own, cleaned, path)
     usable = {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ModelError(
@@ -136,13 +175,19 @@ class HashModel(nn.Module):
     """timm backbone + hash head. ``forward`` returns the K real-valued logits."""
 
     def __init__(
-        self, config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None
+        self,
+        config: ModelConfig,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        strict_weights: bool = False,
     ):
         super().__init__()
         self.config = config
         self.backbone = _timm_backbone(config, pretrained)
         if weights is not None:
-            self.weights_report = load_backbone_weights(self.backbone, weights)
+            self.weights_report = load_backbone_weights(
+                self.backbone, weights, strict=strict_weights
+            )
         dim = self.feature_dim
         if config.head == "linear":
             self.head: nn.Module = nn.Linear(dim, config.bits)
@@ -210,9 +255,16 @@ class HashModel(nn.Module):
 
 
 def build_model(
-    config: ModelConfig, pretrained: bool = False, weights: str | Path | None = None
+    config: ModelConfig,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    strict_weights: bool = False,
 ) -> HashModel:
-    """Build a :class:`HashModel`; ``weights`` is a local backbone weights file."""
+    """Build a :class:`HashModel`; ``weights`` is a local backbone weights file.
+
+    ``strict_weights``: every backbone tensor must come from the file, with the same names
+    and shapes (e.g. the backbone written by ``hashkd pretrain``), else :class:`ModelError`.
+    """
     if weights is not None:
         desc = Path(str(weights) + ".json")
         if desc.is_file():  # written by `hashkd pretrain`: the backbone it was trained as
@@ -228,4 +280,4 @@ def build_model(
                         f"{str(weights)!r}, made with {k}={v!r}: expected the same value (or none)"
                     )
                 config.backbone_kwargs.setdefault(k, v)
-    return HashModel(config, pretrained=pretrained, weights=weights)
+    return HashModel(config, pretrained=pretrained, weights=weights, strict_weights=strict_weights)

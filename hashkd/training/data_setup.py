@@ -57,6 +57,7 @@ class TrainingData:
     database: Split
     protocol: str
     meta: dict[str, Any]
+    dataset: Any = None  # the loaded --data dataset the splits index (for --pool)
 
     @property
     def val_database(self) -> Split:
@@ -105,4 +106,5 @@ def prepare_data(
         database=_split(splits["database"]),
         protocol=splits.meta["protocol"],
         meta=splits.meta,
+        dataset=dataset,
     )

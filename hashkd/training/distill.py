@@ -8,6 +8,14 @@ the bank, and each epoch draws two distinct stored views per image for the stude
 student sees exactly the views the teacher coded. ``view_bank = 0`` augments online and
 runs the teacher every step.
 
+``pool`` (:mod:`hashkd.training.pool`) trains on an unlabeled pool instead of the training
+split (e.g. all of CIFAR-10's training images but the validation ones): the teacher codes
+the pool (BRCD's clusters, CRD's memory size) and, with a view bank, its ``N x E`` seeded
+views once, keeping only their packed codes (:class:`StreamedViewBank`); images stream from
+disk through DataLoader workers. ``lr_schedule``/``warmup_epochs`` set a per-step rate
+(:mod:`hashkd.training.schedule`) whose state is in the checkpoint. ``student_weights``
+starts the student's backbone from ``hashkd pretrain`` weights (every tensor must match).
+
 Checkpoints, resume, validation mAP, JSON-lines log, seed and torchrun work as for the
 teacher (:mod:`hashkd.training.teacher`).
 """
@@ -28,7 +36,7 @@ from tqdm.auto import tqdm
 from hashkd.codes import check_bits, codes_to_signs
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
 from hashkd.losses.run_report import epoch_log_fields, loss_setup
-from hashkd.models import ModelConfig, build_model, load_artifact
+from hashkd.models import ModelConfig, build_model, load_artifact, model_cost
 from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
@@ -49,8 +57,10 @@ from hashkd.training.distributed import (
     cleanup,
     init_distributed,
 )
+from hashkd.training.pool import select_pool
 from hashkd.training.run_dir import RunDir
-from hashkd.training.views import PairIndexDataset, TwoViewDataset, ViewBank
+from hashkd.training.schedule import LR_SCHEDULES, StepSchedule
+from hashkd.training.views import PairIndexDataset, StreamedViewBank, TwoViewDataset, ViewBank
 
 
 @dataclass
@@ -70,14 +80,18 @@ class DistillConfig:
     head: str = "mlp"
     pretrained: bool = False
     backbone_weights: str | None = None
+    student_weights: str | None = None
     freeze_backbone: bool = False
     data: str = "digits"
+    pool: str | None = None
     root: str | None = None
     protocol: str | None = None
     seed: int = 0
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
     tau: float = 0.3
     beta: float = 0.001
     view_bank: int = 0
@@ -109,6 +123,19 @@ class DistillConfig:
         if self.view_bank == 1 or self.view_bank < 0:
             raise ValueError(
                 f"view-bank={self.view_bank} is not valid: expected 0 (off) or at least 2 views"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr-schedule={self.lr_schedule!r} is not valid: expected one of {', '.join(LR_SCHEDULES)}"
+            )
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(
+                f"warmup-epochs={self.warmup_epochs} is not valid: expected 0 to epochs={self.epochs}"
+            )
+        if self.student_weights and (self.backbone_weights or self.pretrained):
+            raise ValueError(
+                f"student-weights={self.student_weights!r} cannot be combined with backbone-weights or "
+                "pretrained: expected one source of initial weights"
             )
 
 
@@ -163,6 +190,8 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     teacher.eval().requires_grad_(False)
     tcfg = teacher.config
     data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
+    pool = select_pool(cfg.pool, data, cfg.data) if cfg.pool else None
+    train_split = pool.split if pool is not None else data.train
     scfg = ModelConfig(
         backbone=cfg.student,
         bits=cfg.bits or tcfg.bits,
@@ -175,24 +204,41 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         freeze_backbone=cfg.freeze_backbone,
     )
     torch.manual_seed(cfg.seed)
-    student = build_model(scfg, pretrained=cfg.pretrained, weights=cfg.backbone_weights).to(
-        info.device
-    )
+    student = build_model(
+        scfg,
+        pretrained=cfg.pretrained,
+        weights=cfg.student_weights or cfg.backbone_weights,
+        strict_weights=bool(cfg.student_weights),
+    ).to(info.device)
     student.config.meta = {
         "objective": "+".join((["cibhash"] if cfg.student_cib else []) + cfg.losses),
         "teacher": str(Path(cfg.teacher).resolve()),
         "data": cfg.data,
         "seed": cfg.seed,
         "protocol": data.protocol,
+        "cost": model_cost(student),
+        "teacher_cost": model_cost(teacher),
     }
+    if info.is_main:
+        print(
+            _cost_line(
+                cfg.student, student.config.meta["cost"], student.config.meta["teacher_cost"]
+            )
+        )
+    if pool is not None:
+        student.config.meta["pool"] = pool.describe()
+    if cfg.student_weights:
+        student.config.meta["student_weights"] = str(Path(cfg.student_weights).resolve())
     weights = resolve_weights(cfg.losses, cfg.weights)  # each loss's default_weight if None
     t_eval_tf = data.eval_transform(tcfg)
     s_eval_tf = data.eval_transform(scfg)
 
-    # The teacher's codes of the training set (deterministic views): the offline stage of
-    # BRCD (clusters), the LSH median bias, CRD's memory size.
-    teacher_train_codes = encode_split(teacher, data.train, t_eval_tf, info.device)
-    losses = build_losses(cfg, scfg.bits, tcfg.bits, len(data.train)).to(info.device)
+    # The teacher's codes of the training set or pool (deterministic views): the offline stage
+    # of BRCD (clusters), the LSH median bias, CRD's memory size.
+    teacher_train_codes = encode_split(
+        teacher, train_split, t_eval_tf, info.device, num_workers=cfg.num_workers
+    )
+    losses = build_losses(cfg, scfg.bits, tcfg.bits, len(train_split)).to(info.device)
     for loss in losses:
         loss.fit(torch.from_numpy(codes_to_signs(teacher_train_codes)))
 
@@ -204,10 +250,18 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         print(json.dumps({"losses": losses_meta}), flush=True)
     cib = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
     optimizer = torch.optim.Adam(trainable_parameters([student, losses]), lr=cfg.lr)
+    steps_per_epoch = len(epoch_loader(range(len(train_split)), cfg.batch_size, info, gen, 0, 0))
+    schedule = StepSchedule(
+        cfg.lr_schedule,
+        cfg.lr,
+        total_steps=max(1, steps_per_epoch * cfg.epochs),
+        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+    )
 
     start_epoch, best = 0, -math.inf
     if cfg.resume:
         start_epoch, best = resume_from(run, {"model": student, "losses": losses}, optimizer, gen)
+        _resume_schedule(run, schedule, start_epoch * steps_per_epoch)
         if start_epoch >= cfg.epochs:
             return Path(cfg.out)
     run.write_json(
@@ -218,12 +272,29 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             "splits": data.summary(),
             "teacher_config": tcfg.to_dict(),
             "losses": losses_meta,
+            "pool": pool.describe() if pool is not None else None,
+            "cost": {
+                "student": student.config.meta["cost"],
+                "teacher": student.config.meta["teacher_cost"],
+            },
+            "steps_per_epoch": steps_per_epoch,
         },
     )
 
     view_tf = data.view_transform(tcfg)
     use_bank = cfg.view_bank >= 2
-    if use_bank:
+    streamed = use_bank and pool is not None
+    if streamed:
+        bank = StreamedViewBank(
+            train_split.source, train_split.indices, view_tf, cfg.view_bank, seed=cfg.seed
+        )
+        bank.code(
+            lambda x: teacher(x.to(info.device)),
+            num_workers=cfg.num_workers,
+            progress=cfg.progress and info.is_main,
+            desc="teacher codes of the pool's views",
+        )
+    elif use_bank:
         bank = ViewBank.build(
             data.train.source,
             data.train.indices,
@@ -242,13 +313,15 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     for epoch in range(start_epoch, cfg.epochs):
         student.train()
         losses.train()
-        ds = (
-            PairIndexDataset(bank.pick_pairs(gen))
-            if use_bank
-            else TwoViewDataset(data.train.source, data.train.indices, view_tf)
-        )
+        if streamed:
+            ds = bank.epoch_dataset(bank.pick_pairs(gen))
+        elif use_bank:
+            ds = PairIndexDataset(bank.pick_pairs(gen))
+        else:
+            ds = TwoViewDataset(train_split.source, train_split.indices, view_tf)
+        in_memory = use_bank and not streamed
         loader = epoch_loader(
-            ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if use_bank else cfg.num_workers
+            ds, cfg.batch_size, info, gen, cfg.seed, epoch, 0 if in_memory else cfg.num_workers
         )
         sums: dict[str, float] = {}
         count = 0
@@ -259,7 +332,10 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             leave=False,
         )
         for batch in bar:
-            if use_bank:
+            if streamed:
+                x1, x2, idx, a, b = batch
+                tu1, tu2 = bank.signs(idx, a).to(info.device), bank.signs(idx, b).to(info.device)
+            elif use_bank:
                 idx, a, b = batch
                 x1 = bank.views[idx, a].float()
                 x2 = bank.views[idx, b].float()
@@ -293,13 +369,17 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             total = torch.stack(list(parts.values())).sum()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            lr = schedule.apply(optimizer)
             optimizer.step()
+            schedule.advance()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
             count += 1
             bar.set_postfix(loss=f"{float(total.detach()):.4f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "elapsed_s": round(timer.elapsed(), 2)}
+        if count:
+            record["lr"] = lr
         record.update({k: all_reduce_mean(v / max(count, 1), info) for k, v in sums.items()})
         record.update(loss_fields)
         best = end_epoch(
@@ -313,8 +393,38 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             validate=lambda: validation_map(
                 student, data.val, data.val_database, s_eval_tf, info.device
             ),
-            checkpoint=lambda b, e=epoch + 1: checkpoint_state(
-                {"model": student, "losses": losses}, optimizer, e, b, gen
-            ),
+            checkpoint=lambda b, e=epoch + 1: {
+                **checkpoint_state({"model": student, "losses": losses}, optimizer, e, b, gen),
+                "lr_schedule": schedule.state_dict(),
+            },
         )
     return Path(cfg.out)
+
+
+def _resume_schedule(run: RunDir, schedule: StepSchedule, expected_step: int) -> None:
+    """Restore the schedule of the checkpoint (runs before schedules existed: constant only)."""
+    saved = run.load_checkpoint().get("lr_schedule")
+    if saved is None:
+        if schedule.kind != "constant" or schedule.warmup_steps:
+            raise ValueError(
+                f"--resume: the checkpoint has no learning-rate schedule, so lr-schedule={schedule.kind!r} "
+                "with warm-up cannot continue it: expected --lr-schedule constant and no warm-up"
+            )
+        schedule.step = expected_step
+        return
+    schedule.load_state_dict(saved)
+    if schedule.step != expected_step:
+        raise ValueError(
+            f"--resume: the checkpoint is at step {schedule.step}, but its epochs of this run's size end at "
+            f"step {expected_step}: expected the same training images and batch size"
+        )
+
+
+def _cost_line(name: str, student: dict[str, Any], teacher: dict[str, Any]) -> str:
+    """One line comparing the student's and the teacher's size and FLOPs."""
+    return (
+        f"student {name}: {student['params'] / 1e6:.2f} M parameters, "
+        f"{student['flops'] / 1e6:.1f} MFLOPs at {student['img_size']} px; teacher: "
+        f"{teacher['params'] / 1e6:.2f} M, {teacher['flops'] / 1e6:.1f} MFLOPs at "
+        f"{teacher['img_size']} px ({teacher['flops'] / max(1, student['flops']):.1f}x the student's FLOPs)"
+    )

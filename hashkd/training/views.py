@@ -6,6 +6,10 @@
   network the expensive forward pass over the bank can be cached too: backbone features for
   the teacher's linear probe (the reference teacher trains 200 epochs on a frozen ViT),
   or the frozen teacher's logits during distillation.
+* :class:`StreamedViewBank` is the same bank for pools too large to hold as tensors: view
+  ``e`` of image ``i`` is drawn with its own seed (:func:`view_seed`), so it can be drawn
+  again, identical, whenever it is needed. Only the frozen network's packed codes of the
+  ``N x E`` views are kept; images stream from disk through a DataLoader every epoch.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from hashkd.codes import codes_to_signs, pack_codes
 
 
 class TwoViewDataset(Dataset):
@@ -47,6 +53,13 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.source.load_image(int(self.indices[i]))), i
+
+
+def pick_view_pairs(num_images: int, num_views: int, generator: torch.Generator) -> torch.Tensor:
+    """For every image, two distinct view numbers in ``[0, num_views)``: LongTensor (N, 2)."""
+    first = torch.randint(0, num_views, (num_images,), generator=generator)
+    second = (first + torch.randint(1, num_views, (num_images,), generator=generator)) % num_views
+    return torch.stack([first, second], dim=1)
 
 
 class ViewBank:
@@ -94,10 +107,7 @@ class ViewBank:
 
     def pick_pairs(self, generator: torch.Generator) -> torch.Tensor:
         """For every image, two distinct view numbers: LongTensor (N, 2)."""
-        n, e = self.num_images, self.num_views
-        first = torch.randint(0, e, (n,), generator=generator)
-        second = (first + torch.randint(1, e, (n,), generator=generator)) % e
-        return torch.stack([first, second], dim=1)
+        return pick_view_pairs(self.num_images, self.num_views, generator)
 
     @torch.no_grad()
     def map_views(
@@ -129,3 +139,133 @@ class PairIndexDataset(Dataset):
 
     def __getitem__(self, i: int):
         return i, self.pairs[i, 0], self.pairs[i, 1]
+
+
+def view_seed(seed: int, image: int, view: int) -> int:
+    """The seed of view ``view`` of image ``image`` (a 63-bit value mixed by SeedSequence)."""
+    state = np.random.SeedSequence([int(seed), int(image), int(view)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class SeededViews:
+    """View ``e`` of image ``i`` of ``source`` drawn with its own seed: the same tensor every time.
+
+    torchvision's random transforms draw from torch's global generator; each view is drawn
+    inside :func:`torch.random.fork_rng` seeded with :func:`view_seed` ``(seed, source index,
+    e)``, so the caller's generator is untouched and the view depends on nothing else (not the
+    batch, not the DataLoader worker, not the epoch).
+    """
+
+    def __init__(self, source, indices: Sequence[int], view_transform: Callable, seed: int):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.view_transform = view_transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def views(self, i: int, numbers: Sequence[int]) -> list[torch.Tensor]:
+        """Views ``numbers`` of image ``i`` (position in ``indices``); the image is read once."""
+        image_id = int(self.indices[i])
+        img = self.source.load_image(image_id)
+        out = []
+        for e in numbers:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(view_seed(self.seed, image_id, int(e)))
+                out.append(self.view_transform(img))
+        return out
+
+
+class _AllViews(Dataset):
+    """``(E x C x H x W views, i)`` for coding the bank."""
+
+    def __init__(self, views: SeededViews, num_views: int):
+        self.seeded, self.num_views = views, num_views
+
+    def __len__(self) -> int:
+        return len(self.seeded)
+
+    def __getitem__(self, i: int):
+        return torch.stack(self.seeded.views(i, range(self.num_views))), i
+
+
+class StreamedPairDataset(Dataset):
+    """``(view a, view b, i, a, b)`` for each image ``i`` with the pair ``(a, b)`` of this epoch."""
+
+    def __init__(self, views: SeededViews, pairs: torch.Tensor):
+        if pairs.shape != (len(views), 2):
+            raise ValueError(
+                f"pairs of shape {tuple(pairs.shape)} do not fit {len(views)} images: expected (N, 2)"
+            )
+        self.seeded, self.pairs = views, pairs
+
+    def __len__(self) -> int:
+        return len(self.seeded)
+
+    def __getitem__(self, i: int):
+        a, b = int(self.pairs[i, 0]), int(self.pairs[i, 1])
+        x1, x2 = self.seeded.views(i, (a, b))
+        return x1, x2, i, a, b
+
+
+class StreamedViewBank:
+    """A view bank that keeps only a frozen network's codes of the views, never the images.
+
+    ``E`` seeded views per image (:class:`SeededViews`); :meth:`code` streams them through a
+    DataLoader once and keeps the packed codes ``(N, E, K/8)`` uint8 (bit 1 where the logit is
+    > 0, :func:`hashkd.codes.pack_codes`): 50,000 images x 4 views x 64 bits take 1.6 MB.
+    Each epoch, :meth:`epoch_dataset` streams the two chosen views of every image again,
+    identical to the ones coded.
+    """
+
+    def __init__(
+        self, source, indices: Sequence[int], view_transform: Callable, num_views: int, seed: int
+    ):
+        if num_views < 2:
+            raise ValueError(
+                f"num_views={num_views} is not valid: a view bank needs at least 2 views per image"
+            )
+        self.views = SeededViews(source, indices, view_transform, seed)
+        self.num_views = int(num_views)
+        self.codes: np.ndarray | None = None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.views)
+
+    @torch.no_grad()
+    def code(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int = 256,
+        num_workers: int = 0,
+        progress: bool = True,
+        desc: str = "coding the view bank",
+    ) -> np.ndarray:
+        """Run ``fn`` (views -> N x K logits) over every view once; keeps and returns the codes."""
+        loader = DataLoader(
+            _AllViews(self.views, self.num_views),
+            batch_size=max(1, batch_size // self.num_views),
+            shuffle=False,
+            num_workers=num_workers,
+        )
+        rows = []
+        for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            logits = fn(x.reshape(-1, *x.shape[2:]))
+            rows.append(pack_codes(logits.float()).reshape(x.shape[0], self.num_views, -1))
+        self.codes = np.concatenate(rows)
+        return self.codes
+
+    def pick_pairs(self, generator: torch.Generator) -> torch.Tensor:
+        """For every image, two distinct view numbers: LongTensor (N, 2)."""
+        return pick_view_pairs(self.num_images, self.num_views, generator)
+
+    def epoch_dataset(self, pairs: torch.Tensor) -> StreamedPairDataset:
+        return StreamedPairDataset(self.views, pairs)
+
+    def signs(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """±1 float codes (B x K) of views ``view`` of images ``index``."""
+        if self.codes is None:
+            raise RuntimeError("the view bank has no codes yet: call code() first")
+        return torch.from_numpy(codes_to_signs(self.codes[index.numpy(), view.numpy()]))
