@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from hashkd.data import (
+    DataOptions,
     DatasetView,
     DigitsDataset,
     FolderDataset,
@@ -86,8 +87,13 @@ def test_folder_dataset_missing_or_empty_folders_are_named(tmp_path: Path) -> No
         FolderDataset(empty)
     _write(tmp_path / "some" / "full" / "a.png", (1, 2, 3))
     (tmp_path / "some" / "hollow").mkdir()
+    # An empty class folder is skipped (with a warning) unless strict.
+    assert FolderDataset(tmp_path / "some").class_names == ["full"]
     with pytest.raises(ValueError, match="hollow holds no images"):
-        FolderDataset(tmp_path / "some")
+        FolderDataset(tmp_path / "some", options=DataOptions(strict=True))
+    (tmp_path / "hollow_only" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images in any of its 1 class folders"):
+        FolderDataset(tmp_path / "hollow_only")
 
 
 def test_views_keep_labels_paths_and_map_indices(folder: Path) -> None:
@@ -110,7 +116,7 @@ def test_views_keep_labels_paths_and_map_indices(folder: Path) -> None:
 
 
 def test_cache_keeps_pixels_after_files_are_gone(folder: Path) -> None:
-    ds = FolderDataset(folder)
+    ds = FolderDataset(folder, cache="off")
     before = [np.asarray(ds.load_image(i)) for i in range(len(ds))]
     cached = FolderDataset(folder, cache=True)
     assert cached.cached
@@ -124,7 +130,7 @@ def test_cache_keeps_pixels_after_files_are_gone(folder: Path) -> None:
 
 
 def test_views_of_a_cached_view_use_its_cache(folder: Path) -> None:
-    ds = FolderDataset(folder)
+    ds = FolderDataset(folder, cache=False)
     view = ds.subset([3, 1]).cache(progress=False)
     expected = [np.asarray(ds.load_image(i)) for i in (3, 1)]
     for p in ds.paths:

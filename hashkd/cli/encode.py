@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hashkd.cli._common import positive_int
+from hashkd.cli._common import add_file_arguments, data_options, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)"
     )
+    add_file_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, help="output code set directory")
     p.set_defaults(func=run)
@@ -46,17 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hashkd.encoding import encode_data
+    from hashkd.models.artifact import read_config
 
-    codeset = encode_data(
-        args.model,
-        args.data,
-        root=args.root,
-        split=args.split,
-        protocol=args.protocol,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    config, _ = read_config(args.model)
+    with data_options(args, img_size=int(config.img_size), progress=not args.no_progress):
+        codeset = encode_data(
+            args.model,
+            args.data,
+            root=args.root,
+            split=args.split,
+            protocol=args.protocol,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
     codeset.save(args.out)
     print(f"wrote {len(codeset)} codes of {codeset.bits} bits to {args.out}")
     return 0

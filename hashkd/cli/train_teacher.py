@@ -8,6 +8,7 @@ from hashkd.cli._common import (
     add_data_arguments,
     add_model_arguments,
     add_training_arguments,
+    data_options,
     non_negative_int,
     parse_kwargs,
 )
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         progress=not args.no_progress,
     )
-    out = train_teacher(cfg)
+    with data_options(args, img_size=args.img_size, progress=not args.no_progress):
+        out = train_teacher(cfg)
     print(f"teacher artifact: {out}")
     return 0

@@ -11,9 +11,19 @@ Typical training-side use::
     for (v1, v2), labels, idx in loader: ...
     meta = splits.meta                                 # protocol, seed, sizes -> write to outputs
 
-See docs/data.md and docs/CONTRACTS.md.
+Image files are decoded once, with unreadable ones skipped, and kept at a working resolution
+in memory or on disk; ``use_data_options(cache=..., strict=..., img_size=...)`` sets how
+(:mod:`hashkd.data.cache`). See docs/data.md and docs/CONTRACTS.md.
 """
 
+from hashkd.data.cache import (
+    CACHE_MODES,
+    DataOptions,
+    SkipReport,
+    current_options,
+    use_data_options,
+    working_side,
+)
 from hashkd.data.datasets import (
     IMG_EXTENSIONS,
     ArrayDataset,
@@ -48,11 +58,13 @@ from hashkd.data.transforms import (
 )
 
 __all__ = [
+    "CACHE_MODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
     "PROTOCOLS",
     "ArrayDataset",
+    "DataOptions",
     "DatasetView",
     "DigitsDataset",
     "FileDataset",
@@ -60,12 +72,14 @@ __all__ = [
     "ImageDataset",
     "ListFileDataset",
     "Protocol",
+    "SkipReport",
     "SplitFolderDataset",
     "Splits",
     "TwoViewTransform",
     "blur_kernel_size",
     "cifar10_root",
     "class_balanced_split",
+    "current_options",
     "denormalize",
     "eval_transform",
     "get_protocol",
@@ -76,4 +90,6 @@ __all__ = [
     "seed_worker",
     "train_transform",
     "two_view_transform",
+    "use_data_options",
+    "working_side",
 ]

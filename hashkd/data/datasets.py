@@ -9,7 +9,10 @@ Every dataset is a :class:`torch.utils.data.Dataset` sharing one base, :class:`I
   image goes through ``transform`` when one is set and ``label_vector`` is a uint8 tensor;
 - ``subset(indices)`` / ``with_transform(t)`` -> :class:`DatasetView`, a light view that keeps
   ``labels``, ``class_names`` and ``paths`` of the selected items;
-- ``cache()`` decodes every image once into uint8 arrays held in memory (small images only).
+- file datasets decode every file once when built: unreadable files are skipped (or raise
+  with ``strict``) and the pixels are kept at a working resolution, in memory or on disk
+  (:mod:`hashkd.data.cache`); ``cache()`` decodes the images of any dataset or view once into
+  uint8 arrays held in memory.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from hashkd.data.cache import DataOptions, decode_once, logger, resolve_options
+from hashkd.runtime.images import load_image
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -232,7 +238,15 @@ class ArrayDataset(ImageDataset):
 
 
 class FileDataset(ImageDataset):
-    """Images read from files (decoded on every access unless :meth:`cache` ran)."""
+    """Images read from files, decoded once when the dataset is built (:mod:`hashkd.data.cache`).
+
+    The readability pass runs over every file: unreadable ones are skipped with a warning
+    (``skipped`` lists ``(path, reason)``; ``groups`` are re-indexed to the kept files), or
+    with ``strict`` the first raises. The kept pixels (``cache`` mode ``memory``/``disk``) are
+    at the working resolution; with ``off`` images are decoded at full size on every access.
+    ``cache``: ``None`` = the current :class:`~hashkd.data.cache.DataOptions`, ``True`` =
+    ``memory``, ``False`` = ``off``, or a mode name; ``options`` replaces the current options.
+    """
 
     kind = "files"
 
@@ -243,16 +257,26 @@ class FileDataset(ImageDataset):
         class_names: Sequence[str],
         transform: Transform | None = None,
         groups: dict[str, np.ndarray] | None = None,
-        cache: bool = False,
+        cache: bool | str | None = None,
+        options: DataOptions | None = None,
+        source: str | None = None,
     ) -> None:
-        super().__init__(labels, class_names, transform=transform, groups=groups)
-        if len(paths) != len(self.labels):
+        if len(paths) != len(labels):
             raise ValueError(
-                f"{len(paths)} paths but {len(self.labels)} label rows: expected one row per image"
+                f"{len(paths)} paths but {len(labels)} label rows: expected one row per image"
             )
-        self._paths = [str(p) for p in paths]
-        if cache:
-            self.cache()
+        all_paths = [str(p) for p in paths]
+        self.options = resolve_options(cache, options)
+        decoded = decode_once(all_paths, self.options, source or f"{len(all_paths)} files")
+        keep = decoded.readable
+        self.skipped: list[tuple[str, str]] = decoded.skipped
+        self.cache_mode = decoded.mode
+        if groups is not None and not keep.all():
+            position = np.cumsum(keep) - 1
+            groups = {k: position[g[keep[g]]].astype(np.int64) for k, g in groups.items()}
+        super().__init__(np.asarray(labels)[keep], class_names, transform=transform, groups=groups)
+        self._paths = [p for p, k in zip(all_paths, keep, strict=True) if k]
+        self._cache = decoded.pixels
 
     @property
     def paths(self) -> list[str]:
@@ -261,17 +285,21 @@ class FileDataset(ImageDataset):
     def _decode(self, i: int) -> Image.Image:
         # The serving runtime's decoder: the same RGB conversion (EXIF orientation, alpha on
         # white, palette, 16-bit) at training time as at query time, and the same clear errors.
-        from hashkd.runtime.images import load_image
-
         return load_image(self._paths[i])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "unreadable_skipped": len(self.skipped)}
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
-    """(class names, image paths, class ids) of an ImageFolder tree (sorted, recursive)."""
+def _scan_folder(root: Path, strict: bool = False) -> tuple[list[str], list[str], list[int]]:
+    """(class names, image paths, class ids) of an ImageFolder tree (sorted, recursive).
+
+    A class folder without image files is skipped with a warning, or with ``strict`` raises.
+    """
     if not root.exists():
         raise ValueError(
             f"image folder {root} does not exist: expected a folder with one sub-folder per class"
@@ -280,24 +308,36 @@ def _scan_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
         raise ValueError(
             f"image folder {root} is not a directory: expected a folder with one sub-folder per class"
         )
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not names:
         raise ValueError(
             f"image folder {root} has no class sub-folders: expected one sub-folder of images per class"
         )
+    classes: list[str] = []
     paths: list[str] = []
     targets: list[int] = []
-    for c, name in enumerate(classes):
+    for name in names:
         found = []
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
         if not found:
-            raise ValueError(
-                f"class folder {root / name} holds no images: expected files ending in {', '.join(IMG_EXTENSIONS)}"
+            message = (
+                f"class folder {root / name} holds no images: "
+                f"expected files ending in {', '.join(IMG_EXTENSIONS)}"
             )
+            if strict:
+                raise ValueError(message)
+            logger.warning("hashkd: warning: skipped %s", message)
+            continue
         paths.extend(found)
-        targets.extend([c] * len(found))
+        targets.extend([len(classes)] * len(found))
+        classes.append(name)
+    if not classes:
+        raise ValueError(
+            f"image folder {root} has no images in any of its {len(names)} class folders: "
+            f"expected files ending in {', '.join(IMG_EXTENSIONS)}"
+        )
     return classes, paths, targets
 
 
@@ -311,8 +351,9 @@ class FolderDataset(FileDataset):
     """An ImageFolder tree: ``root/<class>/**/<image>``; single-label, one-hot, sorted class names.
 
     Hidden files and folders are ignored; image extensions are :data:`IMG_EXTENSIONS`
-    (case-insensitive). A missing or empty folder, or a class folder without images, is a
-    ``ValueError`` naming it.
+    (case-insensitive). A missing folder, or one without any image, is a ``ValueError``
+    naming it. A class folder without image files, or whose files are all unreadable, is
+    skipped with a warning (with ``strict``, the empty folder or first unreadable file raises).
     """
 
     kind = "folder"
@@ -321,13 +362,31 @@ class FolderDataset(FileDataset):
         self,
         root: str | os.PathLike[str],
         transform: Transform | None = None,
-        cache: bool = False,
+        cache: bool | str | None = None,
+        options: DataOptions | None = None,
     ) -> None:
         self.root_dir = Path(root)
-        classes, paths, targets = _scan_folder(self.root_dir)
+        opts = resolve_options(cache, options)
+        classes, paths, targets = _scan_folder(self.root_dir, strict=opts.strict)
         super().__init__(
-            paths, _one_hot(targets, len(classes)), classes, transform=transform, cache=cache
+            paths,
+            _one_hot(targets, len(classes)),
+            classes,
+            transform=transform,
+            options=opts,
+            source=f"image folder {self.root_dir}",
         )
+        present = self.labels.any(axis=0)
+        if not present.all():
+            for name in np.asarray(self.class_names)[~present]:
+                logger.warning(
+                    "hashkd: warning: skipped class folder %s: none of its images could be read",
+                    self.root_dir / name,
+                )
+            self.labels = np.ascontiguousarray(self.labels[:, present])
+            self.class_names = [
+                c for c, keep in zip(self.class_names, present, strict=True) if keep
+            ]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root_dir)}
@@ -347,9 +406,11 @@ class SplitFolderDataset(FileDataset):
         root: str | os.PathLike[str],
         parts: Sequence[str] = ("train", "test"),
         transform: Transform | None = None,
-        cache: bool = False,
+        cache: bool | str | None = None,
+        options: DataOptions | None = None,
     ) -> None:
         self.root_dir = Path(root)
+        opts = resolve_options(cache, options)
         if not self.root_dir.is_dir():
             raise ValueError(
                 f"dataset folder {self.root_dir} does not exist: expected a folder with sub-folders {', '.join(parts)}"
@@ -359,7 +420,7 @@ class SplitFolderDataset(FileDataset):
         groups: dict[str, np.ndarray] = {}
         classes: list[str] = []
         for part in parts:
-            part_classes, paths, targets = _scan_folder(self.root_dir / part)
+            part_classes, paths, targets = _scan_folder(self.root_dir / part, strict=opts.strict)
             if not classes:
                 classes = part_classes
             elif part_classes != classes:
@@ -373,7 +434,13 @@ class SplitFolderDataset(FileDataset):
             all_targets.extend(targets)
         labels = _one_hot(all_targets, len(classes))
         super().__init__(
-            all_paths, labels, classes, transform=transform, groups=groups, cache=cache
+            all_paths,
+            labels,
+            classes,
+            transform=transform,
+            groups=groups,
+            options=opts,
+            source=f"dataset folder {self.root_dir}",
         )
 
     def describe(self) -> dict[str, Any]:
@@ -388,7 +455,8 @@ class ListFileDataset(FileDataset):
     spaces. Every line must carry the same number of 0/1 labels as the first one. A
     malformed line, a missing image, or a path that leaves ``root`` (``../``, absolute
     paths, symlinks pointing outside) raises ``ValueError`` naming the file and line number.
-    Blank lines are skipped.
+    Blank lines are skipped. An image that exists but cannot be decoded is skipped with a
+    warning (with ``strict`` it raises).
     """
 
     kind = "list"
@@ -399,7 +467,8 @@ class ListFileDataset(FileDataset):
         root: str | os.PathLike[str] | None = None,
         class_names: Sequence[str] | None = None,
         transform: Transform | None = None,
-        cache: bool = False,
+        cache: bool | str | None = None,
+        options: DataOptions | None = None,
     ) -> None:
         self.list_file = Path(list_file)
         if not self.list_file.is_file():
@@ -419,7 +488,15 @@ class ListFileDataset(FileDataset):
                 f"{len(class_names)} class names given but list file {self.list_file} has {labels.shape[1]} labels per line: "
                 "expected one name per label column"
             )
-        super().__init__(paths, labels, class_names, transform=transform, cache=cache)
+        super().__init__(
+            paths,
+            labels,
+            class_names,
+            transform=transform,
+            cache=cache,
+            options=options,
+            source=f"list file {self.list_file}",
+        )
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "list_file": str(self.list_file), "root": str(self.root_dir)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hashkd.data.cache import DataOptions, resolve_options
 from hashkd.data.datasets import (
     DigitsDataset,
     FolderDataset,
@@ -39,7 +40,10 @@ def cifar10_root(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_dataset(
-    spec: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, cache: bool = False
+    spec: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    cache: bool | str | None = None,
+    options: DataOptions | None = None,
 ) -> ImageDataset:
     """Open an image source by name or path.
 
@@ -49,8 +53,13 @@ def load_dataset(
     - a folder: an ImageFolder tree (one sub-folder per class, single-label);
     - a file: a DeepHash list file (``path 0 1 0 ...``) with paths relative to ``root``
       (default: the list file's folder).
-    ``cache=True`` decodes every image once into memory (small images only).
+    Files are decoded once when the dataset is built (:mod:`hashkd.data.cache`): unreadable
+    ones are skipped with a warning (``strict``: the first raises) and the pixels are kept
+    by ``cache`` mode (``None``: the current :class:`~hashkd.data.cache.DataOptions`, set by
+    :func:`~hashkd.data.cache.use_data_options`; ``True``: memory; ``False``: off; or a
+    mode name). ``options`` replaces the current options.
     """
+    opts = resolve_options(cache, options)
     text = os.fspath(spec)
     if not text.strip():
         raise ValueError(f"dataset spec {text!r} is empty: {SPEC_HELP}")
@@ -63,14 +72,14 @@ def load_dataset(
                 f"CIFAR-10 folder {where} does not exist: expected train/<class>/ and test/<class>/ JPEG folders "
                 f"there (pass cifar10:PATH or set ${CIFAR10_ENV})"
             )
-        return SplitFolderDataset(where, parts=("train", "test"), cache=cache)
+        return SplitFolderDataset(where, parts=("train", "test"), options=opts)
     path = Path(text)
     if path.is_dir():
         if root is not None:
             raise ValueError(
                 f"root={os.fspath(root)!r} only applies to list files, but {path} is a folder: expected no root"
             )
-        return FolderDataset(path, cache=cache)
+        return FolderDataset(path, options=opts)
     if path.is_file():
-        return ListFileDataset(path, root=root, cache=cache)
+        return ListFileDataset(path, root=root, options=opts)
     raise ValueError(f"dataset path {path} does not exist: {SPEC_HELP}")
