@@ -7,6 +7,7 @@ import argparse
 from hashkd.cli._common import (
     add_data_arguments,
     add_training_arguments,
+    data_options,
     non_negative_int,
     parse_kwargs,
     positive_int,
@@ -165,6 +166,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _decode_size(cfg) -> int:
+    """The image size the decode cache must serve: the larger of the teacher's and the student's."""
+    from hashkd.models.artifact import read_config
+
+    teacher_size = read_config(cfg.teacher)[0].img_size
+    return max(teacher_size, cfg.img_size or teacher_size)
+
+
 def run(args: argparse.Namespace) -> int:
     from hashkd.training.distill import DistillConfig, distill
 
@@ -209,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         progress=not args.no_progress,
     )
-    out = distill(cfg)
+    with data_options(args, img_size=_decode_size(cfg), progress=cfg.progress):
+        out = distill(cfg)
     print(f"student artifact: {out}")
     return 0

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from hashkd.cli._common import non_negative_int, parse_kwargs, positive_int
+from hashkd.cli._common import (
+    add_file_arguments,
+    data_options,
+    non_negative_int,
+    parse_kwargs,
+    positive_int,
+)
 
 
 def _positive_float(text: str) -> float:
@@ -35,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'cifar10[:PATH]' (labels are ignored; default digits)",
     )
     p.add_argument("--root", default=None, help="root folder of list-file paths")
+    add_file_arguments(p)
     p.add_argument(
         "--group",
         default=None,
@@ -188,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    out = pretrain(cfg)
+    with data_options(args, img_size=cfg.img_size, progress=cfg.progress):
+        out = pretrain(cfg)
     print(f"pretrained backbone: {out} (description {out}.json)")
     return 0
