@@ -257,13 +257,14 @@ class Engine:
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
         """Exact search among the items matching ``flt``.
 
-        The store's term index gives the matching ids (ascending) and their codes in one
-        query; every query's distances to those m codes are computed (xor + popcount) and the
-        first ``offset + k`` by (distance, id) are selected with a partition and a stable sort.
-        Cost per request: O(m) rows read from SQLite plus O(m) distances per query,
-        independent of the index size -- cheap for selective filters.
+        The store's term index gives the m matching ids (ascending), the index their codes
+        (``get_known``: ids not yet or no longer indexed are skipped, as in an unfiltered
+        search); every query's distances to those m codes are computed (xor + popcount) and
+        the first ``offset + k`` by (distance, id) are selected with a partition and a stable
+        sort. Cost per request: O(m) ids from SQLite, O(m) code lookups and O(m) distances
+        per query, independent of the index size -- cheap for selective filters.
         """
-        ids, db = self.catalog.store.filtered_codes(flt)
+        ids, db = self.catalog.index.get_known(self.catalog.store.filtered_ids(flt))
         if exclude is not None:
             keep = ids != exclude
             ids, db = ids[keep], db[keep]

@@ -10,8 +10,8 @@ as a setting for disks where fsync is slow.)
 
 Metadata filters use the ``terms`` table: one ``(key, term, id)`` row per scalar (or list
 element) of an item's top-level metadata (``service/filters.py``), written in the item's own
-transaction. A filter's candidate ids are one indexed SQL query (a union of terms per key,
-intersected over the keys), and their codes are read in the same snapshot.
+transaction. A filter's candidate ids are one SQL query on that table's primary key (a union of terms
+per key, intersected over the keys).
 
 Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation
 and the id) in the same transaction as the change itself. An index snapshot records the
@@ -473,20 +473,15 @@ class ItemStore:
             for r in rows
         ]
 
-    def filtered_codes(self, flt: Filter) -> tuple[np.ndarray, np.ndarray]:
-        """(ids ascending, codes) of every item matching the filter, in one read snapshot.
-
-        One SQL query: per key, the ids having any of its terms (the ``terms`` primary key is
-        the index), intersected over the keys, joined to the items for their codes.
-        """
+    def filtered_ids(self, flt: Filter) -> np.ndarray:
+        """Ids (int64, ascending) of every item matching the filter: one SQL query over the
+        ``terms`` primary key (per key the ids having any of its terms, intersected over the
+        keys); it reads the index only, never the items' rows."""
         parts, args = [], []
         for key, terms in flt.items():
             marks = ",".join("?" * len(terms))
             parts.append(f"SELECT id FROM terms WHERE key=? AND term IN ({marks})")
             args += [key, *terms]
-        sql = (
-            f"SELECT items.id, items.code FROM items WHERE items.id IN ({' INTERSECT '.join(parts)}) "
-            "ORDER BY items.id"
-        )
+        sql = " INTERSECT ".join(parts)
         rows = self._reader().execute(sql, args).fetchall()
-        return self._as_arrays([r[0] for r in rows], [r[1] for r in rows])
+        return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))

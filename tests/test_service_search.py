@@ -277,8 +277,8 @@ def test_an_old_store_gets_its_term_index_on_open(tmp_path, rng):
     store._writer.execute("DELETE FROM meta WHERE key='terms'")
     store.close()
     reopened = ItemStore(tmp_path / "items.sqlite", 32)
-    ids, got = reopened.filtered_codes({"a": ["1"]})
-    assert ids.tolist() == [1, 3] and np.array_equal(got, codes[[0, 2]])
+    assert reopened.filtered_ids({"a": ["1"]}).tolist() == [1, 3]
+    assert reopened.filtered_ids({"a": ["1", "2"]}).tolist() == [1, 2, 3]
     reopened.close()
 
 
@@ -418,3 +418,19 @@ def test_new_endpoints_are_in_the_openapi_schema(served):
     assert {"k", "radius", "offset", "filter"} <= names
     limits = served.get("/v1/info").json()["limits"]
     assert limits["max_rank"] == MAX_RANK and limits["max_json_depth"] >= 8
+
+
+@pytest.mark.parametrize("spec", ["flat", "ivf:4", "hash:8"])
+def test_get_known_returns_the_codes_of_the_indexed_ids_only(spec, rng):
+    import indexes
+
+    index = indexes.create_index(spec, 32)
+    codes = rng.integers(0, 256, size=(50, 4), dtype=np.uint8)
+    if "train" in index.supports:
+        index.train(codes)
+    index.add(np.arange(0, 100, 2), codes)  # even ids 0..98
+    ids, got = index.get_known([3, 4, 10, 11, 98, 200])
+    assert ids.tolist() == [4, 10, 98]
+    assert np.array_equal(got, codes[[2, 5, 49]])
+    none_ids, none_codes = index.get_known([1, 3])
+    assert none_ids.tolist() == [] and none_codes.shape == (0, 4)
