@@ -268,6 +268,17 @@ class BinaryIndex:
                 return np.empty((0, self.code_size), dtype=np.uint8)
             return self._raw_get(ids)
 
+    def get_known(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of those of ``ids`` that are in the index, in the given order; the
+        others are skipped (one consistent read, e.g. for an exact scan restricted to ids)."""
+        self._require("get")
+        ids = check_ids(ids)
+        with self._lock.read():
+            ids = ids[self._ids.contains(ids)]
+            if not len(ids):
+                return ids, np.empty((0, self.code_size), dtype=np.uint8)
+            return ids, self._raw_get(ids)
+
     def search(self, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest codes of each query: (distances int32 nq x k, ids int64 nq x k).
 

@@ -17,6 +17,7 @@ from service.engine import Engine
 from service.errors import JsonErrorMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.routers import items, ops, search, ui
+from service.routers.common import MAX_JSON_BODY
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -24,8 +25,11 @@ log = logging.getLogger("service")
 DESCRIPTION = """Image search over binary hash codes (hashkd).
 
 Upload an image to `/v1/search` to find the stored items whose K-bit codes are nearest in
-Hamming distance. Add items by image (`/v1/items`) or as precomputed codes
-(`/v1/items/codes`). Writes need the `X-API-Key` header when the server has a key.
+Hamming distance; or search by precomputed codes (`/v1/search/codes`) or by a stored item
+(`/v1/items/{id}/similar`), optionally restricted by a metadata `filter` and paged with
+`offset`. Add items by image (`/v1/items`) or as precomputed codes (`/v1/items/codes`),
+replace them (`PUT /v1/items/{id}`) and page through them (`GET /v1/items`). Writes need the
+`X-API-Key` header when the server has a key.
 """
 
 #: Multipart framing around files (boundaries, part headers) on top of the files' bytes.
@@ -71,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # Body limits per router (inside the middleware stack, so JsonErrorMiddleware sees the 413).
     app.include_router(search.router, max_body_size=image_body)
+    app.include_router(search.codes_router, max_body_size=MAX_JSON_BODY)
     app.include_router(items.codes_router, max_body_size=codes_body)
     app.include_router(items.router, max_body_size=image_body)
     app.include_router(ops.router, max_body_size=SMALL_BODY)

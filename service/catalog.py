@@ -32,7 +32,7 @@ import numpy as np
 
 import indexes
 from hashkd.io import atomic_write_text, fsync_directory
-from indexes.errors import IndexFileError
+from indexes.errors import IndexFileError, UnsupportedOperation
 from service.store import ItemStore, StoreError
 
 log = logging.getLogger("service.catalog")
@@ -160,6 +160,37 @@ class Catalog:
             if int(item_id) in self.index:
                 self.index.remove([int(item_id)])
             self._after_change_locked(1)
+
+    def upsert(
+        self,
+        item_id: int,
+        code: np.ndarray | None,
+        metadata: dict[str, Any] | None,
+        thumbnail: bytes | None = None,
+    ) -> bool:
+        """Create or replace one item durably, then re-index its code if it changed; returns
+        whether it was created. A new code for a stored item needs an index that can replace
+        (checked before anything is written)."""
+        with self._writer:
+            if (
+                code is not None
+                and int(item_id) in self.index
+                and "replace" not in self.index.supports
+            ):
+                raise UnsupportedOperation(
+                    f"the {self.spec!r} index cannot replace the code of a stored item (it has no "
+                    "remove): replace only the metadata, or serve with an index that supports remove"
+                )
+            created, _ = self.store.upsert(item_id, code, metadata, thumbnail)
+            if code is not None:
+                try:
+                    self.index.upsert(np.array([item_id], dtype=np.int64), code[None, :])
+                except Exception:
+                    log.exception("index upsert failed after the store committed: rebuilding")
+                    self.index = self._rebuild()
+                    raise
+            self._after_change_locked(1)
+        return created
 
     def _after_change_locked(self, n: int) -> None:
         self._since_snapshot += n

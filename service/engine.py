@@ -21,14 +21,17 @@ import numpy as np
 from PIL import Image
 
 import indexes
+from hashkd.codes import hamming_distances
 from hashkd.models.artifact import read_config
 from hashkd.runtime import Encoder
 from service.batching import MicroBatcher
 from service.catalog import Catalog
+from service.jsonlimits import MAX_JSON_DEPTH
 from service.metrics import Metrics
-from service.schemas import DEFAULT_K, MAX_K
+from service.schemas import DEFAULT_K, MAX_K, MAX_LIST_LIMIT, MAX_QUERY_CODES, MAX_RANK
 from service.settings import Settings
 from service.store import Item
+from service.terms import Filter
 
 log = logging.getLogger("service.engine")
 
@@ -150,25 +153,32 @@ class Engine:
         return self._encode_queries_now(images)
 
     async def asearch_images(
-        self, images: Sequence[Image.Image], k: int | None, radius: int | None
+        self,
+        images: Sequence[Image.Image],
+        k: int | None,
+        radius: int | None,
+        **options: Any,
     ) -> tuple[list[list[dict]], bool]:
         """Encode with the query model and search, without blocking the event loop.
 
         One hop off the loop: with batching, the micro-batcher's worker encodes the batch and
         then runs each request's search; without, one thread-pool call does both.
+        ``options`` are those of :meth:`search` (``flt``, ``offset``).
         """
         if self.batcher is not None:
-            fut = self.batcher.submit(images, then=lambda codes: self.search(codes, k, radius))
+            fut = self.batcher.submit(
+                images, then=lambda codes: self.search(codes, k, radius, **options)
+            )
             return await asyncio.wrap_future(fut)
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(self.search_images, images, k, radius)
+        return await run_in_threadpool(self.search_images, images, k, radius, **options)
 
     def search_images(
-        self, images: Sequence[Image.Image], k: int | None, radius: int | None
+        self, images: Sequence[Image.Image], k: int | None, radius: int | None, **options: Any
     ) -> tuple[list[list[dict]], bool]:
         """Blocking encode + search (call from a worker thread)."""
-        return self.search(self.encode_queries(images), k, radius)
+        return self.search(self.encode_queries(images), k, radius, **options)
 
     def encode_items(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Encode stored items with the database model (blocking; call from a worker thread)."""
@@ -177,24 +187,26 @@ class Engine:
 
     # -- search ------------------------------------------------------------------------------------
     def search(
-        self, codes: np.ndarray, k: int | None, radius: int | None
+        self,
+        codes: np.ndarray,
+        k: int | None,
+        radius: int | None,
+        *,
+        flt: Filter | None = None,
+        offset: int = 0,
+        exclude: int | None = None,
     ) -> tuple[list[list[dict]], bool]:
-        """Hits (id, distance, metadata) per query; and whether a radius search was truncated."""
-        index = self.catalog.index
-        per_query: list[tuple[np.ndarray, np.ndarray]] = []
-        truncated = False
-        if radius is not None:
-            cap = self.settings.max_range_results
-            for dist, ids in index.range_search(codes, int(radius)):
-                if len(ids) > cap:
-                    truncated = True
-                    dist, ids = dist[:cap], ids[:cap]
-                per_query.append((dist, ids))
+        """Hits (id, distance, metadata) per query; and whether a radius search was truncated.
+
+        k-NN results are ranks ``offset`` to ``offset + k`` of the (distance, id) order.
+        ``flt`` restricts the search to the items matching a metadata filter (an exact scan of
+        their codes, see :meth:`_filtered`); ``exclude`` drops one id (the query item itself).
+        """
+        k = int(k if k is not None else DEFAULT_K)
+        if flt:
+            per_query, truncated = self._filtered(codes, k, radius, flt, offset, exclude)
         else:
-            dist, ids = index.search(codes, int(k if k is not None else DEFAULT_K))
-            for d, i in zip(dist, ids, strict=True):
-                keep = i >= 0
-                per_query.append((d[keep], i[keep]))
+            per_query, truncated = self._indexed(codes, k, radius, offset, exclude)
         wanted = {int(i) for _, ids in per_query for i in ids}
         meta = self.catalog.store.metadata_of(wanted) if wanted else {}
         out = []
@@ -208,6 +220,94 @@ class Engine:
                 ]
             )
         return out, truncated
+
+    def _cap(self, dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        cap = self.settings.max_range_results
+        return dist[:cap], ids[:cap], len(ids) > cap
+
+    def _indexed(
+        self, codes: np.ndarray, k: int, radius: int | None, offset: int, exclude: int | None
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+        """Search the index (its own exactness; the order is (distance, id))."""
+        index = self.catalog.index
+        per_query: list[tuple[np.ndarray, np.ndarray]] = []
+        truncated = False
+        if radius is not None:
+            for dist, ids in index.range_search(codes, int(radius)):
+                keep = ids != exclude if exclude is not None else slice(None)
+                dist, ids, cut = self._cap(dist[keep], ids[keep])
+                truncated |= cut
+                per_query.append((dist, ids))
+            return per_query, truncated
+        fetch = k + offset + (1 if exclude is not None else 0)
+        dist, ids = index.search(codes, fetch)
+        for d, i in zip(dist, ids, strict=True):
+            keep = (i >= 0) & (i != exclude) if exclude is not None else i >= 0
+            per_query.append((d[keep][offset : offset + k], i[keep][offset : offset + k]))
+        return per_query, truncated
+
+    def _filtered(
+        self,
+        codes: np.ndarray,
+        k: int,
+        radius: int | None,
+        flt: Filter,
+        offset: int,
+        exclude: int | None,
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+        """Exact search among the items matching ``flt``.
+
+        The store's term index gives the m matching ids (ascending), the index their codes
+        (``get_known``: ids not yet or no longer indexed are skipped, as in an unfiltered
+        search); every query's distances to those m codes are computed (xor + popcount) and
+        the first ``offset + k`` by (distance, id) are selected with a partition and a stable
+        sort. Cost per request: O(m) ids from SQLite, O(m) code lookups and O(m) distances
+        per query, independent of the index size -- cheap for selective filters.
+        """
+        ids, db = self.catalog.index.get_known(self.catalog.store.filtered_ids(flt))
+        if exclude is not None:
+            keep = ids != exclude
+            ids, db = ids[keep], db[keep]
+        per_query: list[tuple[np.ndarray, np.ndarray]] = []
+        truncated = False
+        for q in range(codes.shape[0]):
+            dist = hamming_distances(codes[q : q + 1], db)[0] if len(ids) else np.empty(0, np.int32)
+            if radius is not None:
+                sel = np.flatnonzero(dist <= int(radius))
+                stop = len(sel)
+            else:
+                stop = offset + k
+                if len(dist) > stop:  # only candidates at or under the stop-th distance
+                    kth = np.partition(dist, stop - 1)[stop - 1]
+                    sel = np.flatnonzero(dist <= kth)
+                else:
+                    sel = np.arange(len(dist))
+            # ids ascend, so a stable sort by distance orders ties by id.
+            order = sel[np.argsort(dist[sel], kind="stable")]
+            if radius is not None:
+                d, i, cut = self._cap(dist[order], ids[order])
+                truncated |= cut
+            else:
+                order = order[offset:stop]
+                d, i = dist[order], ids[order]
+            per_query.append((d, i))
+        return per_query, truncated
+
+    def similar(
+        self,
+        item_id: int,
+        k: int | None,
+        radius: int | None,
+        *,
+        flt: Filter | None = None,
+        offset: int = 0,
+    ) -> tuple[list[dict], bool]:
+        """Items nearest to a stored item's code, the item itself excluded; unknown ids raise."""
+        code = np.frombuffer(self.catalog.store.get(item_id).code, dtype=np.uint8)
+        results, truncated = self.search(
+            code[None, :], k, radius, flt=flt, offset=offset, exclude=int(item_id)
+        )
+        return results[0], truncated
 
     # -- items -------------------------------------------------------------------------------------
     def add_images(
@@ -227,6 +327,21 @@ class Engine:
         metadata: Sequence[dict[str, Any]] | None,
     ) -> list[int]:
         return self.catalog.add(codes, ids=ids, metadata=metadata)
+
+    def upsert_item(
+        self, item_id: int, image: Image.Image | None, metadata: dict[str, Any] | None
+    ) -> bool:
+        """Create or replace an item (the image re-encoded with the database model, and/or the
+        metadata); durable when it returns; returns whether the item was created."""
+        code = thumb = None
+        if image is not None:
+            code = self.encode_items([image])[0]
+            thumb = make_thumbnail(image, self.settings.thumbnail_px)
+        return self.catalog.upsert(item_id, code, metadata, thumb)
+
+    def list_items(self, after: int, limit: int) -> list[Item]:
+        """Up to ``limit`` stored items with ids above ``after``, ascending."""
+        return self.catalog.store.list_items(after, limit)
 
     def get_item(self, item_id: int) -> Item:
         """The stored item (code, metadata); unknown ids raise ``UnknownItemError``."""
@@ -268,6 +383,11 @@ class Engine:
                 "max_image_pixels": s.max_image_pixels,
                 "max_images": s.max_images,
                 "max_k": MAX_K,
+                "max_rank": MAX_RANK,
+                "max_query_codes": MAX_QUERY_CODES,
+                "max_list_limit": MAX_LIST_LIMIT,
+                "max_metadata_bytes": s.max_metadata_bytes,
+                "max_json_depth": MAX_JSON_DEPTH,
                 "max_range_results": s.max_range_results,
             },
         }

@@ -8,6 +8,7 @@ error                                  status
 ====================================  ======
 ApiError (upload checks)               its own
 DuplicateItemError / DuplicateIdError  409
+StoreError (out of ids)                409
 UnknownItemError / UnknownIdError      404
 UnsupportedOperation                   422
 RequestValidationError                 422
@@ -27,21 +28,26 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexes.errors import DuplicateIdError, UnknownIdError, UnsupportedOperation
-from service.store import DuplicateItemError, UnknownItemError
+from service.store import DuplicateItemError, StoreError, UnknownItemError
 
 log = logging.getLogger("service")
 
 
-class ApiError(Exception):
-    """A request problem with its HTTP status and one-sentence detail."""
+class ApiError(StarletteHTTPException):
+    """A request problem with its HTTP status and one-sentence detail.
+
+    An ``HTTPException`` so that it also passes through FastAPI's body parsing unchanged
+    (raised by the bounded JSON decoder of ``service.routers.common.BoundedJsonRoute``).
+    """
 
     def __init__(
         self, status_code: int, detail: str, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.headers = headers
+        super().__init__(status_code, detail, headers)
+        self.detail: str = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 def _json(
@@ -102,6 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DuplicateItemError)
     @app.exception_handler(DuplicateIdError)
+    @app.exception_handler(StoreError)  # e.g. the store has run out of int64 ids
     async def _duplicate(request: Request, exc: Exception) -> JSONResponse:
         return _json(409, str(exc))
 

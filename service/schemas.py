@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 API_VERSION = "v1"
 #: The most nearest neighbours one search returns (the ``k`` query parameter's bound).
 MAX_K = 1000
 #: ``k`` when a search gives neither ``k`` nor ``radius``.
 DEFAULT_K = 10
+#: The deepest rank a k-NN page may reach: ``offset + k <= MAX_RANK`` (half of Milvus's 16384
+#: hits per query, so that every backend can fetch the page and complete its tie group).
+MAX_RANK = 8192
+#: Most codes in one ``/v1/search/codes`` request.
+MAX_QUERY_CODES = 1024
+#: Most items in one page of ``GET /v1/items``.
+MAX_LIST_LIMIT = 1000
+#: Items per page of ``GET /v1/items`` when ``limit`` is not given.
+DEFAULT_LIST_LIMIT = 100
 
 
 class ErrorResponse(BaseModel):
@@ -50,6 +59,42 @@ class BatchSearchResponse(BaseModel):
     truncated: bool = False
 
 
+FILTER_DESCRIPTION = (
+    "Only items whose metadata matches: a JSON object of top-level keys to a value (exact "
+    'match) or a list of values (any of); several keys must all match, e.g. {"label": "cat"} '
+    'or {"label": ["cat", "dog"], "split": "val"}. An item whose value is a list matches when '
+    "any element matches. Results are the exact nearest among the matching items."
+)
+
+
+class CodeSearchRequest(BaseModel):
+    """A search by precomputed codes (e.g. made on the client's device by the exported student)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codes: str | list[str] = Field(
+        description="One code or a list of codes, each as hex (K/8 bytes, most significant bit "
+        "first, as returned by GET /v1/items/{id}).",
+        examples=[["0f3a9c51"]],
+    )
+    k: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_K,
+        description=f"Nearest items per code (1-{MAX_K}; default {DEFAULT_K}).",
+    )
+    radius: int | None = Field(
+        None, ge=0, le=65536, description="Every item within this many bits instead of k."
+    )
+    offset: int = Field(
+        0,
+        ge=0,
+        le=MAX_RANK,
+        description=f"Skip this many nearest items (k-NN pages); offset + k <= {MAX_RANK}.",
+    )
+    filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION)
+
+
 class AddResponse(BaseModel):
     ids: list[int] = Field(
         description="Ids of the added items, in upload order (durable when returned)."
@@ -62,6 +107,25 @@ class ItemResponse(BaseModel):
     code: str = Field(description="The packed code as hex (K/8 bytes, most significant bit first).")
     metadata: dict[str, Any]
     has_thumbnail: bool
+
+
+class UpsertResponse(BaseModel):
+    id: int
+    created: bool = Field(description="True when the item did not exist before this request.")
+
+
+class ItemSummary(BaseModel):
+    id: int
+    code: str = Field(description="The packed code as hex.")
+    metadata: dict[str, Any]
+    has_thumbnail: bool
+
+
+class ItemListResponse(BaseModel):
+    items: list[ItemSummary] = Field(description="Items in ascending id order.")
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 class DeleteResponse(BaseModel):

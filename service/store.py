@@ -8,6 +8,11 @@ server and also a power loss. (``NORMAL`` in WAL mode also survives a process cr
 WAL is in the OS page cache -- but may lose the last commits on power loss; it is offered
 as a setting for disks where fsync is slow.)
 
+Metadata filters use the ``terms`` table: one ``(key, term, id)`` row per scalar (or list
+element) of an item's top-level metadata (``service/filters.py``), written in the item's own
+transaction. A filter's candidate ids are one SQL query on that table's primary key (a union of terms
+per key, intersected over the keys).
+
 Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation
 and the id) in the same transaction as the change itself. An index snapshot records the
 highest sequence number it contains; on start the changes after it are replayed. The
@@ -28,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from service.terms import Filter, metadata_terms
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -43,9 +50,22 @@ CREATE TABLE IF NOT EXISTS changes (
     op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
     id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS terms (
+    key TEXT NOT NULL,
+    term TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (key, term, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS terms_by_id ON terms (id);
 """
+#: Marks a store whose ``terms`` table is filled (stores written before it get it on open).
+TERMS_VERSION = "1"
 
 MAX_ID = 2**63 - 1
+
+
+def _dumps(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
 
 
 class StoreError(ValueError):
@@ -137,6 +157,7 @@ class ItemStore:
                     ("schema_version", str(SCHEMA_VERSION)),
                     ("bits", str(self.bits)),
                     ("next_id", "0"),
+                    ("terms", TERMS_VERSION),
                 ],
             )
             self._writer.execute("COMMIT")
@@ -150,6 +171,35 @@ class ItemStore:
                 f"store {str(self.path)!r} holds {rows['bits']}-bit codes but the models make {self.bits}-bit codes: "
                 "use another --store or models of the same code length"
             )
+        if rows.get("terms") != TERMS_VERSION:
+            self._fill_terms()
+
+    def _fill_terms(self) -> None:
+        """Index the metadata of a store written before the ``terms`` table existed."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM terms")
+            cur = conn.execute("SELECT id, metadata FROM items")
+            while rows := cur.fetchmany(10_000):
+                conn.executemany(
+                    "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
+                    [(k, t, i) for i, text in rows for k, t in metadata_terms(json.loads(text))],
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('terms', ?)", (TERMS_VERSION,)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _write_terms(conn: sqlite3.Connection, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
+            [(k, t, i) for i, meta in rows for k, t in metadata_terms(meta)],
+        )
 
     # -- writes --------------------------------------------------------------------------------
     def add(
@@ -171,7 +221,7 @@ class ItemStore:
             )
         metadata = list(metadata) if metadata is not None else [{}] * n
         thumbnails = list(thumbnails) if thumbnails is not None else [None] * n
-        meta_text = [json.dumps(m, separators=(",", ":"), ensure_ascii=False) for m in metadata]
+        meta_text = [_dumps(m) for m in metadata]
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -195,6 +245,7 @@ class ItemStore:
                         for j, i in enumerate(new_ids)
                     ],
                 )
+                self._write_terms(conn, list(zip(new_ids, metadata, strict=True)))
                 conn.executemany(
                     "INSERT INTO changes (op, id) VALUES ('add', ?)", [(i,) for i in new_ids]
                 )
@@ -230,6 +281,7 @@ class ItemStore:
                 cur = conn.execute("DELETE FROM items WHERE id=?", (int(item_id),))
                 if cur.rowcount == 0:
                     raise UnknownItemError(item_id)
+                conn.execute("DELETE FROM terms WHERE id=?", (int(item_id),))
                 conn.execute("INSERT INTO changes (op, id) VALUES ('delete', ?)", (int(item_id),))
                 seq = self._seq(conn)
                 conn.execute("COMMIT")
@@ -237,6 +289,65 @@ class ItemStore:
                 conn.execute("ROLLBACK")
                 raise
         return seq
+
+    def upsert(
+        self,
+        item_id: int,
+        code: np.ndarray | None,
+        metadata: dict[str, Any] | None,
+        thumbnail: bytes | None = None,
+    ) -> tuple[bool, int]:
+        """Create or replace one item durably; return (whether it was created, the change seq).
+
+        ``code`` (with ``thumbnail``) replaces the item's code and thumbnail, ``metadata`` its
+        metadata; what is None is kept. A new item needs a code. The change is logged as an
+        ``add`` (a replay re-reads the item's current code).
+        """
+        item_id = int(item_id)
+        if code is not None and (code.dtype != np.uint8 or code.shape != (self.code_size,)):
+            raise ValueError(
+                f"code must be uint8 of {self.code_size} bytes, got {code.dtype} {code.shape}"
+            )
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT metadata FROM items WHERE id=?", (item_id,)).fetchone()
+                created = row is None
+                if created and code is None:
+                    raise UnknownItemError(item_id)
+                if created:
+                    conn.execute(
+                        "INSERT INTO items (id, code, metadata, thumbnail) VALUES (?, ?, ?, ?)",
+                        (item_id, code.tobytes(), _dumps(metadata or {}), thumbnail),
+                    )
+                    next_id = int(
+                        conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0]
+                    )
+                    if item_id + 1 > next_id:
+                        conn.execute(
+                            "UPDATE meta SET value=? WHERE key='next_id'",
+                            (str(min(item_id + 1, MAX_ID)),),
+                        )
+                elif code is not None:
+                    conn.execute(
+                        "UPDATE items SET code=?, thumbnail=? WHERE id=?",
+                        (code.tobytes(), thumbnail, item_id),
+                    )
+                if metadata is not None and not created:
+                    conn.execute(
+                        "UPDATE items SET metadata=? WHERE id=?", (_dumps(metadata), item_id)
+                    )
+                    conn.execute("DELETE FROM terms WHERE id=?", (item_id,))
+                if metadata is not None:
+                    self._write_terms(conn, [(item_id, metadata)])
+                conn.execute("INSERT INTO changes (op, id) VALUES ('add', ?)", (item_id,))
+                seq = self._seq(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return created, seq
 
     def prune_changes(self, upto_seq: int) -> None:
         """Forget change rows up to ``upto_seq`` (they are inside a durable snapshot)."""
@@ -345,3 +456,32 @@ class ItemStore:
         if row is None:
             raise UnknownItemError(item_id)
         return row[0]
+
+    def list_items(self, after: int, limit: int) -> list[Item]:
+        """Up to ``limit`` items with ids above ``after``, ascending (codes and metadata)."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (int(after), int(limit)),
+            )
+            .fetchall()
+        )
+        return [
+            Item(id=r[0], code=r[1], metadata=json.loads(r[2]), has_thumbnail=bool(r[3]))
+            for r in rows
+        ]
+
+    def filtered_ids(self, flt: Filter) -> np.ndarray:
+        """Ids (int64, ascending) of every item matching the filter: one SQL query over the
+        ``terms`` primary key (per key the ids having any of its terms, intersected over the
+        keys); it reads the index only, never the items' rows."""
+        parts, args = [], []
+        for key, terms in flt.items():
+            marks = ",".join("?" * len(terms))
+            parts.append(f"SELECT id FROM terms WHERE key=? AND term IN ({marks})")
+            args += [key, *terms]
+        sql = " INTERSECT ".join(parts)
+        rows = self._reader().execute(sql, args).fetchall()
+        return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))

@@ -14,7 +14,7 @@ Nothing user-supplied is unpickled: ``.npy`` files are read with ``allow_pickle=
 from __future__ import annotations
 
 import io
-import json
+import re
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from PIL import Image
 
 from hashkd.runtime.images import ImageDecodeError, load_image
 from service.errors import ApiError
+from service.jsonlimits import loads_bounded
 
 MAX_ID = 2**63 - 1
 
@@ -72,15 +73,12 @@ def parse_ids(text: str | None, count: int) -> list[int] | None:
 
 
 def parse_metadata(text: str | bytes | None, count: int, limit: int) -> list[dict[str, Any]] | None:
-    """A JSON list with one object per item (None when not given)."""
+    """A JSON list with one object per item (None when not given); size and depth bounded."""
     if text is None or (isinstance(text, (str, bytes)) and not text.strip()):
         return None
     if len(text) > limit:
         raise ApiError(413, f"metadata is larger than the {limit}-byte limit")
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, f"metadata is not valid JSON: {exc}") from None
+    value = loads_bounded(text, "metadata", limit)
     if isinstance(value, dict) and count == 1:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -90,6 +88,44 @@ def parse_metadata(text: str | bytes | None, count: int, limit: int) -> list[dic
             422, f"metadata has {len(value)} objects for {count} items: expected one per item"
         )
     return value
+
+
+def parse_metadata_object(text: str | None, limit: int) -> dict[str, Any] | None:
+    """One item's metadata: a JSON object (None when not given); size and depth bounded."""
+    if text is None or not text.strip():
+        return None
+    if len(text) > limit:
+        raise ApiError(413, f"metadata is larger than the {limit}-byte limit")
+    value = loads_bounded(text, "metadata", limit)
+    if not isinstance(value, dict):
+        raise ApiError(422, f"metadata must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+def parse_hex_codes(codes: str | list[str], bits: int, limit: int) -> np.ndarray:
+    """Codes given as hex strings (one or a list) -> uint8 n x bits/8; 422 naming the first
+    bad one and the expected length."""
+    items = [codes] if isinstance(codes, str) else list(codes)
+    if not items:
+        raise ApiError(422, "codes is an empty list: expected at least one hex code")
+    if len(items) > limit:
+        raise ApiError(422, f"codes has {len(items)} codes: expected at most {limit} per request")
+    want = bits // 4
+    out = np.empty((len(items), bits // 8), dtype=np.uint8)
+    for n, text in enumerate(items):
+        text = text.strip()
+        if len(text) != want or not _HEX.fullmatch(text):
+            shown = text[:24] + ("..." if len(text) > 24 else "")
+            raise ApiError(
+                422,
+                f"codes[{n}]={shown!r} is not a {bits}-bit code: expected {want} hex digits "
+                f"({bits // 8} bytes), got {len(text)} characters",
+            )
+        out[n] = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+    return out
 
 
 def load_npy(data: bytes, what: str) -> np.ndarray:

@@ -47,7 +47,11 @@ def test_generated_requests_never_get_a_5xx(api_schema):
     operations = _operations(api_schema)
     assert {op.label for op in operations} >= {
         "POST /v1/search",
+        "POST /v1/search/codes",
+        "GET /v1/items/{item_id}/similar",
         "POST /v1/items",
+        "PUT /v1/items/{item_id}",
+        "GET /v1/items",
         "POST /v1/items/codes",
     }
     for op in operations:

@@ -27,6 +27,7 @@ _BUILTIN = (
     "hashkd.cli.evaluate",
     "hashkd.cli.export",
     "hashkd.cli.demo",
+    "hashkd.cli.query",
 )
 
 EXIT_USAGE = 2

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Request, Response, UploadFile
+from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.errors import ApiError
-from service.schemas import DEFAULT_K, ErrorResponse
+from service.jsonlimits import loads_bounded
+from service.schemas import DEFAULT_K, MAX_RANK, ErrorResponse
 from service.settings import Settings
 from service.uploads import decode_image, read_capped
 
@@ -31,9 +33,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}
 
 
-def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int | None]:
+def check_k_radius(
+    k: int | None, radius: int | None, offset: int = 0
+) -> tuple[int | None, int | None]:
     """Exactly one of k (nearest neighbours) and radius (all within r bits); k defaults to 10
-    (``DEFAULT_K``)."""
+    (``DEFAULT_K``); ``offset`` pages k-NN results up to rank ``MAX_RANK``."""
     if k is not None and radius is not None:
         raise ApiError(
             422,
@@ -42,7 +46,44 @@ def check_k_radius(k: int | None, radius: int | None) -> tuple[int | None, int |
         )
     if k is None and radius is None:
         k = DEFAULT_K
+    if offset and radius is not None:
+        raise ApiError(
+            422, f"offset={offset} pages k-NN results: it cannot be used with radius={radius}"
+        )
+    if k is not None and offset + k > MAX_RANK:
+        raise ApiError(
+            422,
+            f"offset={offset} + k={k} is {offset + k}: pages reach at most rank {MAX_RANK} "
+            "(offset + k <= MAX_RANK)",
+        )
     return k, radius
+
+
+#: Largest JSON request body (a list of MAX_QUERY_CODES long codes and a filter).
+MAX_JSON_BODY = 2 * 1024 * 1024
+
+
+class BoundedJsonRequest(Request):
+    """A request whose JSON body is decoded with size and depth bounds (``jsonlimits``)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_bounded(await self.body(), "the JSON body", MAX_JSON_BODY)
+        return self._json
+
+
+class BoundedJsonRoute(APIRoute):
+    """A route that decodes its JSON body with :class:`BoundedJsonRequest` (FastAPI's
+    "custom Request and APIRoute class" pattern): a 5,000-level nested body is a 422, not
+    a ``RecursionError``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            return await handler(BoundedJsonRequest(request.scope, request.receive))
+
+        return bounded
 
 
 async def read_images(

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import EngineDep, SettingsDep, WriteAccess
 from service.errors import ApiError
 from service.routers.common import error_responses, read_images
-from service.schemas import AddResponse, DeleteResponse, ItemResponse
+from service.schemas import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    AddResponse,
+    DeleteResponse,
+    ItemListResponse,
+    ItemResponse,
+    ItemSummary,
+    UpsertResponse,
+)
 from service.uploads import (
     MAX_ID,
     check_code_upload,
@@ -18,6 +27,7 @@ from service.uploads import (
     load_npy,
     parse_ids,
     parse_metadata,
+    parse_metadata_object,
     read_capped,
 )
 
@@ -101,6 +111,65 @@ async def add_codes(
         meta = [{**m, **lb} for m, lb in zip(meta, lab, strict=True)] if meta is not None else lab
     new_ids = await run_in_threadpool(engine.add_codes, code_arr, item_ids, meta)
     return AddResponse(ids=new_ids)
+
+
+@router.put(
+    "/{item_id}",
+    response_model=UpsertResponse,
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
+    dependencies=[WriteAccess],
+    summary="Create or replace an item (upsert)",
+)
+async def upsert_item(
+    engine: EngineDep,
+    settings: SettingsDep,
+    item_id: ItemId,
+    image: Annotated[
+        UploadFile | None,
+        File(description="A new image for the item (re-encoded with the database model)."),
+    ] = None,
+    metadata: Annotated[
+        str | None, Form(description="A JSON object replacing the item's metadata.")
+    ] = None,
+) -> UpsertResponse:
+    """Replace the image and/or the metadata of an item, or create it (a new item needs an
+    image; 404 for metadata alone on an unknown id); answers once the change is durable."""
+    meta = parse_metadata_object(metadata, settings.max_metadata_bytes)
+    if image is None and meta is None:
+        raise ApiError(422, "give an image, metadata or both: a PUT replaces what it is given")
+    decoded = (await read_images([image], settings, "image"))[0] if image is not None else None
+    created = await run_in_threadpool(engine.upsert_item, item_id, decoded, meta)
+    return UpsertResponse(id=item_id, created=created)
+
+
+@router.get(
+    "",
+    response_model=ItemListResponse,
+    responses=error_responses(422, 503),
+    summary="List items (pages by id)",
+)
+def list_items(
+    engine: EngineDep,
+    after: Annotated[
+        int,
+        Query(ge=-1, le=MAX_ID, description="Only ids above this one (default: from the start)."),
+    ] = -1,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_LIST_LIMIT, description=f"Items per page (1-{MAX_LIST_LIMIT})."),
+    ] = DEFAULT_LIST_LIMIT,
+) -> ItemListResponse:
+    """Items in ascending id order with their metadata; follow ``next_after`` to page."""
+    items = engine.list_items(after, limit)
+    return ItemListResponse(
+        items=[
+            ItemSummary(
+                id=i.id, code=i.code.hex(), metadata=i.metadata, has_thumbnail=i.has_thumbnail
+            )
+            for i in items
+        ],
+        next_after=items[-1].id if len(items) == limit else None,
+    )
 
 
 @router.get(

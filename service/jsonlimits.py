@@ -1,0 +1,59 @@
+"""Bounded JSON decoding for every JSON input of the API (metadata, filters, code lists).
+
+Python's ``json`` decoder recurses once per nesting level: a few kB of ``[[[[...]]]]`` raise
+``RecursionError`` deep inside the decoder. So the size and the nesting depth of untrusted
+JSON are checked *before* decoding, by a linear pass that ignores brackets inside strings:
+string literals are blanked with one regular expression (C speed) and the depth is the
+running sum of opening minus closing brackets (numpy). Then the text is decoded, refusing
+``NaN``/``Infinity`` (not JSON, and a stored ``NaN`` could not be sent back in a response).
+
+Problems raise :class:`service.errors.ApiError`: 413 over the size limit, 422 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from service.errors import ApiError
+
+#: The deepest nesting accepted in any JSON input (objects and lists count one level each).
+MAX_JSON_DEPTH = 32
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest bracket nesting of JSON text (brackets inside strings do not count)."""
+    raw = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
+    if not raw.size:
+        return 0
+    steps = np.isin(raw, _OPEN).astype(np.int64) - np.isin(raw, _CLOSE).astype(np.int64)
+    return int(max(0, np.cumsum(steps).max()))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_bounded(
+    text: str | bytes, what: str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """Decode untrusted JSON ``text`` after checking its size and nesting depth."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(data) > max_bytes:
+        raise ApiError(413, f"{what} is {len(data)} bytes: expected at most {max_bytes}")
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise ApiError(
+            422, f"{what} is nested {depth} levels deep: expected at most {max_depth} levels"
+        )
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, NaN
+        raise ApiError(422, f"{what} is not valid JSON: {exc}") from None
