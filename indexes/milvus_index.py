@@ -4,7 +4,8 @@ The collection has an INT64 primary key ``id`` and a BINARY_VECTOR field ``code`
 indexed with ``BIN_FLAT`` (exact, default) or ``BIN_IVF_FLAT`` (``nlist``/``nprobe``) under the
 HAMMING metric. ``uri`` is a Milvus server (``http://host:19530``) or a local file path, which
 runs milvus-lite embedded (milvus-lite 2.5.x; 3.x has no binary vectors). Consistency level
-``Strong``: a search sees every completed write.
+``Strong``: a search sees every completed write. Tested on milvus-lite and on a Milvus 2.3
+standalone server (tests/test_indexes_milvus.py, docs/indexes.md).
 
 The set of ids is mirrored in memory (loaded from the collection when it is opened) to report
 duplicate and unknown ids before anything is written: keep one writing process per collection.
@@ -78,6 +79,9 @@ class MilvusIndex(BinaryIndex):
         self._client = MilvusClient(uri, token=token) if token else MilvusClient(uri)
         if self._client.has_collection(collection):
             self._check_existing()
+            # A server does not load a collection into memory again after it restarts (nor
+            # one another client released): searches and queries need it loaded.
+            self._client.load_collection(collection)
             self._load_ids()
         else:
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)

@@ -1,6 +1,8 @@
-"""Milvus backend (milvus-lite, local file) against the same brute-force oracle.
+"""Milvus backend against the same brute-force oracle, on milvus-lite and on a real Milvus server.
 
-Skips cleanly when pymilvus / milvus-lite are not installed (extra ``milvus``).
+``lite``: the embedded milvus-lite file database; ``server``: a Milvus 2.3 standalone server
+started on loopback by ``tests/milvus_server.py``. Each skips with the reason when its package
+is missing (extra ``milvus``).
 """
 
 from __future__ import annotations
@@ -9,26 +11,32 @@ import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
 
 from indexes import DuplicateIdError, UnknownIdError, create_index, load_index  # noqa: E402
+from tests.milvus_server import milvus_server  # noqa: E402,F401 - the session fixture
 
 
 def hamming(q, db):
     return (np.unpackbits(q, axis=1)[:, None, :] != np.unpackbits(db, axis=1)[None, :, :]).sum(-1)
 
 
-@pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lite", "server"])
+def milvus(request, tmp_path_factory):
+    if request.param == "lite":
+        pytest.importorskip("milvus_lite")
+        uri = str(tmp_path_factory.mktemp("milvus") / "codes.db")
+    else:
+        uri = request.getfixturevalue("milvus_server").uri
     rng = np.random.default_rng(5)
     centres = rng.integers(0, 256, (15, 4), dtype=np.uint8)
     db = centres[rng.integers(0, 15, 1500)] ^ (rng.random((1500, 4)) < 0.05).astype(np.uint8)
     ids = rng.choice(10**7, 1500, replace=False).astype(np.int64)
     q = db[rng.integers(0, 1500, 12)]
-    path = tmp_path_factory.mktemp("milvus") / "codes.db"
-    index = create_index(f"milvus:{path}", 32, collection="t1")
+    collection = f"t_{request.param}_{rng.integers(10**9)}"
+    index = create_index(f"milvus:{uri}", 32, collection=collection)
     index.add(ids, db)
-    yield index, db, ids, q, path
+    yield index, db, ids, q, uri
+    index.drop()
     index.close()
 
 
@@ -53,7 +61,7 @@ def test_range_search_inclusive_equals_oracle(milvus):
 
 
 def test_ids_remove_replace_get_and_reload(milvus, tmp_path):
-    index, db, ids, q, path = milvus
+    index, db, ids, q, _ = milvus
     np.testing.assert_array_equal(index.get(ids[:5]), db[:5])
     with pytest.raises(DuplicateIdError):
         index.add(ids[:1], db[1:2])
@@ -70,11 +78,36 @@ def test_ids_remove_replace_get_and_reload(milvus, tmp_path):
     try:
         assert len(reopened) == 1400 and ids[0] not in reopened and ids[200] in reopened
         np.testing.assert_array_equal(reopened.get(ids[200:203]), db[200:203])
+        _, again = reopened.search(q, 20)
+        np.testing.assert_array_equal(again, index.search(q, 20)[1])
     finally:
         reopened.close()
 
 
 def test_wrong_code_length_collection_refused(milvus):
-    _, _, _, _, path = milvus
+    index, _, _, _, uri = milvus
     with pytest.raises(ValueError, match="32-bit|dim"):
-        create_index(f"milvus:{path}", 64, collection="t1")
+        create_index(f"milvus:{uri}", 64, collection=index.collection)
+
+
+@pytest.mark.slow
+def test_server_restart_keeps_acknowledged_codes(request):
+    """Codes added before a stop (SIGTERM, then SIGKILL) are all there after a restart."""
+    server = request.getfixturevalue("milvus_server")
+    rng = np.random.default_rng(11)
+    db = rng.integers(0, 256, (300, 4), dtype=np.uint8)
+    ids = np.arange(1000, 1300, dtype=np.int64)
+    uri = server.uri
+    index = create_index(f"milvus:{uri}", 32, collection="restart")
+    index.add(ids, db)
+    index.close()
+    server.stop()
+    assert server.start() == uri
+    reopened = create_index(f"milvus:{uri}", 32, collection="restart")
+    try:
+        assert len(reopened) == 300
+        dist, got = reopened.search(db[:5], 1)
+        assert got[:, 0].tolist() == ids[:5].tolist() and dist[:, 0].tolist() == [0] * 5
+    finally:
+        reopened.drop()
+        reopened.close()
