@@ -12,8 +12,8 @@ Two methods of :mod:`onnxruntime.quantization`:
 * ``dynamic``: int8 weights, activation ranges computed per batch at run time, for the
   linear layers only (:data:`DYNAMIC_OP_TYPES`); needs no calibration data. This is ONNX
   Runtime's advice for transformers; dynamically quantized convolutions (``ConvInteger``) ran
-  ~6x *slower* than float ones for a MobileNetV3 in a smoke run, so a CNN keeps its
-  convolutions in float here and gains from int8 only with static calibration (``--data``).
+  ~6x *slower* than float ones for a MobileNetV3 at 32 px (a smoke run on a busy host), so a
+  CNN keeps its convolutions in float here and gains from int8 only with static calibration.
 
 The caller (:func:`hashkd.export.export_model`) checks the result against the PyTorch model on
 held-out images and decides which method to keep.
