@@ -79,7 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hashkd.export import EXPORT_FORMATS, export_model
+    try:
+        from hashkd.export import EXPORT_FORMATS, export_model
+    except ModuleNotFoundError as exc:  # a serving-only install ('hashkd[serve]') has no torch
+        raise ValueError(
+            f"hashkd export needs PyTorch and ONNX ({exc.name} is not installed): "
+            "pip install 'hashkd[train,onnx]'"
+        ) from None
 
     formats: list[str] = []
     for item in args.formats or ["onnx"]:
