@@ -15,6 +15,14 @@ non-linearity between two linear layers is folded into one Linear first
 Check (issue 4): the exported graph is run on a fixed batch of seeded random images and its
 codes are compared with the (unfolded) PyTorch model's; the export is refused with
 :class:`ExportError` when more than :data:`MAX_BIT_DISAGREEMENT` of the bits differ.
+
+Int8 (issue 17, ``quantize='int8'``, ONNX only): the checked float graph is quantized with ONNX
+Runtime (:mod:`hashkd.quantize`) into ``model.int8.onnx``, listed as ``exports.onnx.int8``.
+With ``data`` the static method is calibrated on images of that data set and checked on other,
+held-out images of it; without, the dynamic method is checked on the seeded random images.
+``quantize_method='auto'`` falls back from static to dynamic when static fails or its codes
+agree on fewer than :data:`MIN_INT8_BIT_AGREEMENT` of the bits; when the kept method is still
+below, the export is refused (:class:`ExportError`, nothing written).
 """
 
 from __future__ import annotations
@@ -35,7 +43,14 @@ import torch
 from hashkd.io import atomic_move, atomic_write, atomic_write_json
 from hashkd.models.artifact import CONFIG_NAME, WEIGHTS_NAME, load_artifact, read_config
 from hashkd.models.hash_model import HashModel
-from hashkd.runtime.backends import EXPORT_FILES, export_entry, file_sha256, open_backend
+from hashkd.runtime.backends import (
+    EXPORT_FILES,
+    INT8_FILE,
+    export_entry,
+    file_sha256,
+    int8_entry,
+    open_backend,
+)
 from hashkd.runtime.fold import fold_linear_head
 from hashkd.runtime.preprocess import normalize_uint8
 
@@ -43,6 +58,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "ExportError",
     "MAX_BIT_DISAGREEMENT",
+    "MIN_INT8_BIT_AGREEMENT",
     "bit_agreement",
     "check_batch",
     "export_model",
@@ -55,6 +71,10 @@ ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 #: Largest fraction of code bits an export may flip relative to the PyTorch model.
 MAX_BIT_DISAGREEMENT = 0.001
 DEFAULT_CHECK_IMAGES = 64
+#: Smallest fraction of code bits the int8 graph must share with the PyTorch model.
+MIN_INT8_BIT_AGREEMENT = 0.99
+QUANTIZATIONS = ("int8",)
+DEFAULT_CALIBRATION_IMAGES = 128
 # Protobuf files are limited to 2 GB; bigger models keep their weights in model.onnx.data.
 _ONNX_INLINE_LIMIT = 1_500_000_000
 
@@ -169,7 +189,86 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 def _export_files(raw: dict, fmt: str) -> list[str]:
     entry = export_entry(raw, fmt) or {}
-    return [entry["file"], *entry.get("extra_files", [])] if entry else []
+    if not entry:
+        return []
+    quantized = int8_entry(raw) if fmt == "onnx" else None
+    return [
+        entry["file"],
+        *entry.get("extra_files", []),
+        *([quantized["file"]] if quantized else []),
+    ]
+
+
+def _quantize_checked(
+    fp32_path: Path,
+    model: HashModel,
+    random_batch: np.ndarray,
+    workdir: Path,
+    *,
+    src: Path,
+    data: str | None,
+    method: str,
+    calibration_images: int,
+    check_images: int,
+    seed: int,
+    threads: int | None,
+    min_agreement: float,
+) -> tuple[dict[str, Any], Path]:
+    """Quantize ``fp32_path`` to int8 and check it on held-out images: (entry, int8 file)."""
+    try:
+        from hashkd import quantize as q
+    except ImportError as exc:
+        raise ExportError(
+            f"--quantize int8 needs onnxruntime's quantization tools ({exc}): "
+            "pip install 'hashkd[onnx]'"
+        ) from None
+    config = model.config
+    if data is None:
+        if method == "static":
+            raise ExportError(
+                "quantize method 'static' needs calibration images: pass --data SPEC "
+                "(or use --quantize-method dynamic)"
+            )
+        calibration, held_out = None, random_batch
+        check_source: dict[str, Any] = {"source": "random", "seed": int(seed)}
+    else:
+        calibration, held_out = q.draw_images(
+            data, config.img_size, config.mean, config.std, calibration_images, check_images, seed
+        )
+        check_source = {"source": "held-out", "data": str(data), "seed": int(seed)}
+    if method == "auto":
+        methods = ["static", "dynamic"] if data is not None else ["dynamic"]
+    else:
+        methods = [method]
+    rejected: list[str] = []
+    for name in methods:
+        dst = workdir / f"{name}.onnx"
+        try:
+            if name == "static":
+                info = q.quantize_onnx_static(fp32_path, dst, calibration, workdir)
+                info["calibration"] = {"data": str(data), "images": len(calibration), "seed": seed}
+            else:
+                info = q.quantize_onnx_dynamic(fp32_path, dst, workdir)
+            check = _run_check("onnx", dst, model, held_out, threads)
+        except Exception as exc:  # noqa: BLE001 - quantizer and runtime fail in many ways
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            rejected.append(f"{name} failed: {msg[:200]}")
+            continue
+        if check["bit_agreement"] >= min_agreement:
+            entry = {"file": INT8_FILE, **info, "check": {**check, **check_source}}
+            if rejected:
+                entry["rejected"] = rejected
+            return entry, dst
+        rejected.append(
+            f"{name}: bit agreement {100 * check['bit_agreement']:.2f}% "
+            f"({check['bits_differing']} of {check['bits_compared']} bits differ)"
+        )
+    raise ExportError(
+        f"the int8 quantization of {str(src)!r} does not reproduce the PyTorch model's codes "
+        f"({'; '.join(rejected)}): expected at least {100 * min_agreement:.0f}% bit "
+        "agreement; nothing was written (export without --quantize to keep the float graph"
+        + (", or pass --data SPEC for static calibration)" if data is None else ")")
+    )
 
 
 def _kept_exports(src_raw: dict, out: Path, weights_sha: str) -> dict[str, Any]:
@@ -204,12 +303,25 @@ def export_model(
     opset: int | None = None,
     exporter: str = "auto",
     threads: int | None = None,
+    quantize: str | None = None,
+    data: str | None = None,
+    quantize_method: str = "auto",
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    min_int8_agreement: float = MIN_INT8_BIT_AGREEMENT,
 ) -> dict[str, Any]:
     """Export the artifact ``model_dir`` as ``fmt`` ('onnx' or 'torchscript') into ``out_dir``.
 
     ``out_dir`` defaults to ``model_dir`` (export in place). Returns the ``exports[fmt]`` entry
     written to ``out_dir/config.json``, including the check's bit agreement. Raises
     :class:`ExportError` when the export fails or more than 0.1% of code bits differ.
+
+    ``quantize='int8'`` (ONNX only) also writes ``model.int8.onnx`` (entry ``["int8"]``):
+    ``quantize_method`` 'static' (calibrated on ``calibration_images`` images of ``data``),
+    'dynamic', or 'auto' (static when ``data`` is given, else or as a fallback dynamic). The
+    int8 graph is checked on ``check_images`` held-out images of ``data`` (random images
+    without ``data``) and refused below ``min_int8_agreement`` (default
+    :data:`MIN_INT8_BIT_AGREEMENT`; ``scripts/bench_encode.py`` passes 0 for the random-weight
+    models it only times).
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(
@@ -223,6 +335,24 @@ def export_model(
         raise ExportError(f"check_images={check_images!r} is too small: expected at least 2 images")
     if opset is not None and int(opset) < 17:
         raise ExportError(f"opset={opset!r} is too old: expected 17 or newer")
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise ExportError(
+                f"quantize={quantize!r} is not supported: expected one of {', '.join(QUANTIZATIONS)}"
+            )
+        if fmt != "onnx":
+            raise ExportError(f"quantize={quantize!r} applies to the onnx format only, not {fmt!r}")
+        from hashkd.quantize import QUANTIZE_METHODS
+
+        if quantize_method not in QUANTIZE_METHODS:
+            raise ExportError(
+                f"quantize method {quantize_method!r} is not known: expected one of "
+                f"{', '.join(QUANTIZE_METHODS)}"
+            )
+        if int(calibration_images) < 1:
+            raise ExportError(
+                f"calibration_images={calibration_images!r} is too small: expected at least 1"
+            )
     src = Path(model_dir)
     config, raw = read_config(src)
     model = load_artifact(src)
@@ -240,6 +370,8 @@ def export_model(
     example = torch.from_numpy(batch[:2].copy())
 
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
+    quant_dir = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-")) if quantize else None
+    int8: dict[str, Any] | None = None
     try:
         staged = staging / EXPORT_FILES[fmt]
         try:
@@ -262,6 +394,21 @@ def export_model(
                 f"({100 * (1 - check['bit_agreement']):.2f}%): expected at most "
                 f"{100 * MAX_BIT_DISAGREEMENT:.1f}%; the export was not written"
             )
+        if quant_dir is not None:
+            int8, int8_file = _quantize_checked(
+                staged,
+                model,
+                batch,
+                quant_dir,
+                src=src,
+                data=data,
+                method=quantize_method,
+                calibration_images=int(calibration_images),
+                check_images=int(check_images),
+                seed=seed,
+                threads=threads,
+                min_agreement=float(min_int8_agreement),
+            )
         # Publish: weights and listed exports first, then the config that lists them.
         if not in_place:
             _atomic_copy(src / WEIGHTS_NAME, out / WEIGHTS_NAME)
@@ -276,8 +423,12 @@ def export_model(
             atomic_move(f, out / f.name)
             if f.name != EXPORT_FILES[fmt]:
                 extra_files.append(f.name)
+        if int8 is not None:
+            os.replace(int8_file, out / INT8_FILE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if quant_dir is not None:
+            shutil.rmtree(quant_dir, ignore_errors=True)
 
     entry: dict[str, Any] = {
         "file": EXPORT_FILES[fmt],
@@ -295,6 +446,8 @@ def export_model(
     }
     if extra_files:
         entry["extra_files"] = sorted(extra_files)
+    if int8 is not None:
+        entry["int8"] = int8
     new_raw = dict(raw)
     exports = _kept_exports(raw, out, entry["weights_sha256"])
     exports[fmt] = entry

@@ -22,9 +22,18 @@ resetting it through ``/proc/self/clear_refs``; ``ru_maxrss`` where that is not 
 reported in full and as the increase over the RSS at the start of the cell (the imported
 libraries). Image decoding + preprocessing throughput (PIL + numpy) is measured separately.
 
+Int8 rows (issue 17): ``--precision fp32,int8`` also quantizes each model's ONNX graph
+(``hashkd export --quantize int8``; static when ``--calibration-data SPEC`` is given, else
+dynamic; the agreement is reported, not enforced, as the weights are random) and times it as the
+backend ``onnxruntime int8``. The float ONNX rows always run the fp32 graph. The report then
+adds int8 / fp32 throughput and the student / teacher ratio against the teacher's fastest
+backend. The mAP change of int8 codes on real data is measured by ``scripts/eval_int8.py``.
+
 Example (the recorded run, docs/bench-encode.md)::
 
     python scripts/bench_encode.py --threads 2 --seconds 2 --json bench-encode.json
+    python scripts/bench_encode.py --sizes 224 --precision fp32,int8 --calibration-data cifar10 \
+        --threads 2 --json bench-encode-int8.json
 """
 
 from __future__ import annotations
@@ -67,7 +76,19 @@ PAIRINGS = {
     },
 }
 BITS = 64
-BACKEND_LABEL = {"torch": "eager", "torchscript": "torchscript", "onnx": "onnxruntime"}
+BACKEND_LABEL = {
+    "torch": "eager",
+    "torchscript": "torchscript",
+    "onnx": "onnxruntime",
+    "onnx-int8": "onnxruntime int8",
+}
+#: Timed "backends" -> (Encoder backend, precision).
+CELL_BACKENDS = {
+    "torch": ("torch", "fp32"),
+    "torchscript": ("torchscript", "fp32"),
+    "onnx": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
+}
 
 
 # ---------------------------------------------------------------------- memory helpers
@@ -90,12 +111,12 @@ def _reset_peak() -> bool:
 
 
 # ---------------------------------------------------------------------- child jobs
-def _reuse(path: Path) -> dict | None:
-    """Artifacts of an earlier run in --workdir whose two exports are current are reused."""
+def _reuse(path: Path, int8: bool) -> dict | None:
+    """Artifacts of an earlier run in --workdir whose exports (and int8 graph) are current."""
     import numpy as np
     from safetensors import safe_open
 
-    from hashkd.runtime.backends import export_is_current, export_path
+    from hashkd.runtime.backends import export_is_current, export_path, int8_path
 
     try:
         raw = json.loads((path / "config.json").read_text())
@@ -111,6 +132,10 @@ def _reuse(path: Path) -> dict | None:
             "bit_agreement": check["bit_agreement"],
             "max_abs_logit_diff": check["max_abs_logit_diff"],
         }
+    if int8:
+        if int8_path(path, raw) is None:
+            return None
+        exports["onnx-int8"] = _int8_summary(raw["exports"]["onnx"]["int8"], "reused")
     params = 0
     with safe_open(str(path / "model.safetensors"), framework="numpy") as f:
         for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
@@ -119,15 +144,32 @@ def _reuse(path: Path) -> dict | None:
     return {"dir": str(path), "params": params, "exports": exports, "reused": True}
 
 
-def prepare(size: int, role: str, root: str, exporter: str, threads: int) -> dict:
-    """Build a random-init model, save it and export it to ONNX and TorchScript."""
+def _int8_summary(int8: dict, seconds) -> dict:
+    return {
+        "seconds": seconds,
+        "method": int8["method"],
+        "bit_agreement": int8["check"]["bit_agreement"],
+        "max_abs_logit_diff": int8["check"]["max_abs_logit_diff"],
+    }
+
+
+def prepare(
+    size: int,
+    role: str,
+    root: str,
+    exporter: str,
+    threads: int,
+    int8: bool = False,
+    calibration_data: str | None = None,
+) -> dict:
+    """Build a random-init model, save it and export it to ONNX (+ int8) and TorchScript."""
     import torch
 
     from hashkd.export import export_model
     from hashkd.models import ModelConfig, build_model, save_artifact
 
     path = Path(root) / f"{role}-{size}"
-    reused = _reuse(path)
+    reused = _reuse(path, int8)
     if reused is not None:
         return reused
     torch.manual_seed(0)
@@ -146,12 +188,26 @@ def prepare(size: int, role: str, root: str, exporter: str, threads: int) -> dic
     out = {"dir": str(path), "params": params, "exports": {}}
     for fmt in ("torchscript", "onnx"):
         t0 = time.perf_counter()
-        entry = export_model(path, fmt, check_images=8, exporter=exporter, threads=threads)
+        quantize = "int8" if int8 and fmt == "onnx" else None
+        entry = export_model(
+            path,
+            fmt,
+            check_images=8,
+            exporter=exporter,
+            threads=threads,
+            quantize=quantize,
+            data=calibration_data if quantize else None,
+            calibration_images=64,
+            min_int8_agreement=0.0,  # random weights: report the agreement, time the graph
+        )
+        seconds = round(time.perf_counter() - t0, 1)
         out["exports"][fmt] = {
-            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds": seconds,
             "bit_agreement": entry["check"]["bit_agreement"],
             "max_abs_logit_diff": entry["check"]["max_abs_logit_diff"],
         }
+        if quantize:
+            out["exports"]["onnx-int8"] = _int8_summary(entry["int8"], seconds)
     return out
 
 
@@ -177,7 +233,10 @@ def run_cell(
     rss_start = _status_kb("VmRSS")
     t_load = time.perf_counter()
     chunk = batch if backend_batch == "request" else None
-    enc = Encoder.from_artifact(model_dir, backend=backend, threads=threads, batch_size=chunk)
+    name, precision = CELL_BACKENDS[backend]
+    enc = Encoder.from_artifact(
+        model_dir, backend=name, threads=threads, batch_size=chunk, precision=precision
+    )
     load_s = time.perf_counter() - t_load
     x = (
         np.random.default_rng(0)
@@ -271,6 +330,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=300.0,
         help="stop a cell (reported as an error) after this long, load and warm-up included (default 300)",
     )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 and/or int8 (comma-separated; int8 adds 'onnxruntime int8' rows; default fp32)",
+    )
+    p.add_argument(
+        "--calibration-data",
+        default=None,
+        metavar="SPEC",
+        help="data spec for static int8 calibration (e.g. cifar10); default: dynamic quantization",
+    )
     p.add_argument("--onnx-exporter", default="auto", choices=["auto", "dynamo", "legacy"])
     p.add_argument(
         "--workdir", default=None, help="where artifacts are written (default: a temp dir)"
@@ -285,13 +355,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         if s not in PAIRINGS:
             p.error(f"--sizes {s} is not a known pairing: expected 32 or 224")
     for b in args.backends:
-        if b not in BACKEND_LABEL:
+        if b not in ("torch", "torchscript", "onnx"):
             p.error(f"--backends {b!r} is not known: expected torch, torchscript or onnx")
     for r in args.roles:
         if r not in ("teacher", "student"):
             p.error(f"--roles {r!r} is not known: expected teacher or student")
     if any(b < 1 for b in args.batches) or args.threads < 1 or args.seconds <= 0:
         p.error("batches and threads must be positive integers and --seconds positive")
+    args.precision = _csv(str, args.precision)
+    for prec in args.precision:
+        if prec not in ("fp32", "int8"):
+            p.error(f"--precision {prec!r} is not known: expected fp32 or int8")
+    args.int8 = "int8" in args.precision
+    if args.int8 and "onnx" not in args.backends:
+        args.backends.append("onnx")  # the int8 rows are compared with the float graph
+    if args.int8:
+        args.backends.append("onnx-int8")
+    if "fp32" not in args.precision:
+        p.error("--precision must include fp32 (the reference rows)")
     return args
 
 
@@ -347,6 +428,34 @@ def report(args, prep: dict, cells: dict, pre: dict, wall: float) -> str:
             ]
             lines.append(f"| {size} | {BACKEND_LABEL[backend]} | " + " | ".join(row) + " |")
     lines.append("")
+    lines.append("Student (each backend) / teacher at its fastest backend for that batch:")
+    lines.append("")
+    lines.append(
+        "| size | student backend | " + " | ".join(f"batch {b}" for b in args.batches) + " |"
+    )
+    lines.append("|---:|---|" + "---:|" * len(args.batches))
+    for size in args.sizes:
+        for backend in args.backends:
+            row = []
+            for b in args.batches:
+                teacher = [ips(size, "teacher", t, b) for t in args.backends]
+                best = max((v for v in teacher if v), default=None)
+                row.append(_ratio(ips(size, "student", backend, b), best))
+            lines.append(f"| {size} | {BACKEND_LABEL[backend]} | " + " | ".join(row) + " |")
+    if "onnx-int8" in args.backends:
+        lines.append("")
+        lines.append("onnxruntime int8 / fp32 throughput:")
+        lines.append("")
+        lines.append("| size | role | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
+        lines.append("|---:|---|" + "---:|" * len(args.batches))
+        for size in args.sizes:
+            for role in args.roles:
+                row = [
+                    _ratio(ips(size, role, "onnx-int8", b), ips(size, role, "onnx", b))
+                    for b in args.batches
+                ]
+                lines.append(f"| {size} | {role} | " + " | ".join(row) + " |")
+    lines.append("")
     lines.append("Exported / eager PyTorch throughput:")
     lines.append("")
     lines.append(
@@ -374,7 +483,8 @@ def report(args, prep: dict, cells: dict, pre: dict, wall: float) -> str:
                 lines.append(f"- {size} px {role}: preparation failed: {p['error']}")
                 continue
             ex = ", ".join(
-                f"{fmt} export {e['seconds']}{'' if e['seconds'] == 'reused' else ' s'}, agreement {100 * e['bit_agreement']:.2f}%"
+                f"{fmt}{' (' + e['method'] + ')' if 'method' in e else ''} export {e['seconds']}"
+                f"{'' if e['seconds'] == 'reused' else ' s'}, agreement {100 * e['bit_agreement']:.2f}%"
                 for fmt, e in p["exports"].items()
             )
             lines.append(
@@ -422,7 +532,14 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 prep[(size, role)] = in_child(
-                    prepare, size, role, str(root), args.onnx_exporter, args.threads
+                    prepare,
+                    size,
+                    role,
+                    str(root),
+                    args.onnx_exporter,
+                    args.threads,
+                    args.int8,
+                    args.calibration_data,
                 )
             except Exception as exc:  # noqa: BLE001 - report and continue with the other cells
                 prep[(size, role)] = {

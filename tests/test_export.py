@@ -241,3 +241,152 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, argv_tail, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert len(err) == 1 and needle in err[0] and err[0].startswith("hashkd: error:")
+
+
+# ---------------------------------------------------------------- int8 (issue 17)
+def _digits_held_out(config, n_calibration: int, n_check: int, seed: int = 0) -> np.ndarray:
+    """Oracle for the held-out images: the same seeded draw, prepared independently."""
+    from hashkd.data import eval_transform, load_dataset
+
+    ds = load_dataset("digits")
+    order = np.random.default_rng(seed).permutation(len(ds))[
+        n_calibration : n_calibration + n_check
+    ]
+    tf = eval_transform(config.img_size, config.mean, config.std)
+    return torch.stack([tf(ds.load_image(int(i))) for i in order]).numpy()
+
+
+def _negated_graph(src, dst) -> None:
+    """An ONNX graph whose logits are the negation of ``src``'s: every code bit flips."""
+    import onnx
+    from onnx import helper
+
+    graph_model = onnx.load(str(src))
+    graph = graph_model.graph
+    out = graph.output[0]
+    graph.node[-1].output[list(graph.node[-1].output).index(out.name)] = "raw_logits"
+    graph.node.append(helper.make_node("Neg", ["raw_logits"], [out.name]))
+    onnx.save(graph_model, str(dst))
+
+
+def test_int8_static_export_checked_on_held_out_images(tmp_path, capsys):
+    src, model = _save(tmp_path, "cnn")
+    out = tmp_path / "int8"
+    argv = ["export", str(src), "--out", str(out), "--onnx-exporter", "legacy"]
+    argv += ["--quantize", "int8", "--data", "digits", "--calibration-images", "24"]
+    assert main([*argv, "--check-images", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "quantized int8 (static, calibrated on 24 images of 'digits')" in printed
+    assert "on 16 held-out images of 'digits'" in printed
+
+    raw = json.loads((out / "config.json").read_text())
+    int8 = raw["exports"]["onnx"]["int8"]
+    assert int8["file"] == "model.int8.onnx" and (out / "model.int8.onnx").is_file()
+    assert int8["method"] == "static" and int8["calibration"]["images"] == 24
+    check = int8["check"]
+    assert check["source"] == "held-out" and check["images"] == 16
+    assert check["bit_agreement"] >= export_mod.MIN_INT8_BIT_AGREEMENT
+    # the int8 graph is smaller than the float one (int8 weights)
+    assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+
+    # oracle: the PyTorch student on the same held-out images, drawn independently
+    x = _digits_held_out(model.config, 24, 16)
+    expected = model.encode(torch.from_numpy(x))
+    enc = Encoder.from_artifact(out, threads=1)
+    assert (enc.backend, enc.precision) == ("onnx", "int8")  # auto picks the int8 graph
+    got = enc.encode_arrays(x)
+    differing = int((unpack_codes(got) != unpack_codes(expected)).sum())
+    assert differing == check["bits_differing"] - int(
+        (unpack_codes(enc.encode_arrays(x[:1])) != unpack_codes(expected[:1])).sum()
+    )
+    assert _agreement(got, expected) >= 0.99
+    fp32 = Encoder.from_artifact(out, precision="fp32", threads=1)
+    assert fp32.precision == "fp32" and _agreement(fp32.encode_arrays(x), expected) >= 0.999
+    assert not list(out.glob(".quantize-*")) and not list(out.glob(".export-*"))
+
+    # a later torchscript export into the same artifact keeps the int8 graph listed
+    export_model(out, "torchscript", check_images=4)
+    assert json.loads((out / "config.json").read_text())["exports"]["onnx"]["int8"] == int8
+
+
+def test_int8_dynamic_without_data_and_auto_fallback(tmp_path, monkeypatch):
+    import hashkd.quantize as quantize_mod
+
+    src, model = _save(tmp_path, "vit", bits=16)
+    entry = export_model(src, "onnx", tmp_path / "dyn", check_images=8, quantize="int8")
+    int8 = entry["int8"]
+    assert int8["method"] == "dynamic" and "calibration" not in int8
+    assert int8["check"]["source"] == "random" and int8["check"]["images"] == 8
+    assert int8["check"]["bit_agreement"] >= 0.99
+
+    def broken_static(*args, **kwargs):
+        raise RuntimeError("calibration exploded")
+
+    monkeypatch.setattr(quantize_mod, "quantize_onnx_static", broken_static)
+    entry = export_model(
+        src,
+        "onnx",
+        tmp_path / "fallback",
+        check_images=8,
+        quantize="int8",
+        data="digits",
+        calibration_images=8,
+    )
+    assert entry["int8"]["method"] == "dynamic"
+    assert entry["int8"]["check"]["source"] == "held-out"
+    assert entry["int8"]["rejected"] == ["static failed: calibration exploded"]
+    with pytest.raises(ExportError, match="calibration exploded"):
+        export_model(
+            src,
+            "onnx",
+            tmp_path / "forced",
+            check_images=8,
+            quantize="int8",
+            data="digits",
+            quantize_method="static",
+            calibration_images=8,
+        )
+
+
+def test_divergent_int8_graph_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    import hashkd.quantize as quantize_mod
+
+    src, _ = _save(tmp_path, "cnn", bits=16)
+    real_dynamic = quantize_mod.quantize_onnx_dynamic
+
+    def negated_dynamic(src_path, dst, workdir):
+        info = real_dynamic(src_path, dst, workdir)
+        _negated_graph(dst, dst)
+        return info
+
+    monkeypatch.setattr(quantize_mod, "quantize_onnx_dynamic", negated_dynamic)
+    out = tmp_path / "refused"
+    with pytest.raises(ExportError, match=r"dynamic: bit agreement 0\.00%.*at least 99%"):
+        export_model(src, "onnx", out, check_images=8, quantize="int8", exporter="legacy")
+    assert not (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    assert not (out / "config.json").exists()
+    assert not list(out.glob(".quantize-*")) and not list(out.glob(".export-*"))
+
+
+def test_int8_bad_arguments(tmp_path, capsys):
+    src, _ = _save(tmp_path, "vit", bits=16)
+    with pytest.raises(ExportError, match="onnx format only"):
+        export_model(src, "torchscript", quantize="int8")
+    with pytest.raises(ExportError, match="quantize='int4'"):
+        export_model(src, "onnx", quantize="int4")
+    with pytest.raises(ExportError, match="method 'minmax'"):
+        export_model(src, "onnx", quantize="int8", quantize_method="minmax")
+    with pytest.raises(ExportError, match="needs calibration images: pass --data"):
+        export_model(src, "onnx", quantize="int8", quantize_method="static", check_images=4)
+    with pytest.raises(ValueError, match="'digits' has 1797 images: expected at least 1800"):
+        export_model(
+            src, "onnx", quantize="int8", data="digits", calibration_images=1790, check_images=10
+        )
+    assert "exports" not in json.loads((src / "config.json").read_text())
+    for tail, needle in (
+        (["--data", "digits"], "--data 'digits' is used only by --quantize"),
+        (["--format", "torchscript", "--quantize", "int8"], "add --format onnx"),
+    ):
+        assert main(["export", str(src), *tail]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]

@@ -178,3 +178,63 @@ def test_backend_selection_and_errors(artifact, tmp_path, rng):
     assert available_backends(out) == ["torch"]
     with pytest.raises(BackendError, match="other weights"):
         Encoder.from_artifact(out, backend="torchscript")
+
+
+def test_preprocessing_matches_the_eval_transform_at_224_from_a_large_photo(rng):
+    transforms = pytest.importorskip("hashkd.data.transforms")
+    # a smooth 500x375 picture (like a photo) plus noise, downscaled 2.2x as at serving time
+    yy, xx = np.mgrid[0:375, 0:500]
+    smooth = np.stack([xx * 255 / 500, yy * 255 / 375, (xx + yy) * 255 / 875], axis=-1)
+    noisy = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(noisy)
+    expected = transforms.eval_transform(224, MEAN, STD)(image).numpy()[None]
+    np.testing.assert_allclose(images_to_array([image], 224, MEAN, STD), expected, atol=1e-6)
+
+
+def test_precision_selects_the_int8_graph(artifact, tmp_path, rng):
+    import onnxruntime as ort
+
+    path, model = artifact
+    out = tmp_path / "int8"
+    export_model(path, "onnx", out, check_images=8, exporter="legacy")
+    with pytest.raises(BackendError, match="precision='fp16' is not valid"):
+        Encoder.from_artifact(out, precision="fp16")
+    with pytest.raises(BackendError, match="no int8 export"):
+        Encoder.from_artifact(out, precision="int8")
+    assert Encoder.from_artifact(out).precision == "fp32"  # nothing quantized yet
+
+    export_model(path, "onnx", out, check_images=8, exporter="legacy", quantize="int8")
+    x = rng.standard_normal((5, 3, 32, 32)).astype(np.float32)
+    # oracle: onnxruntime run directly on each graph file
+    direct = {
+        name: ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run(
+            None, {"images": x}
+        )[0]
+        for name in ("model.onnx", "model.int8.onnx")
+    }
+    assert not np.array_equal(direct["model.onnx"], direct["model.int8.onnx"])  # really int8
+    for backend, precision, want_backend, want_file in (
+        ("auto", "auto", "onnx", "model.int8.onnx"),
+        ("onnx", "auto", "onnx", "model.int8.onnx"),
+        ("auto", "int8", "onnx", "model.int8.onnx"),
+        ("onnx", "fp32", "onnx", "model.onnx"),
+        ("auto", "fp32", "onnx", "model.onnx"),
+    ):
+        enc = Encoder.from_artifact(out, backend=backend, precision=precision, threads=1)
+        assert enc.backend == want_backend
+        assert enc.precision == ("int8" if "int8" in want_file else "fp32")
+        np.testing.assert_allclose(enc.logits_from_arrays(x), direct[want_file], atol=1e-6)
+    torch_enc = Encoder.from_artifact(out, backend="torch")
+    assert torch_enc.precision == "fp32"
+    assert np.array_equal(torch_enc.encode_arrays(x), model.encode(torch.from_numpy(x)))
+    with pytest.raises(BackendError, match="needs the onnx backend, not 'torch'"):
+        Encoder.from_artifact(out, backend="torch", precision="int8")
+
+    # weights replaced: the int8 graph is as stale as the float one it came from
+    other = build_model(ModelConfig(bits=32, img_size=32, mean=MEAN, std=STD, **TINY_VIT))
+    save_artifact(other, tmp_path / "other")
+    (out / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    stale = Encoder.from_artifact(out)
+    assert (stale.backend, stale.precision) == ("torch", "fp32")
+    with pytest.raises(BackendError, match="other weights"):
+        Encoder.from_artifact(out, precision="int8")

@@ -21,7 +21,11 @@ import numpy as np
 
 #: Exported file names, by format.
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+#: The int8 (quantized) ONNX graph, listed under ``exports["onnx"]["int8"]``.
+INT8_FILE = "model.int8.onnx"
 BACKENDS = ("torch", "torchscript", "onnx")
+#: ``precision`` of :meth:`hashkd.runtime.Encoder.from_artifact`.
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 class BackendError(ValueError):
@@ -63,9 +67,32 @@ def export_path(model_dir: str | os.PathLike[str], raw: dict[str, Any], fmt: str
     entry = export_entry(raw, fmt)
     if entry is None:
         return None
-    name = entry["file"]
+    return _listed_file(model_dir, entry["file"], f"exports[{fmt!r}]")
+
+
+def int8_entry(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``exports["onnx"]["int8"]`` entry (the quantized graph), or None when there is none."""
+    entry = (export_entry(raw, "onnx") or {}).get("int8")
+    if entry is None:
+        return None
+    if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+        return entry
+    raise BackendError(
+        f"config.json exports['onnx']['int8'] is {entry!r}: expected a dict with 'file'"
+    )
+
+
+def int8_path(model_dir: str | os.PathLike[str], raw: dict[str, Any]) -> Path | None:
+    """Path of the int8 ONNX graph of an artifact, or None when there is none."""
+    entry = int8_entry(raw)
+    if entry is None:
+        return None
+    return _listed_file(model_dir, entry["file"], "exports['onnx']['int8']")
+
+
+def _listed_file(model_dir: str | os.PathLike[str], name: str, where: str) -> Path | None:
     if Path(name).name != name:  # never follow a path out of the artifact directory
-        raise BackendError(f"config.json exports[{fmt!r}] file {name!r} is not a plain file name")
+        raise BackendError(f"config.json {where} file {name!r} is not a plain file name")
     path = Path(model_dir) / name
     return path if path.is_file() else None
 

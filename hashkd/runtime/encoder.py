@@ -11,6 +11,14 @@ comes from ``scripts/bench_encode.py`` (docs/bench-encode.md): onnxruntime was t
 the CNN students at every batch size; TorchScript was not consistently faster than eager
 PyTorch (and ``torch.jit`` is deprecated in torch 2.14), so ``auto`` never picks it.
 
+``precision='auto'`` runs the int8 ONNX graph (``hashkd export --quantize int8``, listed under
+``exports["onnx"]["int8"]``) when the onnx backend is used and the artifact has one; ``'fp32'``
+always runs the float graph; ``'int8'`` requires the int8 graph (and so the onnx backend).
+
+Nothing here imports torch or timm: the config is read as JSON
+(:func:`hashkd.runtime.config.read_artifact_config`) and only the ``torch`` and
+``torchscript`` backends import torch, when they are opened.
+
 Batches are handed to the backend in chunks of at most ``batch_size`` images. By default
 (``batch_size=None``) the chunk holds about :data:`AUTO_BATCH_PIXELS` input pixels, i.e. 4
 images at 224 px and 196 at 32 px: on a CPU the activations of a CNN student at 224 px stop
@@ -31,17 +39,18 @@ from typing import Any
 import numpy as np
 
 from hashkd.codes import pack_codes
-from hashkd.models.artifact import read_config
-from hashkd.models.hash_model import ModelConfig
 from hashkd.runtime.backends import (
     BACKENDS,
+    PRECISIONS,
     Backend,
     BackendError,
     export_is_current,
     export_path,
+    int8_path,
     onnxruntime_available,
     open_backend,
 )
+from hashkd.runtime.config import RuntimeConfig, read_artifact_config
 from hashkd.runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from hashkd.runtime.preprocess import images_to_array
 
@@ -61,7 +70,7 @@ def available_backends(
 ) -> list[str]:
     """Backends usable for an artifact, in :data:`AUTO_ORDER` (exports must be current)."""
     if raw is None:
-        _, raw = read_config(model_dir)
+        _, raw = read_artifact_config(model_dir)
     out = []
     for name in AUTO_ORDER:
         if name == "torch":
@@ -75,18 +84,32 @@ def available_backends(
     return out
 
 
+def _require_current_export(model_dir: Path, raw: dict[str, Any], name: str) -> None:
+    if export_path(model_dir, raw, name) is None:
+        raise BackendError(
+            f"model artifact {str(model_dir)!r} has no {name} export: "
+            f"run `hashkd export {model_dir} --format {name}` or use backend='torch'"
+        )
+    if not export_is_current(model_dir, raw, name):
+        raise BackendError(
+            f"the {name} export in {str(model_dir)!r} was made from other weights than "
+            f"model.safetensors: export again with `hashkd export {model_dir} --format {name}`"
+        )
+
+
 class Encoder:
     """Turns batches of images into packed uint8 codes (n x K/8) with one backend."""
 
     def __init__(
         self,
         model_dir: Path,
-        config: ModelConfig,
+        config: RuntimeConfig,
         raw: dict[str, Any],
         backend: Backend,
         threads: int | None = None,
         batch_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
     ):
         if batch_size is None:
             batch_size = auto_batch_size(config.img_size)
@@ -102,6 +125,8 @@ class Encoder:
         self.threads = threads
         self.batch_size = int(batch_size)
         self.max_pixels = int(max_pixels)
+        #: 'int8' when the quantized ONNX graph runs, else 'fp32'.
+        self.precision = precision
 
     @classmethod
     def from_artifact(
@@ -111,43 +136,66 @@ class Encoder:
         threads: int | None = None,
         batch_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = "auto",
     ) -> Encoder:
         """Open a model artifact with ``backend`` in 'auto', 'torch', 'torchscript', 'onnx'.
 
         ``batch_size`` is the largest number of images per backend call (default: about
-        :data:`AUTO_BATCH_PIXELS` input pixels, see :func:`auto_batch_size`).
+        :data:`AUTO_BATCH_PIXELS` input pixels, see :func:`auto_batch_size`). ``precision``
+        is 'auto' (the int8 ONNX graph when the onnx backend runs and the artifact has one),
+        'fp32' or 'int8' (needs the int8 graph; with ``backend='auto'`` it selects onnx).
         """
+        if precision not in PRECISIONS:
+            raise BackendError(
+                f"precision={precision!r} is not valid: expected one of {', '.join(PRECISIONS)}"
+            )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(
                 f"threads={threads!r} is not valid: expected a positive integer or None"
             )
         model_dir = Path(model_dir)
-        config, raw = read_config(model_dir)
+        config, raw = read_artifact_config(model_dir)
         if backend == "auto":
-            name = available_backends(model_dir, raw)[0]
+            # the int8 graph is an ONNX graph: asking for it selects onnx
+            name = "onnx" if precision == "int8" else available_backends(model_dir, raw)[0]
         elif backend in BACKENDS:
             name = backend
-            if name != "torch":
-                if export_path(model_dir, raw, name) is None:
-                    raise BackendError(
-                        f"model artifact {str(model_dir)!r} has no {name} export: "
-                        f"run `hashkd export {model_dir} --format {name}` or use backend='torch'"
-                    )
-                if not export_is_current(model_dir, raw, name):
-                    raise BackendError(
-                        f"the {name} export in {str(model_dir)!r} was made from other weights than "
-                        f"model.safetensors: export again with `hashkd export {model_dir} --format {name}`"
-                    )
         else:
             raise BackendError(
                 f"backend={backend!r} is not valid: expected 'auto' or one of {', '.join(BACKENDS)}"
             )
+        if name != "torch":
+            _require_current_export(model_dir, raw, name)
         target = model_dir if name == "torch" else export_path(model_dir, raw, name)
+        quantized = int8_path(model_dir, raw) if name == "onnx" else None
+        if precision == "int8":
+            if name != "onnx":
+                raise BackendError(
+                    f"precision='int8' needs the onnx backend, not {name!r}: "
+                    "use backend='onnx' or 'auto'"
+                )
+            if quantized is None:
+                raise BackendError(
+                    f"model artifact {str(model_dir)!r} has no int8 export: run "
+                    f"`hashkd export {model_dir} --format onnx --quantize int8` or use precision='fp32'"
+                )
+        use_int8 = quantized is not None and precision in ("auto", "int8")
+        if use_int8:
+            target = quantized
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit deprecation notice
             warnings.simplefilter("ignore", FutureWarning)
             impl = open_backend(name, target, threads)  # type: ignore[arg-type]
-        return cls(model_dir, config, raw, impl, threads, batch_size, max_pixels)
+        return cls(
+            model_dir,
+            config,
+            raw,
+            impl,
+            threads,
+            batch_size,
+            max_pixels,
+            precision="int8" if use_int8 else "fp32",
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -226,6 +274,7 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (
-            f"Encoder(model_dir={str(self.model_dir)!r}, backend={self.backend!r}, bits={self.bits}, "
+            f"Encoder(model_dir={str(self.model_dir)!r}, backend={self.backend!r}, "
+            f"precision={self.precision!r}, bits={self.bits}, "
             f"img_size={self.img_size}, threads={self.threads}, batch_size={self.batch_size})"
         )
