@@ -170,7 +170,10 @@ def _decode_size(cfg) -> int:
     """The image size the decode cache must serve: the larger of the teacher's and the student's."""
     from hashkd.models.artifact import read_config
 
-    teacher_size = read_config(cfg.teacher)[0].img_size
+    try:
+        teacher_size = read_config(cfg.teacher)[0].img_size
+    except (ValueError, OSError):  # distill() reports a bad teacher after checking the losses
+        return cfg.img_size
     return max(teacher_size, cfg.img_size or teacher_size)
 
 
