@@ -9,14 +9,17 @@ reproduces it by hand:
 4. export the BRCD student to ONNX                        -> student_brcd_onnx/
 5. encode the database with the teacher (asymmetric)      -> codes/db_teacher/ (+ the others for the table)
 6. build a FAISS index of the teacher codes               -> index.faiss
-7. start the REST service (student queries, teacher database), add the codes, POST query images
+7. start the REST service (student queries, teacher database) on store/, POST query images
 8. a symmetric service with the student: images added by upload are found at distance 0
 9. print the hits and the results table; stop the servers.
 
-The training side runs in this process through :func:`hashkd.cli.main` with exactly the
-printed arguments; the service runs as ``hashkd serve`` in a child process.
-``hashkd`` never imports ``indexes`` or ``service`` (DESIGN.md): they are reached only
-through their commands.
+The demo is an orchestrator above the command line: the training side runs in this process
+through :mod:`hashkd.pipeline` (typed stage configs, the printed command rendered from the same
+config), the evaluation through :mod:`hashkd.evaluation`; ``hashkd index build`` and
+``hashkd serve`` run as child processes, since ``hashkd`` never imports ``indexes`` or
+``service`` (docs/ARCHITECTURE.md). A second run in the same work directory reuses the trained
+artifacts and the store when it already holds exactly the teacher-coded database, and rebuilds
+the store otherwise. A failing stage raises :class:`DemoError` (one sentence naming the stage).
 """
 
 from __future__ import annotations
@@ -26,18 +29,38 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from hashkd.codes import CodeSet
+from hashkd.evaluation import collapse_warnings, evaluate_code_sets, markdown_table
+from hashkd.pipeline import (
+    EncodeConfig,
+    ExportConfig,
+    StageConfig,
+    run_stage,
+    shell_command,
+)
+from hashkd.training.distill import DistillConfig
+from hashkd.training.teacher import TeacherConfig
+
+STAGES = 9
+TOPK = 1000
+RADIUS = 2
+
+
+class DemoError(ValueError):
+    """A demo stage failed; the message names the stage and the cause in one sentence."""
 
 
 @dataclass
@@ -65,21 +88,107 @@ class DemoConfig:
             self.max_train = self.max_train or 200
 
 
+# ----------------------------------------------------------------------------- stage configs
+
+
+def teacher_config(cfg: DemoConfig, out: Path) -> TeacherConfig:
+    """Stage 1: a conv-stem ViT (hashkd.models.backbones) trained with CIBHash."""
+    return TeacherConfig(
+        out=str(out),
+        data=cfg.data,
+        root=cfg.root,
+        seed=cfg.seed,
+        backbone="vitc_micro",
+        backbone_kwargs={"global_pool": "avg", "class_token": False, "patch_size": 4},
+        bits=cfg.bits,
+        epochs=cfg.teacher_epochs,
+        lr=1e-3,
+        val_every=max(1, cfg.teacher_epochs // 3),
+        max_train=cfg.max_train,
+        progress=cfg.progress,
+    )
+
+
+def student_config(cfg: DemoConfig, teacher: Path, out: Path, losses: list[str]) -> DistillConfig:
+    """Stages 2 and 3: a MobileNetV3 student, distilled with ``losses`` (none: CIBHash only)."""
+    return DistillConfig(
+        out=str(out),
+        teacher=str(teacher),
+        student="mobilenetv3_small_050",
+        losses=losses,
+        loss_options={"brcd": {"k": 10}} if "brcd" in losses else {},
+        data=cfg.data,
+        root=cfg.root,
+        seed=cfg.seed,
+        bits=cfg.bits,
+        epochs=cfg.student_epochs,
+        val_every=max(1, cfg.student_epochs // 3),
+        view_bank=6,
+        max_train=cfg.max_train,
+        progress=cfg.progress,
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _stage(n: int, title: str) -> None:
-    _say(f"\n=== [{n}/9] {title}")
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def _run_cli(args: list[str]) -> None:
-    from hashkd.cli import main
+def _first_line(exc: BaseException) -> str:
+    import httpx
 
+    if isinstance(exc, httpx.HTTPStatusError):
+        r = exc.response
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        return f"{r.request.method} {r.request.url} answered {r.status_code}: {detail}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _stage(n: int, title: str) -> Iterator[None]:
+    """Print the stage's header; turn any failure inside it into one :class:`DemoError`."""
+    _say(f"\n=== [{n}/{STAGES}] {title}")
+    try:
+        yield
+    except (DemoError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise DemoError(f"stage {n}/{STAGES} ({title}) failed: {_first_line(exc)}") from exc
+
+
+def _run(stage: StageConfig) -> Path:
+    _say("$ " + shell_command(stage))
+    return run_stage(stage)
+
+
+def _run_child(args: list[str]) -> None:
+    """``hashkd ARGS`` in a child process (for the commands of ``indexes`` and ``service``)."""
     _say("$ hashkd " + shlex.join(args))
-    code = main(args)
-    if code:
-        raise RuntimeError(f"stage 'hashkd {args[0]}' failed with exit code {code}")
+    done = subprocess.run(
+        [sys.executable, "-m", "hashkd", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
+    if done.stdout:
+        _say(done.stdout.rstrip())
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else "no message"
+        raise DemoError(
+            f"'hashkd {' '.join(args[:2])}' failed with exit code {done.returncode}: {why}"
+        )
 
 
 def _free_port() -> int:
@@ -111,7 +220,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
+                raise DemoError(
                     f"the service exited with code {self.proc.returncode}; see {self.log.name}"
                 )
             try:
@@ -120,7 +229,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(
+        raise DemoError(
             f"the service did not become ready within {timeout:.0f} s; see {self.log.name}"
         )
 
@@ -135,19 +244,20 @@ class Server:
         self.log.close()
 
 
+def _start(args: list[str], port: int, log: Path) -> Server:
+    server = Server(args, port, log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _evaluate(q: CodeSet, d: CodeSet, topk: int) -> dict[str, float]:
-    from hashkd.metrics import evaluate_codes
-
-    r = evaluate_codes(
-        q.codes, d.codes, q.labels, d.labels, topk=min(topk, len(d)), radius=2, curves=False
-    )
-    return {"map": float(r["map"]), "p_r2": float(r["precision_at_radius"])}
 
 
 def _encode_speed(model_dir: Path, images: list, backend: str = "auto") -> tuple[float, str]:
@@ -160,7 +270,129 @@ def _encode_speed(model_dir: Path, images: list, backend: str = "auto") -> tuple
     return len(images) / (time.perf_counter() - t0), enc.backend
 
 
+# ----------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """What to do with the service's store before the queries, and why (printed)."""
+
+    action: Literal["add", "reuse", "rebuild"]
+    reason: str
+
+
+def plan_store(
+    stored_items: int,
+    expected: Mapping[int, str],
+    stored_code: Callable[[int], str | None],
+) -> StorePlan:
+    """Decide whether the store can serve as the teacher-coded database.
+
+    ``stored_items`` is the store's item count (``/v1/info`` ``items``), ``expected`` maps each
+    database id to its code (hex), ``stored_code(id)`` gives the code the store holds for an id
+    (None when it has none). The store is reused only when it holds exactly the database: the same
+    number of items and, for every database id, the same code (asked id by id, stopping at the
+    first difference). An empty store gets the codes added; any other store is rebuilt.
+    """
+    n = len(expected)
+    if stored_items == 0:
+        return StorePlan("add", f"the store is empty: adding the {n} teacher-coded database items")
+    if stored_items != n:
+        return StorePlan(
+            "rebuild",
+            f"the store holds {stored_items} items, not the {n} of the database: rebuilding it",
+        )
+    for item_id, code in expected.items():
+        got = stored_code(item_id)
+        if got is None:
+            return StorePlan(
+                "rebuild", f"the store has no item {item_id} of the database: rebuilding it"
+            )
+        if got != code:
+            return StorePlan(
+                "rebuild",
+                f"item {item_id} of the store has another code than the teacher gives it "
+                "(the teacher changed): rebuilding the store",
+            )
+    return StorePlan("reuse", f"reusing the store: it holds exactly the {n} database items")
+
+
+def _stored_code_lookup(client) -> Callable[[int], str | None]:
+    def stored_code(item_id: int) -> str | None:
+        r = client.get(f"/v1/items/{item_id}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return str(r.json()["code"])
+
+    return stored_code
+
+
+def _add_codes(url: str, db: Path) -> None:
+    import httpx
+
+    files = {
+        "codes": ("codes.npy", (db / "codes.npy").read_bytes()),
+        "ids": ("ids.npy", (db / "ids.npy").read_bytes()),
+    }
+    if (db / "labels.npy").is_file():
+        files["labels"] = ("labels.npy", (db / "labels.npy").read_bytes())
+    _say(
+        f"$ curl -F codes=@{db}/codes.npy -F ids=@{db}/ids.npy -F labels=@{db}/labels.npy "
+        f"{url}/v1/items/codes"
+    )
+    r = httpx.post(url + "/v1/items/codes", files=files, timeout=120)
+    r.raise_for_status()
+    _say(f"added {len(r.json()['ids'])} teacher codes")
+
+
+def _serve_database(
+    args: list[str], port: int, log: Path, store: Path, db_dir: Path
+) -> tuple[Server, StorePlan]:
+    """Start the service on ``store`` and make it hold exactly the code set in ``db_dir``."""
+    import httpx
+
+    db = CodeSet.load(db_dir)
+
+    existed = store.exists()
+    try:
+        server = _start(args, port, log)
+    except DemoError as exc:
+        if not existed:
+            raise
+        _say(f"the service could not open the existing store ({exc}): rebuilding it")
+        shutil.rmtree(store)
+        return _serve_database(args, port, log, store, db_dir)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            info = client.get("/v1/info").json()
+            expected = {int(i): bytes(c).hex() for i, c in zip(db.ids, db.codes, strict=True)}
+            plan = plan_store(int(info["items"]), expected, _stored_code_lookup(client))
+        _say(plan.reason)
+        if plan.action == "rebuild":
+            server.stop()
+            shutil.rmtree(store)
+            server = _start(args, port, log)
+        if plan.action != "reuse":
+            _add_codes(server.url, db_dir)
+        info = httpx.get(server.url + "/v1/info", timeout=10).json()
+        _say(f"store: {info['items']} items; index: {info['index']['size']} codes")
+        if info["items"] != len(db) or info["index"]["size"] != len(db):
+            raise DemoError(
+                f"the service holds {info['items']} items and indexes {info['index']['size']} "
+                f"codes: expected the {len(db)} database codes"
+            )
+    except BaseException:
+        server.stop()
+        raise
+    return server, plan
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage (reusing the artifacts of an earlier run); the results (also as JSON)."""
     import httpx
 
     from hashkd.encoding import encode_dataset, select_split
@@ -168,260 +400,205 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     w = Path(cfg.workdir).resolve()
     w.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    data_args = (
-        ["--data", cfg.data]
-        + (["--root", cfg.root] if cfg.root else [])
-        + ["--seed", str(cfg.seed)]
-    )
-    common = [*data_args, "--bits", str(cfg.bits)] + (
-        ["--max-train", str(cfg.max_train)] if cfg.max_train else []
-    )
-    if not cfg.progress:
-        common.append("--no-progress")
 
-    def timed(name: str, fn, artifact: Path | None = None) -> Any:
-        if artifact is not None and (artifact / "config.json").is_file() and not cfg.fresh:
+    def timed(name: str, stage: StageConfig, artifact: Path) -> None:
+        if (artifact / "config.json").is_file() and not cfg.fresh:
             _say(f"reusing {artifact} (delete it, or pass --fresh, to run this stage again)")
-            return None
+            return
         t0 = time.perf_counter()
-        out = fn()
+        _run(stage)
         cfg.timings[name] = round(time.perf_counter() - t0, 1)
-        return out
 
-    _stage(
-        1, "train the ViT teacher (conv-stem ViT, hashkd.models.backbones) with CIBHash (no labels)"
-    )
     teacher = w / "teacher"
-    timed(
-        "teacher",
-        lambda: _run_cli(
-            [
-                "train-teacher",
-                *common,
-                "--backbone",
-                "vitc_micro",
-                "--backbone-kwargs",
-                "global_pool=avg,class_token=false",
-                "--epochs",
-                str(cfg.teacher_epochs),
-                "--lr",
-                "1e-3",
-                "--val-every",
-                str(max(1, cfg.teacher_epochs // 3)),
-                "--out",
-                str(teacher),
-            ]
-        ),
-        teacher,
-    )
+    with _stage(1, "train the ViT teacher (conv-stem ViT) with CIBHash (no labels)"):
+        timed("teacher", teacher_config(cfg, teacher), teacher)
 
-    student_common = [
-        *common,
-        "--teacher",
-        str(teacher),
-        "--student",
-        "mobilenetv3_small_050",
-        "--epochs",
-        str(cfg.student_epochs),
-        "--val-every",
-        str(max(1, cfg.student_epochs // 3)),
-        "--view-bank",
-        "6",
-    ]
-    _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)")
     nokd = w / "student_nokd"
-    timed(
-        "student_nokd",
-        lambda: _run_cli(["distill", *student_common, "--loss", "none", "--out", str(nokd)]),
-        nokd,
-    )
+    with _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)"):
+        timed("student_nokd", student_config(cfg, teacher, nokd, []), nokd)
 
-    _stage(3, "distil the MobileNetV3 student with BRCD")
     brcd = w / "student_brcd"
-    timed(
-        "student_brcd",
-        lambda: _run_cli(
-            [
-                "distill",
-                *student_common,
-                "--loss",
-                "brcd",
-                "--loss-opt",
-                "brcd.k=10",
-                "--out",
-                str(brcd),
-            ]
-        ),
-        brcd,
-    )
+    with _stage(3, "distil the MobileNetV3 student with BRCD"):
+        timed("student_brcd", student_config(cfg, teacher, brcd, ["brcd"]), brcd)
 
-    _stage(4, "export the BRCD student to ONNX")
     onnx_dir = w / "student_brcd_onnx"
-    timed(
-        "export",
-        lambda: _run_cli(["export", str(brcd), "--format", "onnx", "--out", str(onnx_dir)]),
-        onnx_dir,
-    )
+    with _stage(4, "export the BRCD student to ONNX"):
+        timed("export", ExportConfig(model_dir=str(brcd), out=str(onnx_dir)), onnx_dir)
 
-    _stage(5, "encode queries and database (the database with the teacher: asymmetric)")
     codes = w / "codes"
-    _run_cli(
-        [
-            "encode",
-            str(teacher),
-            *data_args,
-            "--split",
-            "database",
-            "--out",
-            str(codes / "db_teacher"),
-            "--no-progress",
-        ]
-    )
-    query_ds, qinfo = select_split(cfg.data, root=cfg.root, split="query", seed=cfg.seed)
-    db_ds, dinfo = select_split(cfg.data, root=cfg.root, split="database", seed=cfg.seed)
-    sets: dict[str, CodeSet] = {"db_teacher": CodeSet.load(codes / "db_teacher")}
-    for name, model in (("teacher", teacher), ("nokd", nokd), ("brcd", brcd)):
-        sets[f"q_{name}"] = encode_dataset(model, query_ds, progress=False, meta=qinfo)
-        if name != "teacher":
-            sets[f"db_{name}"] = encode_dataset(model, db_ds, progress=False, meta=dinfo)
-    for name, cs in sets.items():
-        cs.save(codes / name)
-    topk = 1000
-    table = {
-        "teacher (symmetric)": _evaluate(sets["q_teacher"], sets["db_teacher"], topk),
-        "student, no KD (symmetric)": _evaluate(sets["q_nokd"], sets["db_nokd"], topk),
-        "student, BRCD (symmetric)": _evaluate(sets["q_brcd"], sets["db_brcd"], topk),
-        "student, BRCD (asymmetric: teacher database)": _evaluate(
-            sets["q_brcd"], sets["db_teacher"], topk
-        ),
+    names = {
+        "teacher": "teacher",
+        "nokd": "student, no KD",
+        "brcd": "student, BRCD",
+        "asym": "student, BRCD (teacher database)",
     }
+    with _stage(5, "encode queries and database (the database with the teacher: asymmetric)"):
+        _run(
+            EncodeConfig(
+                model=str(teacher),
+                data=cfg.data,
+                root=cfg.root,
+                split="database",
+                seed=cfg.seed,
+                progress=False,
+                out=str(codes / "db_teacher"),
+            )
+        )
+        query_ds, qinfo = select_split(cfg.data, root=cfg.root, split="query", seed=cfg.seed)
+        db_ds, dinfo = select_split(cfg.data, root=cfg.root, split="database", seed=cfg.seed)
+        sets: dict[str, CodeSet] = {"db_teacher": CodeSet.load(codes / "db_teacher")}
+        for name, model in (("teacher", teacher), ("nokd", nokd), ("brcd", brcd)):
+            sets[f"q_{name}"] = encode_dataset(model, query_ds, progress=False, meta=qinfo)
+            if name != "teacher":
+                sets[f"db_{name}"] = encode_dataset(model, db_ds, progress=False, meta=dinfo)
+        for name, cs in sets.items():
+            cs.save(codes / name)
+        pairs = {
+            "teacher": ("q_teacher", "db_teacher"),
+            "nokd": ("q_nokd", "db_nokd"),
+            "brcd": ("q_brcd", "db_brcd"),
+            "asym": ("q_brcd", "db_teacher"),
+        }
+        results = {
+            key: evaluate_code_sets(sets[q], sets[d], topk=TOPK, radius=RADIUS, curves=False)
+            for key, (q, d) in pairs.items()
+        }
+        for key, result in results.items():
+            for line in collapse_warnings(result, names[key]):
+                _warn(line)
 
-    _stage(6, "build the FAISS index of the teacher-coded database")
-    _run_cli(
-        [
-            "index",
-            "build",
-            str(codes / "db_teacher"),
-            "--spec",
-            "flat",
-            "--out",
-            str(w / "index.faiss"),
-        ]
-    )
+    with _stage(6, "build the FAISS index of the teacher-coded database"):
+        _run_child(
+            [
+                "index",
+                "build",
+                str(codes / "db_teacher"),
+                "--spec",
+                "flat",
+                "--out",
+                str(w / "index.faiss"),
+            ]
+        )
 
-    _stage(7, "serve: student queries against the teacher-coded database over REST")
-    port = cfg.port or _free_port()
-    store = w / "store"
-    server = Server(
-        ["--model", str(onnx_dir), "--database-model", str(teacher), "--store", str(store)],
-        port,
-        w / "service.log",
-    )
     hits_out: list[dict[str, Any]] = []
-    try:
-        server.wait_ready()
-        info = httpx.get(server.url + "/v1/info", timeout=10).json()
-        if info.get("size", info.get("index_size", 0)) == 0:
-            db = codes / "db_teacher"
-            files = {
-                "codes": ("codes.npy", (db / "codes.npy").read_bytes()),
-                "ids": ("ids.npy", (db / "ids.npy").read_bytes()),
-            }
-            if (db / "labels.npy").is_file():
-                files["labels"] = ("labels.npy", (db / "labels.npy").read_bytes())
-            _say(
-                f"$ curl -F codes=@{db}/codes.npy -F ids=@{db}/ids.npy -F labels=@{db}/labels.npy "
-                f"{server.url}/v1/items/codes"
-            )
-            r = httpx.post(server.url + "/v1/items/codes", files=files, timeout=120)
-            r.raise_for_status()
-            _say(f"added {len(r.json()['ids'])} teacher codes")
-        names = getattr(query_ds, "class_names", None)
-        for i in range(min(cfg.queries_to_show, len(query_ds))):
-            img = query_ds.load_image(i)
-            label = int(np.argmax(query_ds.labels[i]))
-            r = httpx.post(
-                server.url + "/v1/search",
-                params={"k": 5},
-                files={"image": (f"query{i}.png", _png(img), "image/png")},
-                timeout=60,
-            )
-            r.raise_for_status()
-            res = r.json()
-            hits_out.append(
-                {"query": i, "label": label, "results": res["results"], "took_ms": res["took_ms"]}
-            )
-            shown = []
-            for h in res["results"]:
-                labs = (h.get("metadata") or {}).get("labels")
-                hit_label = labs[0] if isinstance(labs, list) and labs else "?"
-                mark = "+" if hit_label == label else "-"
-                hit_name = names[hit_label] if names and isinstance(hit_label, int) else hit_label
-                shown.append(f"{h['id']}(d={h['distance']},{hit_name}{mark})")
-            qname = names[label] if names else label
-            _say(f"query {i} [{qname}] -> " + "  ".join(shown) + f"   ({res['took_ms']:.1f} ms)")
-        if cfg.keep_serving:
-            _say(f"\nserving on {server.url} (web page: {server.url}/) -- Ctrl-C to stop")
-            with contextlib.suppress(KeyboardInterrupt):
-                server.proc.wait()
-    finally:
-        server.stop()
+    with _stage(7, "serve: student queries against the teacher-coded database over REST"):
+        server, store_plan = _serve_database(
+            [
+                "--model",
+                str(onnx_dir),
+                "--database-model",
+                str(teacher),
+                "--store",
+                str(w / "store"),
+            ],
+            cfg.port or _free_port(),
+            w / "service.log",
+            w / "store",
+            codes / "db_teacher",
+        )
+        try:
+            class_names = getattr(query_ds, "class_names", None)
+            for i in range(min(cfg.queries_to_show, len(query_ds))):
+                img = query_ds.load_image(i)
+                label = int(np.argmax(query_ds.labels[i]))
+                r = httpx.post(
+                    server.url + "/v1/search",
+                    params={"k": 5},
+                    files={"image": (f"query{i}.png", _png(img), "image/png")},
+                    timeout=60,
+                )
+                r.raise_for_status()
+                res = r.json()
+                hits_out.append(
+                    {
+                        "query": i,
+                        "label": label,
+                        "results": res["results"],
+                        "took_ms": res["took_ms"],
+                    }
+                )
+                shown = []
+                for h in res["results"]:
+                    labs = (h.get("metadata") or {}).get("labels")
+                    hit_label = labs[0] if isinstance(labs, list) and labs else "?"
+                    mark = "+" if hit_label == label else "-"
+                    hit_name = (
+                        class_names[hit_label]
+                        if class_names and isinstance(hit_label, int)
+                        else hit_label
+                    )
+                    shown.append(f"{h['id']}(d={h['distance']},{hit_name}{mark})")
+                qname = class_names[label] if class_names else label
+                _say(
+                    f"query {i} [{qname}] -> " + "  ".join(shown) + f"   ({res['took_ms']:.1f} ms)"
+                )
+            if cfg.keep_serving:
+                _say(f"\nserving on {server.url} (web page: {server.url}/) -- Ctrl-C to stop")
+                with contextlib.suppress(KeyboardInterrupt):
+                    server.proc.wait()
+        finally:
+            server.stop()
 
-    _stage(8, "symmetric check: images added by upload are found at distance 0")
-    server = Server(
-        ["--model", str(onnx_dir), "--store", str(w / "store_symmetric")],
-        _free_port(),
-        w / "service_symmetric.log",
-    )
     n_check = min(20, len(db_ds))
-    try:
-        server.wait_ready()
-        ids = [int(x) for x in sets["db_brcd"].ids[:n_check]]
-        files = [
-            ("images", (f"db{i}.png", _png(db_ds.load_image(i)), "image/png"))
-            for i in range(n_check)
-        ]
-        r = httpx.post(
-            server.url + "/v1/items",
-            files=files,
-            data={"ids": ",".join(map(str, ids))},
-            timeout=120,
+    with _stage(8, "symmetric check: images added by upload are found at distance 0"):
+        check_store = w / "store_symmetric"
+        if check_store.exists():
+            shutil.rmtree(check_store)
+        _say(f"a new store for this check: {check_store}")
+        server = _start(
+            ["--model", str(onnx_dir), "--store", str(check_store)],
+            _free_port(),
+            w / "service_symmetric.log",
         )
-        r.raise_for_status()
-        # radius 0: every stored item with exactly the query's code (several, if codes collide)
-        r = httpx.post(
-            server.url + "/v1/search/batch", params={"radius": 0}, files=files, timeout=120
-        )
-        r.raise_for_status()
-        found = sum(
-            1
-            for i, res in zip(ids, r.json()["results"], strict=True)
-            if any(h["id"] == i and h["distance"] == 0 for h in res)
-        )
-    finally:
-        server.stop()
-    _say(f"{found}/{n_check} uploaded images came back as their own id at distance 0")
+        try:
+            ids = [int(x) for x in sets["db_brcd"].ids[:n_check]]
+            files = [
+                ("images", (f"db{i}.png", _png(db_ds.load_image(i)), "image/png"))
+                for i in range(n_check)
+            ]
+            r = httpx.post(
+                server.url + "/v1/items",
+                files=files,
+                data={"ids": ",".join(map(str, ids))},
+                timeout=120,
+            )
+            r.raise_for_status()
+            # radius 0: every stored item with exactly the query's code (several, if codes collide)
+            r = httpx.post(
+                server.url + "/v1/search/batch", params={"radius": 0}, files=files, timeout=120
+            )
+            r.raise_for_status()
+            found = sum(
+                1
+                for i, res in zip(ids, r.json()["results"], strict=True)
+                if any(h["id"] == i and h["distance"] == 0 for h in res)
+            )
+        finally:
+            server.stop()
+        _say(f"{found}/{n_check} uploaded images came back as their own id at distance 0")
 
-    _stage(9, "results")
-    images = [db_ds.load_image(i) for i in range(min(256, len(db_ds)))]
-    t_speed, t_backend = _encode_speed(teacher, images)
-    s_speed, s_backend = _encode_speed(onnx_dir, images)
-    lines = [f"| model | mAP@{topk} | P@r<=2 |", "|---|---|---|"]
-    lines += [f"| {k} | {v['map']:.4f} | {v['p_r2']:.4f} |" for k, v in table.items()]
-    lines += [
-        "",
-        "| encoder | images/s (batch 64) | backend |",
-        "|---|---|---|",
-        f"| teacher ViT | {t_speed:.0f} | {t_backend} |",
-        f"| student MobileNetV3 | {s_speed:.0f} | {s_backend} |",
-    ]
-    _say("\n".join(lines))
+    with _stage(9, "results"):
+        images = [db_ds.load_image(i) for i in range(min(256, len(db_ds)))]
+        t_speed, t_backend = _encode_speed(teacher, images)
+        s_speed, s_backend = _encode_speed(onnx_dir, images)
+        table = markdown_table(
+            list(results.values()), [names[k] for k in results], name_header="model"
+        )
+        lines = [
+            table,
+            "| encoder | images/s (batch 64) | backend |",
+            "|---|---|---|",
+            f"| teacher ViT | {t_speed:.0f} | {t_backend} |",
+            f"| student MobileNetV3 | {s_speed:.0f} | {s_backend} |",
+        ]
+        _say("\n".join(lines))
     total = round(time.perf_counter() - t_start, 1)
     _say(f"\nall stages done in {total} s; artifacts in {w}")
     result = {
-        "table": table,
+        "table": {names[k]: v for k, v in results.items()},
         "encode_images_per_s": {"teacher": t_speed, "student": s_speed},
         "self_check": {"found": found, "checked": n_check},
+        "store": {"action": store_plan.action, "reason": store_plan.reason},
         "hits": hits_out,
         "timings": cfg.timings,
         "total_s": total,

@@ -1,15 +1,26 @@
 """Named training recipes: the settings of a whole teacher -> student pipeline in one place.
 
-``full-scale`` is the reference setting of BRCD (brcd.md) for users with a GPU and
+``full-scale`` is the reference setting of the BRCD paper for users with a GPU and
 internet: an ImageNet-pretrained ViT-B/16 teacher, frozen, with a linear CIBHash head
 (a linear probe), distilled into an ImageNet-pretrained EfficientNet-B0 student with an
 MLP head, at 224 px. ``cpu`` is the setting this project's CPU benchmarks use.
+
+Each part of a recipe holds fields of the stage's config (:class:`TeacherConfig`,
+:class:`DistillConfig`); :func:`recipe_configs` builds them and :func:`recipe_commands` renders
+their ``hashkd`` commands through :func:`hashkd.pipeline.command_line`.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import dataclasses
+from typing import Any, TypeVar
+
+from hashkd.pipeline import command_line
+from hashkd.training.distill import DistillConfig
+from hashkd.training.teacher import TeacherConfig
+
+StageT = TypeVar("StageT", TeacherConfig, DistillConfig)
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "full-scale": {
@@ -84,45 +95,31 @@ def get_recipe(name: str, **overrides: dict[str, Any]) -> dict[str, dict[str, An
     return recipe
 
 
-def _flag(key: str, value: Any) -> list[str]:
-    name = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return [name] if value else []
-    if isinstance(value, dict):
-        return [name, ",".join(f"{k}={v}" for k, v in value.items())]
-    if isinstance(value, list):
-        return [name, ",".join(map(str, value))]
-    return [name, str(value)]
+def recipe_configs(name: str, data: str, workdir: str) -> tuple[TeacherConfig, DistillConfig]:
+    """The teacher and student stage configs of recipe ``name`` on ``data`` into ``workdir``."""
+    recipe = get_recipe(name)
+    teacher = _config(TeacherConfig, recipe["teacher"], out=f"{workdir}/teacher", data=data)
+    student = _config(
+        DistillConfig,
+        recipe["student"],
+        out=f"{workdir}/student",
+        teacher=teacher.out,
+        data=data,
+    )
+    return teacher, student
+
+
+def _config(kind: type[StageT], values: dict[str, Any], **fixed: Any) -> StageT:
+    known = {f.name for f in dataclasses.fields(kind)}
+    for key in values:
+        if key not in known:
+            raise ValueError(
+                f"recipe setting {key!r} is not a {kind.__name__} field: expected one of "
+                + ", ".join(sorted(known))
+            )
+    return kind(**{**values, **fixed})
 
 
 def recipe_commands(name: str, data: str, workdir: str) -> list[list[str]]:
     """The ``hashkd`` command lines that run recipe ``name`` on ``data`` into ``workdir``."""
-    recipe = get_recipe(name)
-    t = dict(recipe["teacher"])
-    teacher_cmd = ["hashkd", "train-teacher", "--data", data, "--out", f"{workdir}/teacher"]
-    rename = {"feature_cache_views": "feature_cache"}
-    for k, v in t.items():
-        teacher_cmd += _flag(rename.get(k, k), v)
-    s = dict(recipe["student"])
-    student_cmd = [
-        "hashkd",
-        "distill",
-        "--teacher",
-        f"{workdir}/teacher",
-        "--data",
-        data,
-        "--out",
-        f"{workdir}/student",
-    ]
-    for k, v in s.items():
-        if k == "losses":
-            student_cmd += ["--loss", ",".join(v)]
-        elif k == "loss_options":
-            for loss, opts in v.items():
-                for ok, ov in opts.items():
-                    student_cmd += ["--loss-opt", f"{loss}.{ok}={ov}"]
-        elif k == "pretrained":
-            student_cmd += ["--pretrained"] if v else []
-        else:
-            student_cmd += _flag(k, v)
-    return [teacher_cmd, student_cmd]
+    return [command_line(cfg) for cfg in recipe_configs(name, data, workdir)]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""mAP@K, precision within a Hamming radius and PR / P@N curves of binary codes.
+"""mAP@K, precision within a Hamming radius, PR / P@N curves and code health of binary codes.
 
-The same program as ``hashkd evaluate`` (hashkd/cli/evaluate.py); run with --help for the options.
+The same program as ``hashkd evaluate``: the options of hashkd/cli/evaluate.py, the evaluation of
+:func:`hashkd.evaluation.evaluate`; run with --help for the options.
 
     python scripts/evaluate_map.py --query codes/query --database codes/db --topk 1000 --json out.json
 """

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The reference BRCD setting (brcd.md) for a machine with a GPU and internet access:
+# The reference BRCD setting (recipe "full-scale" of hashkd/recipes.py) for a machine with a GPU
+# and internet access:
 # ImageNet-pretrained ViT-B/16 teacher (frozen, linear CIBHash head, 200 epochs on cached
 # features) -> ImageNet-pretrained EfficientNet-B0 student with an MLP head, BRCD, 400 epochs,
 # 224 px, 64 bits. Usage: scripts/recipe_full_scale.sh DATA WORKDIR [GPUS]

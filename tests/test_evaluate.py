@@ -1,8 +1,11 @@
-"""``hashkd evaluate`` / scripts/evaluate_map.py and hashkd.encoding.encode_dataset."""
+"""hashkd.evaluation, its command line (``hashkd evaluate`` / scripts/evaluate_map.py) and
+hashkd.encoding.encode_dataset."""
 
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +14,32 @@ import torch
 from PIL import Image
 
 from hashkd.cli import main
-from hashkd.cli.evaluate import main as script_main
-from hashkd.cli.evaluate import markdown_table, retrieval_protocol
 from hashkd.codes import CodeSet, pack_codes
-from hashkd.metrics import evaluate_codes
+from hashkd.evaluation import (
+    EvaluationInputs,
+    evaluate,
+    evaluate_code_sets,
+    markdown_table,
+    retrieval_protocol,
+)
+from hashkd.metrics import code_health, evaluate_codes
 from tests.conftest import TINY_VIT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_map.py"
+
+
+def script_main(argv: list[str]) -> int:
+    """Run scripts/evaluate_map.py as a program; its exit code."""
+    old = sys.argv
+    sys.argv = [str(SCRIPT), *argv]
+    try:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = old
+    raise AssertionError("the script did not exit")
 
 
 def _codeset(rng, n, bits, classes=4, model="teacher-A", labels=True) -> CodeSet:
@@ -182,6 +204,17 @@ def test_bad_inputs_exit_with_one_line(tmp_path, rng, code_dirs, capsys):
     assert "both given" in _one_error_line(capsys)
 
 
+def _health(distinct: int, n: int, balance: float, bucket: float, collapsed: bool) -> dict:
+    return {
+        "num_codes": n,
+        "distinct_codes": distinct,
+        "distinct_fraction": distinct / n,
+        "bit_balance": balance,
+        "largest_bucket_fraction": bucket,
+        "collapsed": collapsed,
+    }
+
+
 def test_markdown_table_shape():
     row = {
         "protocol": "asymmetric",
@@ -190,16 +223,116 @@ def test_markdown_table_shape():
         "num_database": 99,
         "map": 0.5,
         "precision_at_radius": 0.25,
-        "map_tie_averaged": None,
+        "map_tie_averaged": 0.375,
         "topk": 1000,
         "radius": 2,
+        "code_health": {
+            "query": _health(10, 10, 0.1, 0.1, False),
+            "database": _health(1, 99, 0.5, 1.0, True),
+        },
     }
     lines = markdown_table([row]).strip().splitlines()
-    assert (
-        lines[0]
-        == "| protocol | bits | queries | database | mAP@1000 | P@r<=2 | mAP@1000 (tie-avg) |"
+    assert lines[0] == (
+        "| protocol | bits | queries | database | mAP@1000 (tie-avg) | mAP@1000 (by position) "
+        "| P@r<=2 | distinct codes (q / db) | bit balance (q / db) | largest bucket (db) "
+        "| collapsed |"
     )
-    assert lines[2] == "| asymmetric | 64 | 10 | 99 | 0.5000 | 0.2500 | - |"
+    assert lines[2] == (
+        "| asymmetric | 64 | 10 | 99 | 0.3750 | 0.5000 | 0.2500 | 10 / 1 | 0.100 / 0.500 "
+        "| 100.0% | database |"
+    )
+    # without the tie-averaged value the headline cell says so; names add a first column
+    row = {**row, "map_tie_averaged": None}
+    row["code_health"] = {**row["code_health"], "database": _health(99, 99, 0.0, 1 / 99, False)}
+    lines = markdown_table([row], names=["student"], name_header="model").strip().splitlines()
+    assert lines[0].startswith("| model | protocol |") and lines[0].count("|") == 13
+    assert lines[1].count("---") == 12
+    assert lines[2] == (
+        "| student | asymmetric | 64 | 10 | 99 | - | 0.5000 | 0.2500 | 10 / 99 | 0.100 / 0.000 "
+        "| 1.0% | no |"
+    )
+    with pytest.raises(ValueError, match="one name per row"):
+        markdown_table([row], names=["a", "b"])
+
+
+def _distinct_rows(codes: np.ndarray) -> int:
+    return len({bytes(r) for r in codes})
+
+
+def test_code_health_of_both_sides_and_collapse_warning(tmp_path, rng, capsys):
+    """A collapsed database (one code for all) is flagged in the JSON, the table and on stderr."""
+    q = _codeset(rng, 12, 16)
+    d = _codeset(rng, 300, 16)
+    d.codes[:] = d.codes[0]  # every database item has the same code
+    qd, dd = q.save(tmp_path / "q"), d.save(tmp_path / "d")
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--query", str(qd), "--database", str(dd), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["code_health"] == {"query": code_health(q.codes), "database": code_health(d.codes)}
+    assert got["code_health"]["query"]["distinct_codes"] == _distinct_rows(q.codes)
+    assert got["code_health"]["database"]["distinct_codes"] == 1
+    assert got["code_health"]["database"]["largest_bucket_fraction"] == 1.0
+    assert got["code_health"]["database"]["collapsed"]
+    assert not got["code_health"]["query"]["collapsed"]
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "database codes" in warnings[0] and "1 distinct" in warnings[0]
+    row = captured.out.strip().splitlines()[-1].split("|")[1:-1]
+    cells = [c.strip() for c in row]
+    # the headline is the tie-averaged mAP: with one code for all, every order of the database
+    # is a tie, so the expected AP is that of a uniformly random ranking
+    assert cells[4] == f"{got['map_tie_averaged']:.4f}" and cells[5] == f"{got['map']:.4f}"
+    assert cells[7] == f"{_distinct_rows(q.codes)} / 1" and cells[-1] == "database"
+
+
+def test_tie_averaged_headline_equals_random_order_expectation(rng):
+    """Constant database codes: the tie-averaged mAP@K is the mean over shuffled database orders."""
+    q = _codeset(rng, 6, 8, classes=3)
+    d = _codeset(rng, 9, 8, classes=3)
+    d.codes[:] = 7
+    got = evaluate_code_sets(q, d, topk=4, radius=0, curves=False)
+    # brute force: every ranking is a permutation of the database (all at one distance)
+    import itertools
+
+    rel = (q.labels.astype(int) @ d.labels.T.astype(int)) > 0
+    total = 0.0
+    perms = list(itertools.permutations(range(9), 4))
+    for perm in perms:
+        r = rel[:, list(perm)]
+        cum = np.cumsum(r, axis=1)
+        prec = cum / np.arange(1, 5)
+        hits = r.sum(axis=1)
+        ap = np.where(hits > 0, (prec * r).sum(axis=1) / np.maximum(hits, 1), 0.0)
+        total += ap.mean()
+    assert got["map_tie_averaged"] == pytest.approx(total / len(perms))
+    assert got["code_health"]["database"]["distinct_codes"] == 1
+
+
+def test_library_entry_equals_the_command_line(tmp_path, code_dirs):
+    q, d = code_dirs
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--query",
+                str(q),
+                "--database",
+                str(d),
+                "--topk",
+                "20",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    lib = evaluate(EvaluationInputs(query=str(q), database=str(d), topk=20))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(lib))
+    with pytest.raises(ValueError, match="--topk 0"):
+        evaluate(EvaluationInputs(query=str(q), database=str(d), topk=0))
+    with pytest.raises(ValueError, match="--protocol 'mixed'"):
+        evaluate(EvaluationInputs(query=str(q), database=str(d), protocol="mixed"))
 
 
 # ----------------------------------------------------------------------------- models and images

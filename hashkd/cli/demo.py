@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a ViT teacher, distil a MobileNetV3 student with BRCD (and one without KD), export it, "
         "encode the database with the teacher, index it, start the REST service, POST query images, print the "
         "hits and a results table, and stop. Every stage keeps its artifact in --workdir and prints the command "
-        "that reproduces it.",
+        "that reproduces it. A second run in the same --workdir reuses the artifacts, and the service's store "
+        "when it holds exactly the teacher-coded database (else the store is rebuilt).",
     )
     p.add_argument(
         "--data",

@@ -1,5 +1,7 @@
 """``hashkd evaluate`` (and ``scripts/evaluate_map.py``): mAP@K and friends of binary codes.
 
+This module only parses the options; the evaluation is :func:`hashkd.evaluation.evaluate`.
+
 Two inputs:
 
 * two code sets: ``--query DIR --database DIR`` (``codes.npy`` + ``labels.npy`` each);
@@ -17,18 +19,26 @@ says otherwise. Output: a Markdown table on stdout, and optionally ``--json``,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-PROTOCOLS = ("symmetric", "asymmetric")
+from hashkd.evaluation import (
+    PROTOCOLS,
+    EvaluationInputs,
+    collapse_warnings,
+    evaluate,
+    markdown_table,
+    write_report,
+)
+
 DESCRIPTION = """\
-Evaluate Hamming ranking of binary codes: mAP@K (ties broken by database position, plus the
-tie-averaged value), precision within a Hamming radius, precision@N / recall@N and the
-precision-recall curve over the Hamming radius. Relevant = sharing at least one label.
+Evaluate Hamming ranking of binary codes: mAP@K (the headline tie-averaged value, i.e. the
+expected mAP under a random order of equal distances, beside the value with ties broken by
+database position), precision within a Hamming radius, precision@N / recall@N, the
+precision-recall curve over the Hamming radius, and the code health of both sides (distinct
+codes, bit balance, largest bucket; a warning on stderr when codes are collapsed).
+Relevant = sharing at least one label.
 
 Inputs, one of:
   --query DIR --database DIR          two code sets (codes.npy and labels.npy each)
@@ -166,42 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# ----------------------------------------------------------------------------- protocol and inputs
-
-
-def _model_identity(meta: dict[str, Any]) -> str | None:
-    return meta.get("model_digest") or meta.get("model") or None
-
-
-def retrieval_protocol(
-    query_meta: dict[str, Any], database_meta: dict[str, Any]
-) -> tuple[str, str]:
-    """``(protocol, how)``: asymmetric iff both metas name a model and the models differ.
-
-    The model is identified by ``model_digest`` (weights) when both sides have one, else by the
-    ``model`` directory. ``how`` is ``"meta"`` when both sides named a model, else ``"assumed"``.
-    """
-    q, d = query_meta.get("model_digest"), database_meta.get("model_digest")
-    if not (q and d):
-        q, d = query_meta.get("model"), database_meta.get("model")
-    if q and d:
-        return ("symmetric" if q == d else "asymmetric"), "meta"
-    return "symmetric", "assumed"
-
-
-def _load_code_set(path: str, role: str):
-    from hashkd.codes import CodeSet
-
-    if not Path(path).is_dir():
-        raise ValueError(
-            f"{role} code set directory {path!r} does not exist: expected a folder with codes.npy and labels.npy"
-        )
-    cs = CodeSet.load(path)
-    if cs.labels is None:
-        raise ValueError(
-            f"{role} code set {path!r} has no labels.npy: expected multi-hot labels to judge relevance"
-        )
-    return cs
+# ----------------------------------------------------------------------------- run
 
 
 def _parse_points(text: str | None) -> list[int] | None:
@@ -218,205 +193,37 @@ def _parse_points(text: str | None) -> list[int] | None:
     return pts
 
 
-def _check_args(args: argparse.Namespace) -> str:
-    """Validate the combination of options; return the input mode ('codes' or 'models')."""
-    if args.topk <= 0:
-        raise ValueError(f"--topk {args.topk} is not valid: expected a positive integer")
-    if args.radius < 0:
-        raise ValueError(f"--radius {args.radius} is not valid: expected an integer >= 0")
-    if args.batch_size <= 0:
-        raise ValueError(
-            f"--batch-size {args.batch_size} is not valid: expected a positive integer"
-        )
-    code_mode = args.query is not None or args.database is not None
-    model_opts = [
-        args.query_model,
-        args.database_model,
-        args.data,
-        args.query_data,
-        args.database_data,
-    ]
-    model_mode = any(x is not None for x in model_opts)
-    if code_mode and model_mode:
-        raise ValueError(
-            "code sets (--query/--database) and models (--query-model ...) were both given: expected one kind of input"
-        )
-    if code_mode:
-        if args.query is None or args.database is None:
-            missing = "--database" if args.query is not None else "--query"
-            raise ValueError(f"{missing} is missing: expected both --query DIR and --database DIR")
-        return "codes"
-    if not model_mode:
-        raise ValueError(
-            "no input was given: expected --query DIR --database DIR, or --query-model with --data or --query-data/--database-data"
-        )
-    if args.query_model is None:
-        raise ValueError(
-            "--query-model is missing: expected the model artifact that encodes the queries"
-        )
-    pair = (args.query_data is not None, args.database_data is not None)
-    if args.data is not None and any(pair):
-        raise ValueError(
-            "--data and --query-data/--database-data were both given: expected one way to choose the images"
-        )
-    if args.data is None and not all(pair):
-        missing = "--database-data" if pair[0] else "--query-data"
-        raise ValueError(
-            f"{missing} is missing: expected --data SPEC, or both --query-data and --database-data"
-        )
-    if args.split_protocol is not None and args.data is None:
-        raise ValueError("--split-protocol applies to --data only: expected --data SPEC with it")
-    return "models"
-
-
-def _encode_sides(args: argparse.Namespace):
-    from hashkd.data import load_dataset
-    from hashkd.encoding import encode_dataset, protocol_splits, select_split
-    from hashkd.models import load_artifact
-
-    qmodel = load_artifact(args.query_model)
-    same = (
-        args.database_model is None
-        or Path(args.database_model).resolve() == Path(args.query_model).resolve()
-    )
-    dmodel = qmodel if same else load_artifact(args.database_model)
-    dmodel_dir = args.query_model if same else args.database_model
-    if qmodel.bits != dmodel.bits:
-        raise ValueError(
-            f"--query-model makes {qmodel.bits}-bit codes but --database-model makes {dmodel.bits}-bit codes: expected equal code lengths"
-        )
-    progress = not args.no_progress
-    if args.data is not None:
-        dataset = load_dataset(args.data, root=args.root)
-        splits, info = protocol_splits(
-            args.data, dataset, protocol=args.split_protocol, seed=args.seed
-        )
-        qds, qinfo = splits["query"], {"data_spec": args.data, "split": "query", **info}
-        dds, dinfo = splits["database"], {"data_spec": args.data, "split": "database", **info}
-    else:
-        qds, qinfo = select_split(args.query_data, root=args.root)
-        dds, dinfo = select_split(args.database_data, root=args.root)
-    query = encode_dataset(qmodel, qds, batch_size=args.batch_size, progress=progress, meta=qinfo)
-    query.meta["model"] = str(Path(args.query_model).resolve())
-    database = encode_dataset(
-        dmodel, dds, batch_size=args.batch_size, progress=progress, meta=dinfo
-    )
-    database.meta["model"] = str(Path(dmodel_dir).resolve())
-    return query, database
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One Markdown row per evaluation result (protocol, bits, sizes, mAP@K, P@r<=R, tie-averaged mAP)."""
-    k = {r["topk"] for r in rows}
-    radius = {r["radius"] for r in rows}
-    k_txt = str(k.pop()) if len(k) == 1 else "K"
-    r_txt = str(radius.pop()) if len(radius) == 1 else "R"
-    head = [
-        "protocol",
-        "bits",
-        "queries",
-        "database",
-        f"mAP@{k_txt}",
-        f"P@r<={r_txt}",
-        f"mAP@{k_txt} (tie-avg)",
-    ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
-    for r in rows:
-        tie = r.get("map_tie_averaged")
-        cells = [
-            str(r.get("protocol", "")),
-            str(r["bits"]),
-            str(r["num_queries"]),
-            str(r["num_database"]),
-            f"{r['map']:.4f}",
-            f"{r['precision_at_radius']:.4f}",
-            "-" if tie is None else f"{tie:.4f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_text(path: str, text: str) -> None:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-
-
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation the options describe and return the JSON-ready result."""
-    from hashkd.metrics import evaluate_codes
-
-    mode = _check_args(args)
-    points = _parse_points(args.pn)
-    if mode == "codes":
-        query = _load_code_set(args.query, "query")
-        database = _load_code_set(args.database, "database")
-        sources = {"query": str(args.query), "database": str(args.database)}
-    else:
-        query, database = _encode_sides(args)
-        sources = {
-            "query_model": str(args.query_model),
-            "database_model": str(args.database_model or args.query_model),
-        }
-        if args.save_codes:
-            query.save(Path(args.save_codes) / "query")
-            database.save(Path(args.save_codes) / "database")
-    if query.bits != database.bits:
-        raise ValueError(
-            f"query codes are {query.bits} bits but database codes are {database.bits} bits: expected equal code lengths"
-        )
-    result = evaluate_codes(
-        query.codes,
-        database.codes,
-        query.labels,
-        database.labels,
+def inputs_from_args(args: argparse.Namespace) -> EvaluationInputs:
+    """The :class:`hashkd.evaluation.EvaluationInputs` that the parsed options describe."""
+    return EvaluationInputs(
+        query=args.query,
+        database=args.database,
+        query_model=args.query_model,
+        database_model=args.database_model,
+        data=args.data,
+        split_protocol=args.split_protocol,
+        seed=args.seed,
+        query_data=args.query_data,
+        database_data=args.database_data,
+        root=args.root,
+        batch_size=args.batch_size,
+        save_codes=args.save_codes,
+        progress=not args.no_progress,
         topk=args.topk,
         radius=args.radius,
-        curves=True,
-        pn_points=points,
+        pn_points=_parse_points(args.pn),
+        protocol=args.protocol,
         tie_averaged=not args.no_tie_average,
     )
-    protocol, how = retrieval_protocol(query.meta, database.meta)
-    if args.protocol is not None:
-        protocol, how = args.protocol, "override"
-    splits = {
-        side: {k: cs.meta[k] for k in ("data_spec", "split", "protocol", "seed") if k in cs.meta}
-        for side, cs in (("query", query), ("database", database))
-    }
-    models = {
-        side: {k: cs.meta.get(k) for k in ("model", "model_digest", "backbone", "role")}
-        for side, cs in (("query", query), ("database", database))
-    }
-    return {
-        **result,
-        "protocol": protocol,
-        "protocol_source": how,
-        "inputs": sources,
-        "splits": splits,
-        "models": models,
-    }
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args)
-    table = markdown_table([result])
-    sys.stdout.write(table)
-    if args.json:
-        _write_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    if args.markdown:
-        _write_text(args.markdown, table)
-    if args.plots:
-        from hashkd.plots import write_plots
-
-        label = f"{result['protocol']}"
-        for path in write_plots({label: result}, args.plots):
+    result = evaluate(inputs_from_args(args))
+    for line in collapse_warnings(result):
+        print(line, file=sys.stderr)
+    sys.stdout.write(markdown_table([result]))
+    for path in write_report(result, args.json, args.markdown, args.plots):
+        if path.suffix == ".png":
             print(f"wrote {path}", file=sys.stderr)
     return 0
 
