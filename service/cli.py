@@ -23,6 +23,7 @@ _FIELDS = (
     "port",
     "api_key_env",
     "backend",
+    "precision",
     "threads",
     "search_threads",
     "batching",
@@ -65,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend", choices=["auto", "torch", "torchscript", "onnx"], help="encoder backend"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        help="ONNX graph to run: the int8 one when the artifact has it (auto, the default), fp32 or int8",
     )
     p.add_argument("--threads", type=int, help="encoder threads")
     p.add_argument("--search-threads", type=int, help="FAISS OpenMP threads per search (default 1)")

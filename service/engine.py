@@ -22,8 +22,8 @@ from PIL import Image
 
 import indexes
 from hashkd.codes import hamming_distances
-from hashkd.models.artifact import read_config
 from hashkd.runtime import Encoder
+from hashkd.runtime.config import read_artifact_config
 from service.batching import MicroBatcher
 from service.catalog import Catalog
 from service.jsonlimits import MAX_JSON_DEPTH
@@ -44,8 +44,8 @@ class ModelMismatchError(ValueError):
 
 def check_models(settings: Settings) -> int:
     """Read both model configs (cheap, no weights) and return K; refuse mismatched lengths."""
-    q_cfg, _ = read_config(settings.model)
-    d_cfg, _ = read_config(settings.db_model)
+    q_cfg, _ = read_artifact_config(settings.model)
+    d_cfg, _ = read_artifact_config(settings.db_model)
     if q_cfg.bits != d_cfg.bits:
         raise ModelMismatchError(
             f"the query model {str(settings.model)!r} makes {q_cfg.bits}-bit codes but the database model "
@@ -74,6 +74,7 @@ def _model_info(encoder: Encoder, path: Path) -> dict[str, Any]:
         "img_size": int(cfg.img_size),
         "role": cfg.role,
         "backend": str(encoder.backend),
+        "precision": str(encoder.precision),
     }
 
 
@@ -88,6 +89,7 @@ class Engine:
         self.query_encoder = Encoder.from_artifact(
             settings.model,
             backend=settings.backend,
+            precision=settings.precision,
             threads=settings.threads,
             max_pixels=settings.max_image_pixels,
         )
@@ -95,6 +97,7 @@ class Engine:
             self.db_encoder = Encoder.from_artifact(
                 settings.db_model,
                 backend=settings.backend,
+                precision=settings.precision,
                 threads=settings.threads,
                 max_pixels=settings.max_image_pixels,
             )

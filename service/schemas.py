@@ -140,6 +140,7 @@ class ModelInfo(BaseModel):
     img_size: int
     role: str
     backend: str
+    precision: str = Field(description="ONNX graph in use: fp32 or int8 (fp32 for other backends).")
 
 
 class IndexInfo(BaseModel):

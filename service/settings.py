@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     # Encoding.
     backend: Literal["auto", "torch", "torchscript", "onnx"] = "auto"
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="ONNX graph: int8 when the artifact has one (auto), or fp32 / int8."
+    )
     threads: int | None = Field(
         None, ge=1, description="Encoder threads (torch/onnxruntime intra-op)."
     )
