@@ -3,7 +3,7 @@
 The head maps backbone features to K real-valued logits ``u``; ``p = sigmoid(u)`` and the
 binary code is ``b = sign(p - 0.5)`` with a straight-through estimator (forward: sign,
 backward: identity with respect to ``p``), as in CIBHash (Qiu et al., IJCAI 2021). The
-stored code bit is 1 where ``u > 0`` (DESIGN.md).
+stored code bit is 1 where ``u > 0`` (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
