@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hashkd.io import atomic_write, atomic_write_bytes
+
 CODESET_FORMAT_VERSION = 1
+#: The file a finished shard of ``hashkd encode --shard`` ends with (written last, atomically).
+SHARD_MARKER = "complete.json"
+#: Meta entries every shard of one encode must share to be merged.
+SHARD_AGREEMENT_KEYS = ("model_digest", "bits", "data_spec", "split", "protocol", "seed")
+_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
 class CodeSetError(ValueError):
@@ -133,13 +142,13 @@ class CodeSet:
         return int(self.codes.shape[0])
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the code set into ``directory`` (created if needed)."""
+        """Write the code set into ``directory`` (created if needed), each file atomically."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        np.save(path / "codes.npy", self.codes)
-        np.save(path / "ids.npy", self.ids)
+        _save_npy(path / "codes.npy", self.codes)
+        _save_npy(path / "ids.npy", self.ids)
         if self.labels is not None:
-            np.save(path / "labels.npy", self.labels)
+            _save_npy(path / "labels.npy", self.labels)
         elif (path / "labels.npy").exists():
             (path / "labels.npy").unlink()
         meta = {
@@ -148,7 +157,7 @@ class CodeSet:
             "count": len(self),
             **self.meta,
         }
-        (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
         return path
 
     @classmethod
@@ -188,3 +197,149 @@ class CodeSet:
         for key in ("format_version", "bits", "count"):
             meta.pop(key, None)
         return cls(codes=codes, ids=ids, labels=labels, meta=meta)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+# ------------------------------------------------------------------------------- shards
+def shard_dir_name(index: int, count: int) -> str:
+    """``shard-I-of-N``: the folder ``hashkd encode --shard I/N --out OUT`` writes in ``OUT``."""
+    return f"shard-{int(index)}-of-{int(count)}"
+
+
+def read_shard_marker(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The completion marker of a finished shard, or ``None`` when the shard is not finished."""
+    marker = Path(directory) / SHARD_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_shard(codeset: CodeSet, directory: str | os.PathLike[str]) -> Path:
+    """Save a shard's code set, then its completion marker (last, atomically).
+
+    A crash at any moment leaves either a finished shard or one without a marker, which
+    ``hashkd encode`` encodes again and :func:`merge_shards` refuses.
+    """
+    path = Path(directory)
+    (path / SHARD_MARKER).unlink(missing_ok=True)
+    codeset.save(path)
+    marker = {"count": len(codeset), "bits": codeset.bits, **_shard_identity(codeset.meta)}
+    atomic_write_bytes(path / SHARD_MARKER, json.dumps(marker, indent=2, sort_keys=True).encode())
+    return path
+
+
+def _shard_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"shard": meta.get("shard"), **{k: meta.get(k) for k in SHARD_AGREEMENT_KEYS}}
+
+
+def expand_shard_parts(parts: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Shard folders named by ``parts``: a shard folder, or a folder holding ``shard-I-of-N`` ones."""
+    out: list[Path] = []
+    for part in parts:
+        path = Path(part)
+        if not path.is_dir():
+            raise CodeSetError(f"shard {str(path)!r} does not exist")
+        if (path / "codes.npy").is_file() or (path / SHARD_MARKER).is_file():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_dir() and _SHARD_DIR.match(p.name))
+        if not found:
+            raise CodeSetError(
+                f"{str(path)!r} is neither a shard nor a folder of shard-I-of-N folders"
+            )
+        out.extend(found)
+    return out
+
+
+def merge_shards(parts: Sequence[str | os.PathLike[str]]) -> CodeSet:
+    """One code set from the finished shards of one ``hashkd encode --shard I/N`` run.
+
+    The shards must all be finished (completion marker), agree on the model (digest), bits,
+    data spec, split, protocol, seed, shard count and image count, and together cover every
+    shard once; their codes are concatenated in shard order, which is the images' order (a
+    shard holds a contiguous range). The merged meta is the shards' minus ``shard``.
+    Anything else raises :class:`CodeSetError` naming the offending part.
+    """
+    paths = expand_shard_parts(parts)
+    if not paths:
+        raise CodeSetError("no shards to merge: expected at least one shard folder")
+    loaded: list[tuple[Path, CodeSet]] = []
+    for path in paths:
+        if read_shard_marker(path) is None:
+            raise CodeSetError(
+                f"shard {str(path)!r} is not finished (no {SHARD_MARKER}): run its encode again"
+            )
+        codeset = CodeSet.load(path)
+        if not isinstance(codeset.meta.get("shard"), dict):
+            raise CodeSetError(f"{str(path)!r} is not a shard: its meta.json has no 'shard' entry")
+        loaded.append((path, codeset))
+    first_path, first = loaded[0]
+    ref = {**_shard_identity(first.meta), "bits": first.bits}
+    for path, codeset in loaded[1:]:
+        got = {**_shard_identity(codeset.meta), "bits": codeset.bits}
+        for key in ("bits", "model_digest", "data_spec", "split", "protocol", "seed"):
+            if got[key] != ref[key]:
+                raise CodeSetError(
+                    f"shard {str(path)!r} has {key}={got[key]!r} but {str(first_path)!r} has "
+                    f"{ref[key]!r}: expected shards of one encode run"
+                )
+        for key in ("count", "total"):
+            if got["shard"].get(key) != ref["shard"].get(key):
+                raise CodeSetError(
+                    f"shard {str(path)!r} is one of {got['shard'].get('count')} shards of "
+                    f"{got['shard'].get('total')} images but {str(first_path)!r} one of "
+                    f"{ref['shard'].get('count')} of {ref['shard'].get('total')}: expected shards "
+                    "of one encode run"
+                )
+    count, total = int(ref["shard"]["count"]), int(ref["shard"]["total"])
+    by_index: dict[int, tuple[Path, CodeSet]] = {}
+    for path, codeset in loaded:
+        index = int(codeset.meta["shard"]["index"])
+        if index in by_index:
+            raise CodeSetError(
+                f"shard {index} of {count} is given twice ({str(by_index[index][0])!r} and "
+                f"{str(path)!r}): expected each shard once"
+            )
+        by_index[index] = (path, codeset)
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        names = ", ".join(str(i) for i in missing)
+        raise CodeSetError(
+            f"shard(s) {names} of {count} are missing: expected all of 0..{count - 1}"
+        )
+    position = 0
+    for index in range(count):
+        path, codeset = by_index[index]
+        info = codeset.meta["shard"]
+        if int(info["start"]) != position or int(info["stop"]) - position != len(codeset):
+            raise CodeSetError(
+                f"shard {str(path)!r} holds images {info['start']}..{info['stop']} "
+                f"({len(codeset)} codes) but images from {position} were expected next"
+            )
+        position = int(info["stop"])
+    if position != total:
+        raise CodeSetError(f"the shards hold {position} images, not the {total} of the data")
+    ordered = [by_index[i][1] for i in range(count)]
+    all_ids = np.concatenate([c.ids for c in ordered])
+    if len(np.unique(all_ids)) != len(all_ids):
+        raise CodeSetError("the shards overlap: some ids appear in more than one shard")
+    has_labels = {c.labels is not None for c in ordered}
+    if len(has_labels) != 1:
+        raise CodeSetError("some shards have labels and others not: expected shards of one run")
+    meta = {k: v for k, v in first.meta.items() if k != "shard"}
+    return CodeSet(
+        codes=np.concatenate([c.codes for c in ordered]),
+        ids=all_ids,
+        labels=np.concatenate([c.labels for c in ordered]) if has_labels == {True} else None,
+        meta=meta,
+    )

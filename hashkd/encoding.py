@@ -6,20 +6,41 @@ describes (resize to ``img_size``, ToTensor, Normalize(``mean``, ``std``); see
 mode. The code set's ``meta`` records which model made the codes (directory, a digest of its
 weights, backbone, role, bits) so that an evaluation can tell symmetric from asymmetric
 retrieval, plus the data description, split, protocol and seed.
+
+``hashkd encode`` (:func:`encode_data`, :func:`encode_shard`) runs the fast runtime instead
+(:class:`hashkd.runtime.Encoder`: ONNX Runtime when the artifact has a current ONNX export),
+fed by a DataLoader whose workers decode and resize the images (the runtime's PIL + numpy
+preprocessing, bit-identical to the evaluation transform). With ``--shard I/N`` it encodes
+shard ``I`` of ``N``: the contiguous range of positions ``[I*n//N, (I+1)*n//N)`` of the ``n``
+selected images, into ``OUT/shard-I-of-N/`` with a completion marker written last
+(:func:`hashkd.codes.write_shard`); a finished shard of the same model and data is skipped.
+:func:`hashkd.codes.merge_shards` (``hashkd codes merge``) concatenates the shards back into
+the images' order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from hashkd.codes import CodeSet, pack_codes
+from hashkd.codes import (
+    SHARD_AGREEMENT_KEYS,
+    CodeSet,
+    CodeSetError,
+    pack_codes,
+    read_shard_marker,
+    shard_dir_name,
+    write_shard,
+)
 from hashkd.data import (
     ImageDataset,
     eval_transform,
@@ -166,8 +187,110 @@ def protocol_splits(data: str, dataset: ImageDataset, protocol: str | None = Non
     return splits, {"protocol": splits.meta["protocol"], "seed": int(seed), "splits": splits.meta}
 
 
+# ------------------------------------------------------------------ runtime encoding, shards
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: a contiguous 1/count of the images (see module docstring)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(
+                f"shard {self.index}/{self.count} is not valid: expected I/N with 0 <= I < N"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` -> ``Shard(I, N)``."""
+        index, sep, count = str(text).partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"shard {text!r} is not valid: expected I/N, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Shard | None:
+        """The shard of a ``torchrun`` process (``RANK`` of ``WORLD_SIZE``), else ``None``."""
+        env = os.environ if environ is None else environ
+        rank, world = env.get("RANK"), env.get("WORLD_SIZE")
+        if rank is None or world is None:
+            return None
+        if not rank.isdigit() or not world.isdigit():
+            raise ValueError(
+                f"RANK={rank!r} WORLD_SIZE={world!r} are not valid: expected non-negative integers"
+            )
+        return cls(int(rank), int(world))
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        """Positions ``[start, stop)`` of this shard among ``total`` images."""
+        return self.index * total // self.count, (self.index + 1) * total // self.count
+
+    @property
+    def dirname(self) -> str:
+        return shard_dir_name(self.index, self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class ResizeToUint8:
+    """PIL image -> ``img_size x img_size`` RGB uint8 HWC tensor (the runtime's bilinear resize).
+
+    A picklable DataLoader transform: workers decode and resize, the main process normalises
+    the uint8 batch (4x less to pass between processes than float32).
+    """
+
+    def __init__(self, img_size: int) -> None:
+        self.img_size = int(img_size)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        from hashkd.runtime.preprocess import resize_uint8
+
+        return torch.from_numpy(resize_uint8(image, self.img_size).copy())  # writable
+
+
+def encode_with_runtime(
+    encoder: Any,
+    dataset: ImageDataset,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "encoding",
+) -> np.ndarray:
+    """Packed codes (n x K/8) of every image of ``dataset`` with a :class:`hashkd.runtime.Encoder`.
+
+    Images are streamed from a DataLoader (``num_workers`` processes decode and resize) in
+    batches of ``batch_size``; the codes equal ``encoder.encode`` of the same images.
+    """
+    from hashkd.runtime.preprocess import normalize_uint8
+
+    view = dataset.with_transform(ResizeToUint8(encoder.img_size))
+    loader = make_loader(
+        view, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=False
+    )
+    mean, std = encoder.config.mean, encoder.config.std
+    chunks = [np.zeros((0, encoder.bits // 8), dtype=np.uint8)]
+    with tqdm(total=len(view), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for pixels, _labels, _idx in loader:
+            chunks.append(encoder.encode_arrays(normalize_uint8(pixels.numpy(), mean, std)))
+            bar.update(pixels.shape[0])
+    return np.concatenate(chunks)
+
+
+def open_encoder(
+    model_dir: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
+):
+    """A :class:`hashkd.runtime.Encoder` and the ``meta`` entries of the model it runs."""
+    from hashkd.runtime import Encoder
+
+    encoder = Encoder.from_artifact(model_dir, backend=backend, threads=threads)
+    info = {**model_meta(load_artifact(model_dir), model_dir), "backend": encoder.backend}
+    return encoder, info
+
+
 def encode_data(
-    model: HashModel | str | os.PathLike[str],
+    model: str | os.PathLike[str],
     data: str,
     root: str | None = None,
     split: str = "all",
@@ -175,7 +298,80 @@ def encode_data(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    num_workers: int = 0,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> CodeSet:
-    """:func:`select_split` then :func:`encode_dataset` (the ``hashkd encode`` command)."""
+    """:func:`select_split` then :func:`encode_with_runtime` (the ``hashkd encode`` command).
+
+    ``model`` is a model artifact directory, run with ``backend`` (see
+    :meth:`hashkd.runtime.Encoder.from_artifact`).
+    """
     dataset, info = select_split(data, root=root, split=split, protocol=protocol, seed=seed)
-    return encode_dataset(model, dataset, batch_size=batch_size, progress=progress, meta=info)
+    encoder, model_info = open_encoder(model, backend=backend, threads=threads)
+    codes = encode_with_runtime(encoder, dataset, batch_size, num_workers, progress)
+    return CodeSet(
+        codes=codes,
+        ids=np.asarray(dataset.source_indices, dtype=np.int64),
+        labels=dataset.labels,
+        meta={**model_info, "data": dataset.describe(), **info},
+    )
+
+
+def encode_shard(
+    model: str | os.PathLike[str],
+    data: str,
+    out: str | os.PathLike[str],
+    shard: Shard,
+    root: str | None = None,
+    split: str = "all",
+    protocol: str | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+    num_workers: int = 0,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> tuple[Path, bool]:
+    """Encode shard ``shard`` of the selected images into ``out/shard-I-of-N``.
+
+    Returns the shard folder and whether it was encoded (``False``: it was already finished
+    by the same model on the same data, and is kept). A finished shard of another model or
+    data raises instead of being overwritten.
+    """
+    dataset, info = select_split(data, root=root, split=split, protocol=protocol, seed=seed)
+    start, stop = shard.bounds(len(dataset))
+    folder = Path(out) / shard.dirname
+    encoder, model_info = open_encoder(model, backend=backend, threads=threads)
+    shard_info = {
+        "index": shard.index,
+        "count": shard.count,
+        "start": start,
+        "stop": stop,
+        "total": len(dataset),
+    }
+    marker = read_shard_marker(folder)
+    if marker is not None:
+        want = {
+            "shard": shard_info,
+            **{k: {**model_info, **info}.get(k) for k in SHARD_AGREEMENT_KEYS},
+        }
+        got = {k: marker.get(k) for k in want}
+        if got == want:
+            return folder, False
+        raise CodeSetError(
+            f"{str(folder)!r} holds a finished shard of another model or data: remove it or "
+            "write to another --out"
+        )
+    part = dataset.subset(np.arange(start, stop), transform=None)
+    codes = encode_with_runtime(
+        encoder, part, batch_size, num_workers, progress, desc=f"encoding shard {shard}"
+    )
+    codeset = CodeSet(
+        codes=codes,
+        ids=np.asarray(part.source_indices, dtype=np.int64),
+        labels=part.labels,
+        meta={**model_info, "data": dataset.describe(), **info, "shard": shard_info},
+    )
+    write_shard(codeset, folder)
+    return folder, True

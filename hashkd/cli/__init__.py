@@ -24,6 +24,7 @@ _BUILTIN = (
     "hashkd.cli.distill",
     "hashkd.cli.pretrain",
     "hashkd.cli.encode",
+    "hashkd.cli.codes",
     "hashkd.cli.evaluate",
     "hashkd.cli.export",
     "hashkd.cli.demo",
