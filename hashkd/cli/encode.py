@@ -86,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
     )
-    config, _ = read_artifact_config(args.model)
-    with data_options(args, img_size=int(config.img_size), progress=not args.no_progress):
+    try:
+        img_size = int(read_artifact_config(args.model)[0].img_size)
+    except (ValueError, OSError):  # encode_data reports a bad model with its own message
+        img_size = None
+    with data_options(args, img_size=img_size, progress=not args.no_progress):
         if shard is not None:
             folder, encoded = encode_shard(args.model, args.data, args.out, shard, **common)
             print(f"{'wrote' if encoded else 'kept the finished'} shard {shard} in {folder}")
