@@ -178,7 +178,10 @@ class MilvusItems:
         )
 
     def ready(self) -> tuple[bool, str]:
-        """(whether the collection answers a query now, why not); cached for a second."""
+        """(whether a Strong query answers within 3 s now, why not); cached for a second.
+
+        Strong, like every read: after a server restart, Eventually queries answer seconds
+        before the query nodes have caught up and Strong reads stop timing out."""
         now = time.monotonic()
         if now - self._ready_at < READY_CACHE_S:
             return self._ready
@@ -190,7 +193,7 @@ class MilvusItems:
                     filter="id < 0",
                     output_fields=["id"],
                     limit=1,
-                    consistency_level="Eventually",
+                    consistency_level="Strong",  # ready = reads see every write again
                     timeout=min(self.timeout, 3.0),
                 ),
             )
