@@ -175,12 +175,18 @@ class Engine:
         then runs each request's search; without, one thread-pool call does both.
         ``options`` are those of :meth:`search` (``flt``, ``offset``).
         """
+        from starlette.concurrency import run_in_threadpool
+
+        if self.batcher is not None and isinstance(self.catalog, ClusterCatalog):
+            # A Milvus search waits for the server (a Strong read): run it in the thread pool
+            # so that the batcher's one worker keeps encoding instead of waiting in line.
+            codes = await asyncio.wrap_future(self.batcher.submit(images))
+            return await run_in_threadpool(self.search, codes, k, radius, **options)
         if self.batcher is not None:
             fut = self.batcher.submit(
                 images, then=lambda codes: self.search(codes, k, radius, **options)
             )
             return await asyncio.wrap_future(fut)
-        from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.search_images, images, k, radius, **options)
 
