@@ -12,7 +12,7 @@ Cluster mode (issue 16): with ``--milvus URI`` the script instead starts 1 and t
 filled once through the first replica) and spreads the clients round-robin over the replicas::
 
     python scripts/bench_service.py --milvus http://127.0.0.1:19530 --replicas 2 --clients 16 \
-        --seconds 20 --items 10000 --out docs/bench-service-cluster.json
+        --seconds 20 --items 10000 --out bench-cluster.json
 """
 
 from __future__ import annotations
