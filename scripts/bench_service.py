@@ -6,6 +6,13 @@ micro-batching on and off, and the server's overhead above raw encode + search i
 Goals (issue 6): at 16 clients batching gives >= 2x the throughput of no batching; at one
 client the server's p50 is at most 5 ms above raw encode + search of the same images; no
 errors. Every run is bounded in time (``--seconds`` per configuration) and request count.
+
+Cluster mode (issue 16): with ``--milvus URI`` the script instead starts 1 and then
+``--replicas N`` ``hashkd serve --cluster`` replicas against that Milvus server (one collection,
+filled once through the first replica) and spreads the clients round-robin over the replicas::
+
+    python scripts/bench_service.py --milvus http://127.0.0.1:19530 --replicas 2 --clients 16 \
+        --seconds 20 --items 10000 --out bench-cluster.json
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _client_proc(
-    base: str,
+    base: str | list[str],
     images: list[bytes],
     threads: int,
     seconds: float,
@@ -71,7 +78,9 @@ def _client_proc(
     k: int,
     start_at: float,
 ) -> tuple[list[float], list[str], float]:
-    """One load-generator process: ``threads`` clients searching in a loop until the deadline."""
+    """One load-generator process: ``threads`` clients searching in a loop until the deadline
+    (client i talks to ``base[i % len(base)]`` when ``base`` is a list of servers)."""
+    bases = [base] if isinstance(base, str) else list(base)
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -80,9 +89,9 @@ def _client_proc(
     stop_at = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
-    def worker() -> None:
+    def worker(slot: int) -> None:
         mine: list[float] = []
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=bases[slot % len(bases)], timeout=30) as c:
             while time.perf_counter() < stop_at:
                 n = next(counter)
                 if n >= max_requests:
@@ -105,7 +114,7 @@ def _client_proc(
             latencies.extend(mine)
 
     t0 = time.perf_counter()
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
@@ -114,7 +123,7 @@ def _client_proc(
 
 
 def load(
-    base: str,
+    base: str | list[str],
     images: list[bytes],
     clients: int,
     seconds: float,
@@ -129,10 +138,16 @@ def load(
     procs = max(1, min(procs, clients))
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     start_at = time.time() + 1.0
+    bases = [base] if isinstance(base, str) else list(base)
+    # Process p's first client gets server p: the servers take turns over all clients.
+    rotated = [bases[p % len(bases) :] + bases[: p % len(bases)] for p in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
         outs = pool.starmap(
             _client_proc,
-            [(base, images, n, seconds, max_requests // procs, k, start_at) for n in shares],
+            [
+                (rotated[p], images, n, seconds, max_requests // procs, k, start_at)
+                for p, n in enumerate(shares)
+            ],
         )
     wall = max(elapsed for _, _, elapsed in outs)
     latencies = [x for lat, _, _ in outs for x in lat]
@@ -241,6 +256,70 @@ def raw_in_process(
     }
 
 
+def cluster_bench(args: argparse.Namespace, model: Path, images: list[bytes], work: Path) -> dict:
+    """Throughput of 1 and ``args.replicas`` cluster-mode replicas over one Milvus server."""
+    from hashkd.models.artifact import read_config
+
+    bits = read_config(model)[0].bits
+    codes_db = np.random.default_rng(0).integers(0, 256, (args.items, bits // 8), dtype=np.uint8)
+    collection = f"bench_{os.getpid()}_{int(time.time())}"
+    server_args = [
+        *("--model", str(model), "--cluster", "--index-spec", f"milvus:{args.milvus}"),
+        *("--collection", collection, "--max-batch", str(args.max_batch)),
+        *("--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"),
+    ]
+    results = []
+    for count in sorted({1, args.replicas}):
+        procs, bases = [], []
+        try:
+            for r in range(count):
+                port = free_port()
+                procs.append(start_server(server_args, port, work / f"replica{count}-{r}.log"))
+                bases.append(f"http://127.0.0.1:{port}")
+            if not results:  # fill the shared collection once
+                buf = io.BytesIO()
+                np.save(buf, codes_db)
+                r = httpx.post(
+                    f"{bases[0]}/v1/items/codes",
+                    files={"codes": ("c.npy", buf.getvalue())},
+                    timeout=600,
+                )
+                assert r.status_code == 201, r.text
+            load(bases, images, 2, 1.0, 50, args.k, 1)  # warm-up
+            for clients in args.clients:
+                row = load(
+                    bases,
+                    images,
+                    clients,
+                    args.seconds,
+                    args.max_requests,
+                    args.k,
+                    args.client_procs,
+                )
+                row["replicas"] = count
+                results.append(row)
+                print(
+                    f"replicas={count} clients={clients:3d} rps={row['rps']:7.1f} "
+                    f"p50={row['p50_ms']:7.2f} ms p99={row['p99_ms']:7.2f} ms "
+                    f"errors={row['errors']}",
+                    flush=True,
+                )
+        finally:
+            for p in procs:
+                stop_server(p)
+    top = max(args.clients)
+    rps = {r["replicas"]: r["rps"] for r in results if r["clients"] == top}
+    return {
+        "results": results,
+        "summary": {
+            "clients": top,
+            "rps_by_replicas": rps,
+            "speedup": round(rps[args.replicas] / max(rps[1], 1e-9), 2),
+            "errors": sum(r["errors"] for r in results),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -257,10 +336,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument(
+        "--milvus", metavar="URI", help="cluster mode: benchmark replicas over this Milvus server"
+    )
+    ap.add_argument("--replicas", type=int, default=2, help="replicas to compare with one")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     model = args.model or build_student(work / "student", args.bits)
+    if args.milvus:
+        report = cluster_bench(args, model, make_images(args.queries, 32, seed=1), work)
+        report["config"] = {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "cpu_count": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
+        print(json.dumps(report["summary"], indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
+        return 0
     from hashkd.models.artifact import read_config
 
     bits = read_config(model)[0].bits

@@ -19,6 +19,9 @@ _FIELDS = (
     "database_model",
     "store",
     "index_spec",
+    "cluster",
+    "collection",
+    "milvus_timeout_s",
     "host",
     "port",
     "api_key_env",
@@ -54,9 +57,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "e.g. the teacher); default: --model",
     )
     p.add_argument(
-        "--store", help="store directory (SQLite items + index snapshots); created if needed"
+        "--store",
+        help="store directory (SQLite items + index snapshots); created if needed; "
+        "not used with --cluster",
     )
     p.add_argument("--index-spec", help="index spec for stored codes (default flat; e.g. ivf:1024)")
+    p.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cluster mode: every item lives in the Milvus collection of --index-spec milvus:URI, "
+        "shared by all replicas (no --store); default off (embedded SQLite + index)",
+    )
+    p.add_argument(
+        "--collection", help="Milvus collection of the items in cluster mode (default hashkd_items)"
+    )
+    p.add_argument(
+        "--milvus-timeout-s",
+        type=float,
+        help="seconds a Milvus call may take before the request answers 503 (default 10)",
+    )
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument(

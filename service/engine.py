@@ -26,11 +26,12 @@ from hashkd.runtime import Encoder
 from hashkd.runtime.config import read_artifact_config
 from service.batching import MicroBatcher
 from service.catalog import Catalog
+from service.cluster_catalog import ClusterCatalog
 from service.jsonlimits import MAX_JSON_DEPTH
 from service.metrics import Metrics
 from service.schemas import DEFAULT_K, MAX_K, MAX_LIST_LIMIT, MAX_QUERY_CODES, MAX_RANK
 from service.settings import Settings
-from service.store import Item
+from service.store import Item, ItemStore
 from service.terms import Filter
 
 log = logging.getLogger("service.engine")
@@ -111,15 +112,24 @@ class Engine:
                 f"{self.db_encoder.bits}-bit codes: expected the same code length"
             )
         self.protocol = "asymmetric" if settings.asymmetric else "symmetric"
-        self.catalog = Catalog(
-            settings.store,
-            self.bits,
-            spec=settings.index_spec,
-            snapshot_every=settings.snapshot_every,
-            synchronous=settings.sqlite_synchronous,
-        )
+        self.catalog: Catalog | ClusterCatalog
+        if settings.cluster:  # every item in a Milvus collection shared by all replicas
+            self.catalog = ClusterCatalog(
+                settings.milvus_uri,
+                self.bits,
+                collection=settings.collection,
+                timeout=settings.milvus_timeout_s,
+            )
+        else:
+            self.catalog = Catalog(
+                settings.store,
+                self.bits,
+                spec=settings.index_spec,
+                snapshot_every=settings.snapshot_every,
+                synchronous=settings.sqlite_synchronous,
+            )
+            self.catalog.index.warm_up()  # e.g. compile the exact scan's kernel now
         metrics.track_index_size(lambda: float(len(self.catalog)))
-        self.catalog.index.warm_up()  # e.g. compile the exact scan's kernel before the first query
         self._query_batches = metrics.encode_batch.labels("query")
         self._db_batches = metrics.encode_batch.labels("database")
         self.batcher: MicroBatcher | None = None
@@ -168,12 +178,18 @@ class Engine:
         then runs each request's search; without, one thread-pool call does both.
         ``options`` are those of :meth:`search` (``flt``, ``offset``).
         """
+        from starlette.concurrency import run_in_threadpool
+
+        if self.batcher is not None and isinstance(self.catalog, ClusterCatalog):
+            # A Milvus search waits for the server (a Strong read): run it in the thread pool
+            # so that the batcher's one worker keeps encoding instead of waiting in line.
+            codes = await asyncio.wrap_future(self.batcher.submit(images))
+            return await run_in_threadpool(self.search, codes, k, radius, **options)
         if self.batcher is not None:
             fut = self.batcher.submit(
                 images, then=lambda codes: self.search(codes, k, radius, **options)
             )
             return await asyncio.wrap_future(fut)
-        from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.search_images, images, k, radius, **options)
 
@@ -206,6 +222,16 @@ class Engine:
         their codes, see :meth:`_filtered`); ``exclude`` drops one id (the query item itself).
         """
         k = int(k if k is not None else DEFAULT_K)
+        if isinstance(self.catalog, ClusterCatalog):  # Milvus filters, ranks and looks up
+            return self.catalog.search(
+                codes,
+                k,
+                radius,
+                flt=flt,
+                offset=offset,
+                exclude=exclude,
+                max_range_results=self.settings.max_range_results,
+            )
         if flt:
             per_query, truncated = self._filtered(codes, k, radius, flt, offset, exclude)
         else:
@@ -306,7 +332,7 @@ class Engine:
         offset: int = 0,
     ) -> tuple[list[dict], bool]:
         """Items nearest to a stored item's code, the item itself excluded; unknown ids raise."""
-        code = np.frombuffer(self.catalog.store.get(item_id).code, dtype=np.uint8)
+        code = np.frombuffer(self.get_item(item_id).code, dtype=np.uint8)
         results, truncated = self.search(
             code[None, :], k, radius, flt=flt, offset=offset, exclude=int(item_id)
         )
@@ -344,37 +370,58 @@ class Engine:
 
     def list_items(self, after: int, limit: int) -> list[Item]:
         """Up to ``limit`` stored items with ids above ``after``, ascending."""
-        return self.catalog.store.list_items(after, limit)
+        return self._items.list_items(after, limit)
 
     def get_item(self, item_id: int) -> Item:
         """The stored item (code, metadata); unknown ids raise ``UnknownItemError``."""
-        return self.catalog.store.get(item_id)
+        return self._items.get(item_id)
 
     def thumbnail(self, item_id: int) -> bytes | None:
         """The item's JPEG thumbnail, None for an item added as a bare code; unknown ids raise."""
-        return self.catalog.store.thumbnail(item_id)
+        return self._items.thumbnail(item_id)
 
     def delete_item(self, item_id: int) -> None:
         """Delete one item from the store and the index; unknown ids raise ``UnknownItemError``."""
         self.catalog.delete(item_id)
 
+    @property
+    def _items(self) -> ItemStore | ClusterCatalog:
+        """Where items are read: the SQLite store, or the Milvus collection in cluster mode."""
+        return self.catalog if isinstance(self.catalog, ClusterCatalog) else self.catalog.store
+
+    def ready(self) -> tuple[bool, str]:
+        """(whether requests can be answered now, why not): cluster mode asks Milvus."""
+        if isinstance(self.catalog, ClusterCatalog):
+            return self.catalog.ready()
+        return True, ""
+
+    def _index_info(self) -> dict[str, Any]:
+        if isinstance(self.catalog, ClusterCatalog):
+            return {
+                "spec": self.settings.index_spec,
+                "mode": "cluster",
+                **self.catalog.index_info(),
+            }
+        index = self.catalog.index
+        return {
+            "spec": self.settings.index_spec,
+            "kind": str(getattr(index, "kind", type(index).__name__)),
+            "size": len(index),
+            "supports": sorted(getattr(index, "supports", ())),
+            "snapshot_seq": self.catalog.snapshot_seq,
+            "recovery": self.catalog.recovery,
+        }
+
     def info(self) -> dict[str, Any]:
         s = self.settings
-        index = self.catalog.index
+        index = self._index_info()
         return {
             "protocol": self.protocol,
             "bits": self.bits,
             "query_model": _model_info(self.query_encoder, s.model),
             "database_model": _model_info(self.db_encoder, s.db_model),
-            "index": {
-                "spec": s.index_spec,
-                "kind": str(getattr(index, "kind", type(index).__name__)),
-                "size": len(index),
-                "supports": sorted(getattr(index, "supports", ())),
-                "snapshot_seq": self.catalog.snapshot_seq,
-                "recovery": self.catalog.recovery,
-            },
-            "items": self.catalog.store.count(),
+            "index": index,
+            "items": index["size"] if s.cluster else self.catalog.store.count(),
             "batching": {
                 "enabled": s.batching,
                 "max_batch": s.max_batch,

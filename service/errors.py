@@ -11,6 +11,8 @@ DuplicateItemError / DuplicateIdError  409
 StoreError (out of ids)                409
 UnknownItemError / UnknownIdError      404
 UnsupportedOperation                   422
+ClusterLimitError (a Milvus limit)     422
+ClusterUnavailableError (Milvus down)  503
 RequestValidationError                 422
 anything else                          500 (logged; a last resort)
 ====================================  ======
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexes.errors import DuplicateIdError, UnknownIdError, UnsupportedOperation
+from service.milvus_items import ClusterLimitError, ClusterUnavailableError
 from service.store import DuplicateItemError, StoreError, UnknownItemError
 
 log = logging.getLogger("service")
@@ -117,7 +120,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:
         return _json(404, str(exc))
 
+    @app.exception_handler(ClusterUnavailableError)
+    async def _cluster_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _json(503, str(exc), headers={"Retry-After": "1"})
+
     @app.exception_handler(UnsupportedOperation)
+    @app.exception_handler(ClusterLimitError)
     async def _unsupported(request: Request, exc: Exception) -> JSONResponse:
         return _json(422, str(exc))
 

@@ -152,7 +152,17 @@ class IndexInfo(BaseModel):
         description="Change sequence number of the last durable index snapshot."
     )
     recovery: str = Field(
-        description="How the index was loaded at start: snapshot, snapshot+replay or rebuild."
+        description="How the index was loaded at start: snapshot, snapshot+replay or rebuild "
+        "(cluster: nothing is kept locally)."
+    )
+    mode: Literal["embedded", "cluster"] = Field(
+        "embedded",
+        description="embedded: this process's SQLite store and index; cluster: a Milvus "
+        "collection shared by every replica (--cluster).",
+    )
+    collection: str | None = Field(None, description="The Milvus collection (cluster mode).")
+    consistency: str | None = Field(
+        None, description="Milvus consistency level of reads (cluster mode): Strong."
     )
 
 
@@ -181,3 +191,4 @@ class InfoResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+    detail: str | None = Field(None, description="Why the service is not ready.")

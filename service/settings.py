@@ -28,11 +28,28 @@ class Settings(BaseSettings):
         None,
         description="Model artifact that encodes stored items (asymmetric mode); default: --model.",
     )
-    store: Path = Field(
-        description="Directory of the durable item store (SQLite) and index snapshots."
+    store: Path | None = Field(
+        None,
+        description="Directory of the durable item store (SQLite) and index snapshots "
+        "(required unless --cluster).",
     )
     index_spec: str = Field(
         "flat", description="Index spec for indexes.create_index (flat, ivf:1024, ...)."
+    )
+
+    # Cluster mode.
+    cluster: bool = Field(
+        False,
+        description="Keep every item in the Milvus collection of --index-spec milvus:URI, shared "
+        "by every replica (no local store).",
+    )
+    collection: str = Field(
+        "hashkd_items",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection of the items (cluster mode).",
+    )
+    milvus_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Seconds a Milvus call may take before a 503."
     )
 
     # Network and security.
@@ -112,6 +129,19 @@ class Settings(BaseSettings):
         return value.strip()
 
     @model_validator(mode="after")
+    def _mode(self) -> Settings:
+        if self.cluster:
+            if not self.index_spec.startswith("milvus:") or not self.milvus_uri:
+                raise ValueError(
+                    f"--cluster needs --index-spec milvus:URI (a Milvus server), got {self.index_spec!r}"
+                )
+        elif self.store is None:
+            raise ValueError(
+                "store is required (flag --store or env HASHKD_STORE) unless --cluster"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _resolve_api_key(self) -> Settings:
         if self.api_key_env:
             value = os.environ.get(self.api_key_env, "")
@@ -132,6 +162,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def milvus_uri(self) -> str:
+        """The URI of ``--index-spec milvus:URI`` ("" for other specs)."""
+        return (
+            self.index_spec.removeprefix("milvus:") if self.index_spec.startswith("milvus:") else ""
+        )
+
+    @property
     def db_model(self) -> Path:
         return self.database_model if self.database_model is not None else self.model
 
@@ -139,6 +176,8 @@ class Settings(BaseSettings):
 def settings_error_message(exc: ValidationError) -> str:
     """One sentence for the first error of a settings ``ValidationError`` (for the CLI)."""
     err = exc.errors()[0]
+    if not err.get("loc"):  # a check across fields: its message names them
+        return str(err.get("msg", "invalid settings")).removeprefix("Value error, ")
     where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "missing":

@@ -28,7 +28,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "An upload is larger than the size or pixel limits.",
         415: "An upload is not a readable image.",
         422: "A parameter or field is missing or not valid.",
-        503: "The service is still loading.",
+        503: "The service is still loading, or (cluster mode) its Milvus server is unavailable.",
     }
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}
 

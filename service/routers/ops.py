@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import EngineDep
 from service.routers.common import error_responses
@@ -29,7 +30,12 @@ def info(engine: EngineDep) -> InfoResponse:
     return InfoResponse(version=__version__, **engine.info())
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    response_model_exclude_none=True,
+    summary="Liveness: the process answers",
+)
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
@@ -37,12 +43,21 @@ async def healthz() -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "Models or index not loaded."}},
-    summary="Readiness: models and index are loaded",
+    responses={
+        503: {
+            "model": HealthResponse,
+            "description": "Models or index not loaded, or (cluster mode) Milvus not answering.",
+        }
+    },
+    summary="Readiness: models and index are loaded (cluster mode: and Milvus answers)",
 )
 async def readyz(request: Request) -> Response:
-    if getattr(request.app.state, "engine", None) is None:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
         return JSONResponse({"status": "loading"}, status_code=503)
+    ready, why = await run_in_threadpool(engine.ready)
+    if not ready:
+        return JSONResponse({"status": "unavailable", "detail": why}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
