@@ -3,6 +3,8 @@
 Stages, each leaving its artifact in the work directory and printing the command that
 reproduces it by hand:
 
+0. time plan: a few measured training steps on the data, an estimate of every stage, and
+   epochs chosen to fit ``budget_minutes`` (hashkd/demo_budget.py, docs/demo.md)
 1. train a ViT teacher with CIBHash                       -> teacher/
 2. distil a compact student without KD (CIBHash only)      -> student_nokd/
 3. distil the student with BRCD                           -> student_brcd/
@@ -36,13 +38,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from hashkd.codes import CodeSet
+from hashkd.demo_budget import (
+    BUDGET_MINUTES,
+    EpochChoice,
+    StageCosts,
+    choose_epochs,
+    format_duration,
+    measure_rates,
+    stage_estimates,
+)
 from hashkd.evaluation import collapse_warnings, evaluate_code_sets, markdown_table
 from hashkd.pipeline import (
     EncodeConfig,
@@ -57,6 +68,9 @@ from hashkd.training.teacher import TeacherConfig
 STAGES = 9
 TOPK = 1000
 RADIUS = 2
+#: The epochs the demo prefers (today's defaults), and those of ``--quick``.
+TEACHER_EPOCHS, STUDENT_EPOCHS = 30, 20
+QUICK_EPOCHS = 2
 
 
 class DemoError(ValueError):
@@ -73,19 +87,41 @@ class DemoConfig:
     keep_serving: bool = False
     port: int | None = None
     seed: int = 0
-    teacher_epochs: int = 30
-    student_epochs: int = 20
+    teacher_epochs: int | None = None  # None: chosen to fit budget_minutes (at most 30)
+    student_epochs: int | None = None  # None: chosen to fit budget_minutes (at most 20)
+    budget_minutes: float = BUDGET_MINUTES
     max_train: int | None = None
     queries_to_show: int = 5
     progress: bool = False
     fresh: bool = False
+    cache: str = "auto"
+    cache_dir: str = ".hashkd-cache"
+    strict: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.budget_minutes > 0:
+            raise ValueError(
+                f"--budget-minutes {self.budget_minutes} is not valid: expected a positive number"
+            )
         if self.quick:
-            self.teacher_epochs = min(self.teacher_epochs, 2)
-            self.student_epochs = min(self.student_epochs, 2)
+            if self.teacher_epochs is not None:
+                self.teacher_epochs = min(self.teacher_epochs, QUICK_EPOCHS)
+            if self.student_epochs is not None:
+                self.student_epochs = min(self.student_epochs, QUICK_EPOCHS)
             self.max_train = self.max_train or 200
+
+    @property
+    def preferred_epochs(self) -> tuple[int, int]:
+        """The (teacher, student) epochs run when the budget allows: 30 / 20, or 2 / 2 quick."""
+        if self.quick:
+            return QUICK_EPOCHS, QUICK_EPOCHS
+        return TEACHER_EPOCHS, STUDENT_EPOCHS
+
+    def epochs(self) -> tuple[int, int]:
+        """The (teacher, student) epochs: the explicit ones, else the preferred ones."""
+        pt, ps = self.preferred_epochs
+        return self.teacher_epochs or pt, self.student_epochs or ps
 
 
 # ----------------------------------------------------------------------------- stage configs
@@ -93,6 +129,7 @@ class DemoConfig:
 
 def teacher_config(cfg: DemoConfig, out: Path) -> TeacherConfig:
     """Stage 1: a conv-stem ViT (hashkd.models.backbones) trained with CIBHash."""
+    epochs = cfg.epochs()[0]
     return TeacherConfig(
         out=str(out),
         data=cfg.data,
@@ -101,9 +138,9 @@ def teacher_config(cfg: DemoConfig, out: Path) -> TeacherConfig:
         backbone="vitc_micro",
         backbone_kwargs={"global_pool": "avg", "class_token": False, "patch_size": 4},
         bits=cfg.bits,
-        epochs=cfg.teacher_epochs,
+        epochs=epochs,
         lr=1e-3,
-        val_every=max(1, cfg.teacher_epochs // 3),
+        val_every=max(1, epochs // 3),
         max_train=cfg.max_train,
         progress=cfg.progress,
     )
@@ -111,6 +148,7 @@ def teacher_config(cfg: DemoConfig, out: Path) -> TeacherConfig:
 
 def student_config(cfg: DemoConfig, teacher: Path, out: Path, losses: list[str]) -> DistillConfig:
     """Stages 2 and 3: a MobileNetV3 student, distilled with ``losses`` (none: CIBHash only)."""
+    epochs = cfg.epochs()[1]
     return DistillConfig(
         out=str(out),
         teacher=str(teacher),
@@ -121,8 +159,8 @@ def student_config(cfg: DemoConfig, teacher: Path, out: Path, losses: list[str])
         root=cfg.root,
         seed=cfg.seed,
         bits=cfg.bits,
-        epochs=cfg.student_epochs,
-        val_every=max(1, cfg.student_epochs // 3),
+        epochs=epochs,
+        val_every=max(1, epochs // 3),
         view_bank=6,
         max_train=cfg.max_train,
         progress=cfg.progress,
@@ -155,15 +193,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _stage(n: int, title: str) -> Iterator[None]:
-    """Print the stage's header; turn any failure inside it into one :class:`DemoError`."""
+def _stage(n: int, title: str, seconds: dict[int, float] | None = None) -> Iterator[None]:
+    """Print the stage's header; turn any failure inside it into one :class:`DemoError`.
+
+    Stage 0 is the time plan before the stages. ``seconds[n]`` gets the stage's wall time.
+    """
+    label = "time plan" if n == 0 else f"stage {n}/{STAGES}"
     _say(f"\n=== [{n}/{STAGES}] {title}")
+    t0 = time.perf_counter()
     try:
         yield
     except (DemoError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise DemoError(f"stage {n}/{STAGES} ({title}) failed: {_first_line(exc)}") from exc
+        raise DemoError(f"{label} ({title}) failed: {_first_line(exc)}") from exc
+    if seconds is not None:
+        seconds[n] = time.perf_counter() - t0
 
 
 def _run(stage: StageConfig) -> Path:
@@ -392,14 +437,152 @@ def _serve_database(
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run every stage (reusing the artifacts of an earlier run); the results (also as JSON)."""
-    import httpx
+    """Run every stage (reusing the artifacts of an earlier run); the results (also as JSON).
 
-    from hashkd.encoding import encode_dataset, select_split
+    Before the stages, a short warm-up measures the training speed on the data and the epochs
+    are chosen to fit ``cfg.budget_minutes`` (:func:`plan_time`); at the end the estimate is
+    printed beside the time taken. Image files are read with ``cfg``'s cache / strict options at
+    the working size of the models' image size.
+    """
+    from hashkd.data import use_data_options
 
     w = Path(cfg.workdir).resolve()
     w.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    stage_s: dict[int, float] = {}
+    options = use_data_options(
+        cache=cfg.cache,
+        cache_dir=cfg.cache_dir,
+        strict=cfg.strict,
+        img_size=demo_img_size(cfg),
+        progress=cfg.progress,
+    )
+    with options as report:
+        with _stage(0, "measure a few training steps on the data to plan the time", stage_s):
+            cfg, plan = plan_time(cfg, w)
+        result = _run_stages(cfg, w, stage_s)
+    skipped = report.summary()
+    if skipped:
+        _warn(skipped)
+    total = round(time.perf_counter() - t_start, 1)
+    _say(f"\nall stages done in {total} s; artifacts in {w}")
+    result["time"] = _time_report(plan, stage_s)
+    if plan is not None:
+        _say(result["time"]["line"])
+    result["skipped_files"] = dict(report.skipped)
+    result["timings"] = cfg.timings
+    result["total_s"] = total
+    (w / "demo_results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def demo_img_size(cfg: DemoConfig) -> int:
+    """The larger of the teacher's and the student's image sizes (files are decoded for it)."""
+    teacher = teacher_config(cfg, Path("teacher"))
+    student = student_config(cfg, Path("teacher"), Path("student"), ["brcd"])
+    return max(teacher.img_size, student.img_size or teacher.img_size)
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    """The epochs chosen before the stages and the estimate per stage group (seconds)."""
+
+    choice: EpochChoice
+    stages: dict[str, float]  # teacher, students, encode, other
+    warm_up_s: float
+
+
+def _workload(cfg: DemoConfig, w: Path) -> tuple[bool, int]:
+    """Whether the teacher stage runs, and how many student stages do (the rest are reused)."""
+
+    def runs(name: str) -> bool:
+        return cfg.fresh or not (w / name / "config.json").is_file()
+
+    return runs("teacher"), int(runs("student_nokd")) + int(runs("student_brcd"))
+
+
+def plan_time(cfg: DemoConfig, w: Path) -> tuple[DemoConfig, TimePlan | None]:
+    """Measure a few training steps, estimate every stage, choose the epochs; print the plan.
+
+    Returns ``cfg`` with the chosen epochs and the plan (``None`` when nothing is trained).
+    """
+    teacher_runs, students = _workload(cfg, w)
+    if not teacher_runs and not students:
+        _say("every trained artifact is reused: no epochs to choose")
+        return cfg, None
+    t0 = time.perf_counter()
+    rates, work = measure_rates(
+        teacher_config(cfg, w / "teacher"),
+        student_config(cfg, w / "teacher", w / "student_brcd", ["brcd"]),
+    )
+    warm_up = time.perf_counter() - t0
+    work = replace(work, teacher=teacher_runs, students=students)
+    first: StageCosts = stage_estimates(rates, work, *cfg.epochs())
+    budget = 60.0 * cfg.budget_minutes
+    explicit = (cfg.teacher_epochs, cfg.student_epochs)
+    choice = choose_epochs(first, budget, cfg.preferred_epochs, explicit)
+    te, se = choice.teacher_epochs, choice.student_epochs
+    stages = stage_estimates(rates, work, te, se).stages(te, se)
+    _say(
+        f"data: {work.train} training, {work.val} validation, {work.query} query and "
+        f"{work.database} database images; warm-up {format_duration(warm_up)}: "
+        f"{1000 * rates.teacher_s:.2f} ms per image and epoch for the teacher, "
+        f"{1000 * rates.student_s:.2f} ms for a student, {1000 * rates.encode_s:.2f} ms to encode"
+    )
+    why = {
+        "defaults": "the defaults fit",
+        "budget": f"fewer than the defaults {'/'.join(map(str, cfg.preferred_epochs))} to fit",
+        "explicit": "as given; not fitted to",
+    }[choice.reason]
+    parts = ", ".join(f"{k} {format_duration(v)}" for k, v in stages.items() if v)
+    _say(
+        f"epochs: teacher {te}, students {se} ({why} the budget of "
+        f"{format_duration(budget)}, --budget-minutes): estimate {format_duration(sum(stages.values()))} "
+        f"({parts})"
+    )
+    if choice.warning:
+        _warn(f"hashkd: warning: {choice.warning}")
+    return replace(cfg, teacher_epochs=te, student_epochs=se), TimePlan(choice, stages, warm_up)
+
+
+def _time_report(plan: TimePlan | None, stage_s: dict[int, float]) -> dict[str, Any]:
+    """Estimated and actual seconds per stage group, and the line that compares them."""
+    actual = {
+        "teacher": stage_s.get(1, 0.0),
+        "students": stage_s.get(2, 0.0) + stage_s.get(3, 0.0),
+        "encode": stage_s.get(5, 0.0),
+        "other": sum(v for k, v in stage_s.items() if k in (4, 6, 7, 8, 9)),
+    }
+    actual = {k: round(v, 1) for k, v in actual.items()}
+    if plan is None:
+        return {"actual_s": actual}
+    estimate = {k: round(v, 1) for k, v in plan.stages.items()}
+    parts = ", ".join(
+        f"{k} {format_duration(estimate.get(k, 0.0))} / {format_duration(v)}"
+        for k, v in actual.items()
+    )
+    line = (
+        f"time: estimated {format_duration(sum(estimate.values()))}, took "
+        f"{format_duration(sum(actual.values()))} after a {format_duration(plan.warm_up_s)} "
+        f"warm-up (estimate / actual: {parts})"
+    )
+    return {
+        "estimate_s": estimate,
+        "actual_s": actual,
+        "warm_up_s": round(plan.warm_up_s, 1),
+        "teacher_epochs": plan.choice.teacher_epochs,
+        "student_epochs": plan.choice.student_epochs,
+        "epochs_chosen_by": plan.choice.reason,
+        "budget_s": plan.choice.budget_s,
+        "line": line,
+    }
+
+
+def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str, Any]:
+    """Stages 1 to 9; the results (without the time report)."""
+    import httpx
+
+    from hashkd.encoding import encode_dataset, select_split
 
     def timed(name: str, stage: StageConfig, artifact: Path) -> None:
         if (artifact / "config.json").is_file() and not cfg.fresh:
@@ -410,19 +593,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         cfg.timings[name] = round(time.perf_counter() - t0, 1)
 
     teacher = w / "teacher"
-    with _stage(1, "train the ViT teacher (conv-stem ViT) with CIBHash (no labels)"):
+    with _stage(1, "train the ViT teacher (conv-stem ViT) with CIBHash (no labels)", stage_s):
         timed("teacher", teacher_config(cfg, teacher), teacher)
 
     nokd = w / "student_nokd"
-    with _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)"):
+    with _stage(2, "distil a MobileNetV3 student without KD (its own CIBHash term only)", stage_s):
         timed("student_nokd", student_config(cfg, teacher, nokd, []), nokd)
 
     brcd = w / "student_brcd"
-    with _stage(3, "distil the MobileNetV3 student with BRCD"):
+    with _stage(3, "distil the MobileNetV3 student with BRCD", stage_s):
         timed("student_brcd", student_config(cfg, teacher, brcd, ["brcd"]), brcd)
 
     onnx_dir = w / "student_brcd_onnx"
-    with _stage(4, "export the BRCD student to ONNX"):
+    with _stage(4, "export the BRCD student to ONNX", stage_s):
         timed("export", ExportConfig(model_dir=str(brcd), out=str(onnx_dir)), onnx_dir)
 
     codes = w / "codes"
@@ -432,7 +615,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "brcd": "student, BRCD",
         "asym": "student, BRCD (teacher database)",
     }
-    with _stage(5, "encode queries and database (the database with the teacher: asymmetric)"):
+    with _stage(
+        5, "encode queries and database (the database with the teacher: asymmetric)", stage_s
+    ):
         _run(
             EncodeConfig(
                 model=str(teacher),
@@ -467,7 +652,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             for line in collapse_warnings(result, names[key]):
                 _warn(line)
 
-    with _stage(6, "build the FAISS index of the teacher-coded database"):
+    with _stage(6, "build the FAISS index of the teacher-coded database", stage_s):
         _run_child(
             [
                 "index",
@@ -481,7 +666,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         )
 
     hits_out: list[dict[str, Any]] = []
-    with _stage(7, "serve: student queries against the teacher-coded database over REST"):
+    with _stage(7, "serve: student queries against the teacher-coded database over REST", stage_s):
         server, store_plan = _serve_database(
             [
                 "--model",
@@ -540,7 +725,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             server.stop()
 
     n_check = min(20, len(db_ds))
-    with _stage(8, "symmetric check: images added by upload are found at distance 0"):
+    with _stage(8, "symmetric check: images added by upload are found at distance 0", stage_s):
         check_store = w / "store_symmetric"
         if check_store.exists():
             shutil.rmtree(check_store)
@@ -577,7 +762,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             server.stop()
         _say(f"{found}/{n_check} uploaded images came back as their own id at distance 0")
 
-    with _stage(9, "results"):
+    with _stage(9, "results", stage_s):
         images = [db_ds.load_image(i) for i in range(min(256, len(db_ds)))]
         t_speed, t_backend = _encode_speed(teacher, images)
         s_speed, s_backend = _encode_speed(onnx_dir, images)
@@ -592,17 +777,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"| student MobileNetV3 | {s_speed:.0f} | {s_backend} |",
         ]
         _say("\n".join(lines))
-    total = round(time.perf_counter() - t_start, 1)
-    _say(f"\nall stages done in {total} s; artifacts in {w}")
-    result = {
+    return {
         "table": {names[k]: v for k, v in results.items()},
         "encode_images_per_s": {"teacher": t_speed, "student": s_speed},
         "self_check": {"found": found, "checked": n_check},
         "store": {"action": store_plan.action, "reason": store_plan.reason},
         "hits": hits_out,
-        "timings": cfg.timings,
-        "total_s": total,
         "workdir": str(w),
     }
-    (w / "demo_results.json").write_text(json.dumps(result, indent=2))
-    return result

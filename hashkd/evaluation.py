@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_code_sets",
     "markdown_table",
     "retrieval_protocol",
+    "skipped_summary",
     "write_report",
 ]
 
@@ -48,7 +49,8 @@ class EvaluationInputs:
     Inputs, one of: ``query`` and ``database`` (code set directories); or ``query_model`` (and
     optionally ``database_model``) with ``data`` (the query and database splits of
     ``split_protocol`` drawn with ``seed``) or with ``query_data`` and ``database_data`` (every
-    image of each source).
+    image of each source). ``cache``, ``cache_dir`` and ``strict`` say how image files are
+    decoded (:func:`hashkd.data.use_data_options`; docs/data.md).
     """
 
     query: str | None = None
@@ -62,6 +64,9 @@ class EvaluationInputs:
     database_data: str | None = None
     root: str | None = None
     batch_size: int = 256
+    cache: str = "auto"
+    cache_dir: str = ".hashkd-cache"
+    strict: bool = False
     save_codes: str | None = None
     progress: bool = True
     topk: int = 1000
@@ -173,8 +178,13 @@ def _load_code_set(path: str, role: str) -> CodeSet:
     return cs
 
 
-def _encode_sides(inputs: EvaluationInputs) -> tuple[CodeSet, CodeSet]:
-    from hashkd.data import load_dataset
+def _encode_sides(inputs: EvaluationInputs) -> tuple[CodeSet, CodeSet, dict[str, str]]:
+    """Both sides encoded, and the unreadable image files skipped (path -> reason).
+
+    Image files are decoded once at the working resolution of the larger of the two models'
+    image sizes, with the ``cache`` / ``cache_dir`` / ``strict`` options of ``inputs``.
+    """
+    from hashkd.data import load_dataset, use_data_options
     from hashkd.encoding import encode_dataset, protocol_splits, select_split
     from hashkd.models import load_artifact
 
@@ -191,22 +201,30 @@ def _encode_sides(inputs: EvaluationInputs) -> tuple[CodeSet, CodeSet]:
             f"--query-model makes {qmodel.bits}-bit codes but --database-model makes "
             f"{dmodel.bits}-bit codes: expected equal code lengths"
         )
-    if inputs.data is not None:
-        dataset = load_dataset(inputs.data, root=inputs.root)
-        splits, info = protocol_splits(
-            inputs.data, dataset, protocol=inputs.split_protocol, seed=inputs.seed
-        )
-        qds, qinfo = splits["query"], {"data_spec": inputs.data, "split": "query", **info}
-        dds, dinfo = splits["database"], {"data_spec": inputs.data, "split": "database", **info}
-    else:
-        qds, qinfo = select_split(inputs.query_data, root=inputs.root)
-        dds, dinfo = select_split(inputs.database_data, root=inputs.root)
-    kw = {"batch_size": inputs.batch_size, "progress": inputs.progress}
-    query = encode_dataset(qmodel, qds, meta=qinfo, **kw)
-    query.meta["model"] = str(Path(inputs.query_model).resolve())
-    database = encode_dataset(dmodel, dds, meta=dinfo, **kw)
-    database.meta["model"] = str(Path(dmodel_dir).resolve())
-    return query, database
+    options = use_data_options(
+        cache=inputs.cache,
+        cache_dir=inputs.cache_dir,
+        strict=inputs.strict,
+        img_size=max(int(qmodel.config.img_size), int(dmodel.config.img_size)),
+        progress=inputs.progress,
+    )
+    with options as report:
+        if inputs.data is not None:
+            dataset = load_dataset(inputs.data, root=inputs.root)
+            splits, info = protocol_splits(
+                inputs.data, dataset, protocol=inputs.split_protocol, seed=inputs.seed
+            )
+            qds, qinfo = splits["query"], {"data_spec": inputs.data, "split": "query", **info}
+            dds, dinfo = splits["database"], {"data_spec": inputs.data, "split": "database", **info}
+        else:
+            qds, qinfo = select_split(inputs.query_data, root=inputs.root)
+            dds, dinfo = select_split(inputs.database_data, root=inputs.root)
+        kw = {"batch_size": inputs.batch_size, "progress": inputs.progress}
+        query = encode_dataset(qmodel, qds, meta=qinfo, **kw)
+        query.meta["model"] = str(Path(inputs.query_model).resolve())
+        database = encode_dataset(dmodel, dds, meta=dinfo, **kw)
+        database.meta["model"] = str(Path(dmodel_dir).resolve())
+    return query, database, dict(report.skipped)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -271,17 +289,22 @@ def evaluate_code_sets(
 
 
 def evaluate(inputs: EvaluationInputs) -> dict[str, Any]:
-    """Load (or encode) both sides that ``inputs`` describe and evaluate them (JSON-ready)."""
+    """Load (or encode) both sides that ``inputs`` describe and evaluate them (JSON-ready).
+
+    With models, ``result["inputs"]["skipped_files"]`` maps each unreadable image file that
+    was skipped to the reason (:func:`skipped_summary` counts them in one line).
+    """
     if inputs.mode() == "codes":
         assert inputs.query is not None and inputs.database is not None  # checked by mode()
         query = _load_code_set(inputs.query, "query")
         database = _load_code_set(inputs.database, "database")
         sources = {"query": str(inputs.query), "database": str(inputs.database)}
     else:
-        query, database = _encode_sides(inputs)
+        query, database, skipped = _encode_sides(inputs)
         sources = {
             "query_model": str(inputs.query_model),
             "database_model": str(inputs.database_model or inputs.query_model),
+            "skipped_files": skipped,
         }
         if inputs.save_codes:
             query.save(Path(inputs.save_codes) / "query")
@@ -297,6 +320,13 @@ def evaluate(inputs: EvaluationInputs) -> dict[str, Any]:
         protocol=inputs.protocol,
     )
     return {**result, "inputs": sources}
+
+
+def skipped_summary(result: dict[str, Any]) -> str | None:
+    """One line counting the image files ``result``'s encoding skipped, or ``None`` if none."""
+    from hashkd.data import SkipReport
+
+    return SkipReport(dict(result.get("inputs", {}).get("skipped_files", {}))).summary()
 
 
 def collapse_warnings(result: dict[str, Any], name: str = "") -> list[str]:

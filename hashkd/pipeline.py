@@ -157,20 +157,6 @@ def _flags(kind: type, name: str, value: Any) -> list[str]:
     return [flag, str(value)]
 
 
-def _check_patch_size(cfg: TeacherConfig) -> None:
-    """Refuse a config that ``hashkd train-teacher`` would run differently.
-
-    For a ViT below 64 px without ``patch_size``, the command adds ``patch_size=4`` (16 px patches
-    would leave a 32 px image 4 tokens) while :class:`TeacherConfig` keeps the backbone's own.
-    Until the config owns that default, a stage must say its patch size.
-    """
-    if "vit" in cfg.backbone and cfg.img_size < 64 and "patch_size" not in cfg.backbone_kwargs:
-        raise ValueError(
-            f"TeacherConfig with backbone {cfg.backbone!r} at img_size={cfg.img_size} has no "
-            "backbone_kwargs patch_size: expected one (hashkd train-teacher would use 4)"
-        )
-
-
 def command_line(cfg: StageConfig) -> list[str]:
     """The ``hashkd`` command (an argv list, starting with ``"hashkd"``) that runs stage ``cfg``.
 
@@ -183,8 +169,6 @@ def command_line(cfg: StageConfig) -> list[str]:
             f"stage config {kind.__name__} is not known: expected one of "
             + ", ".join(k.__name__ for k in COMMANDS)
         )
-    if isinstance(cfg, TeacherConfig):
-        _check_patch_size(cfg)
     argv = ["hashkd", COMMANDS[kind]]
     positional = _POSITIONAL.get(kind)
     if positional:
@@ -217,8 +201,6 @@ def run_stage(cfg: StageConfig) -> Path:
     """Run stage ``cfg`` in this process through the library; the directory it wrote."""
     if isinstance(cfg, TeacherConfig):
         from hashkd.training.teacher import train_teacher
-
-        _check_patch_size(cfg)
 
         return Path(train_teacher(cfg))
     if isinstance(cfg, DistillConfig):

@@ -7,13 +7,24 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
 from hashkd.cli import main
-from hashkd.demo import DemoError, StorePlan, _stage, plan_store
+from hashkd.demo import DemoConfig, DemoError, StorePlan, _stage, plan_store
+from hashkd.demo_budget import (
+    OVERHEAD_S,
+    Rates,
+    StageCosts,
+    Workload,
+    choose_epochs,
+    format_duration,
+    stage_estimates,
+    validations,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +104,104 @@ def test_failing_demo_ends_with_one_line_and_nonzero_exit(tmp_path, capsys):
     assert main(["demo", "--data", str(missing), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
-    assert err[0].startswith("hashkd: error: stage 1/9 (") and "no such folder" in err[0]
+    assert err[0].startswith("hashkd: error: time plan (") and "no such folder" in err[0]
+
+
+def test_demo_strict_stops_at_an_unreadable_photo_with_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (48, 40), (40 * i, 100, 200 if c == "a" else 0)).save(
+                folder / c / f"{i}.jpg"
+            )
+    (folder / "b" / "broken.jpg").write_text("not a photo")
+    argv = ["demo", "--data", str(folder), "--workdir", str(tmp_path / "w"), "--strict"]
+    assert main([*argv, "--cache", "off"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.jpg" in err[0], err
+    assert err[0].startswith("hashkd: error: time plan (")
+
+
+# ----------------------------------------------------------------------------- time budget
+
+
+def _costs(teacher_epoch_s: float = 6.0, student_epoch_s: float = 4.0) -> StageCosts:
+    # 40 s that do not depend on the epochs
+    fixed = {"teacher": 10.0, "students": 20.0, "encode": 5.0, "other": 5.0}
+    return StageCosts(fixed, teacher_epoch_s, student_epoch_s)
+
+
+def test_validation_passes_follow_the_demos_val_every():
+    # val_every = max(1, epochs // 3); the last epoch always validates
+    assert [validations(e) for e in (1, 2, 3, 4, 20, 30)] == [1, 2, 3, 4, 4, 3]
+
+
+def test_stage_estimates_by_hand():
+    rates = Rates(teacher_s=0.01, student_s=0.005, encode_s=0.001, load_s=2.0)
+    work = Workload(train=100, val=20, query=30, database=200)
+    costs = stage_estimates(rates, work, 30, 20)
+    # teacher: a load + 3 validations of 120 images; 100 images x 10 ms per epoch
+    assert costs.fixed["teacher"] == pytest.approx(2.0 + 3 * 0.12)
+    assert costs.teacher_epoch_s == pytest.approx(1.0)
+    # each student: a load + teacher codes of 100 images and their 6-view bank + 4 validations
+    assert costs.fixed["students"] == pytest.approx(2 * (2.0 + 0.7 + 4 * 0.12))
+    assert costs.student_epoch_s == pytest.approx(2 * 100 * 0.005)
+    # encode: 3 loads + (30 + 200) images with 3 models
+    assert costs.fixed["encode"] == pytest.approx(6.0 + 3 * 0.23)
+    assert costs.total(30, 20) == pytest.approx(2.36 + 30 + 6.36 + 20 + 6.69 + OVERHEAD_S)
+    # a reused teacher costs nothing; one student stage left
+    reused = stage_estimates(rates, replace(work, teacher=False, students=1), 30, 20)
+    assert reused.fixed["teacher"] == 0 and reused.teacher_epoch_s == 0
+    assert reused.student_epoch_s == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("budget", "epochs", "reason", "estimate"),
+    [
+        (300.0, (30, 20), "defaults", 300.0),  # 40 + 30 x 6 + 20 x 4 = 300: fits exactly
+        (1e6, (30, 20), "defaults", 300.0),  # never more than the defaults
+        (170.0, (15, 10), "budget", 170.0),  # (170 - 40) / 260 = 1/2 of each
+        (100.0, (6, 4), "budget", 92.0),  # 60 / 260 = 0.23: 6.9 -> 6, 4.6 -> 4
+    ],
+)
+def test_epochs_are_chosen_to_fit_the_budget(budget, epochs, reason, estimate):
+    choice = choose_epochs(_costs(), budget, (30, 20))
+    assert (choice.teacher_epochs, choice.student_epochs) == epochs
+    assert choice.reason == reason and choice.warning is None
+    assert choice.estimate_s == pytest.approx(estimate) and choice.estimate_s <= budget
+
+
+@pytest.mark.parametrize("budget", [45.0, 30.0])
+def test_at_least_one_epoch_with_a_warning_when_even_that_is_over_budget(budget):
+    choice = choose_epochs(_costs(), budget, (30, 20))
+    assert (choice.teacher_epochs, choice.student_epochs) == (1, 1)
+    assert choice.estimate_s == pytest.approx(50.0)  # 40 + 6 + 4
+    assert choice.warning and "over the budget" in choice.warning
+
+
+def test_explicit_epochs_override_the_budget():
+    both = choose_epochs(_costs(), 10.0, (30, 20), explicit=(5, 5))
+    assert (both.teacher_epochs, both.student_epochs, both.reason) == (5, 5, "explicit")
+    assert both.estimate_s == pytest.approx(90.0) and "the given epochs" in both.warning
+    # the teacher's 10 epochs are kept (100 s with the fixed part); the students share the rest
+    one = choose_epochs(_costs(), 140.0, (30, 20), explicit=(10, None))
+    assert (one.teacher_epochs, one.student_epochs, one.reason) == (10, 10, "budget")
+    assert choose_epochs(_costs(), 1e6, (30, 20), explicit=(40, None)).teacher_epochs == 40
+    with pytest.raises(ValueError, match="budget"):
+        choose_epochs(_costs(), 0.0, (30, 20))
+
+
+def test_demo_epochs_default_to_the_budget_and_quick_caps_them():
+    assert DemoConfig(workdir="w").epochs() == (30, 20)
+    assert DemoConfig(workdir="w", teacher_epochs=7).epochs() == (7, 20)
+    assert DemoConfig(workdir="w", quick=True).epochs() == (2, 2)
+    assert DemoConfig(workdir="w", quick=True, student_epochs=5).epochs() == (2, 2)
+    with pytest.raises(ValueError, match="--budget-minutes 0"):
+        DemoConfig(workdir="w", budget_minutes=0)
+    assert format_duration(75) == "1 min 15 s" and format_duration(42.4) == "42 s"
 
 
 # ----------------------------------------------------------------------------- layering
@@ -143,6 +251,12 @@ def test_quick_demo_twice_in_one_workdir(tmp_path):
         assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
         results.append((done.stdout, json.loads((workdir / "demo_results.json").read_text())))
     (first_out, first), (second_out, second) = results
+    # the time plan: a measured estimate up front, the epochs it chose, estimate vs actual
+    assert "epochs: teacher 2, students 2 (the defaults fit the budget" in first_out
+    assert "): estimate " in first_out and "time: estimated " in first_out
+    assert first["time"]["epochs_chosen_by"] == "defaults"
+    assert first["time"]["estimate_s"]["teacher"] > 0 and first["time"]["actual_s"]["teacher"] > 0
+    assert "every trained artifact is reused: no epochs to choose" in second_out
     assert first["store"]["action"] == "add"
     assert second["store"]["action"] == "reuse"
     assert "reusing the store: it holds exactly the" in second_out

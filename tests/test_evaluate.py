@@ -338,11 +338,13 @@ def test_library_entry_equals_the_command_line(tmp_path, code_dirs):
 # ----------------------------------------------------------------------------- models and images
 
 
-def _tiny_model_dir(tmp_path: Path, name: str, seed: int, bits: int = 16) -> Path:
+def _tiny_model_dir(
+    tmp_path: Path, name: str, seed: int, bits: int = 16, img_size: int = 32
+) -> Path:
     from hashkd.models import ModelConfig, build_model, save_artifact
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(bits=bits, img_size=32, **TINY_VIT))
+    model = build_model(ModelConfig(bits=bits, img_size=img_size, **TINY_VIT))
     return save_artifact(model, tmp_path / name)
 
 
@@ -539,3 +541,28 @@ def test_model_digest_handles_batchnorm_scalars():
     b = build_model(ModelConfig(bits=16, **TINY_CNN))
     assert model_digest(a) == model_digest(a)
     assert model_digest(a) != model_digest(b)  # different random init
+
+
+def test_unreadable_files_are_skipped_and_counted_or_stop_with_strict(
+    tmp_path, image_folder, capsys
+):
+    """evaluate reads image files like the other commands: skip + count, or --strict."""
+    (image_folder / "dog" / "notes.jpg").write_text("not an image")
+    small = _tiny_model_dir(tmp_path, "small", seed=1, img_size=16)  # queries at 16 px
+    large = _tiny_model_dir(tmp_path, "large", seed=2)
+    cache = tmp_path / "cache"
+    argv = ["evaluate", "--query-model", str(small), "--database-model", str(large)]
+    argv += ["--query-data", str(image_folder), "--database-data", str(image_folder)]
+    argv += ["--topk", "5", "--no-progress", "--cache", "disk", "--cache-dir", str(cache)]
+    assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image file " in err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert list(result["inputs"]["skipped_files"]) == [str(image_folder / "dog" / "notes.jpg")]
+    assert (result["num_queries"], result["num_database"]) == (10, 10)
+    # one decode, at the working size of the larger model: ceil(1.15 * 32) = 37 px
+    assert [p.name for p in cache.iterdir()] == ["side-37"]
+
+    assert main([*argv, "--strict"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "notes.jpg" in lines[0], lines

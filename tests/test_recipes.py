@@ -23,6 +23,7 @@ from hashkd.cli import build_parser
 from hashkd.codes import CodeSet
 from hashkd.demo import DemoConfig, student_config, teacher_config
 from hashkd.models import ModelConfig, build_model
+from hashkd.models.artifact import save_artifact
 from hashkd.pipeline import EncodeConfig, ExportConfig, command_line, run_stage
 from hashkd.recipes import get_recipe, recipe_commands, recipe_configs
 from hashkd.training.distill import DistillConfig
@@ -86,10 +87,14 @@ def _via_pipeline(cfg, recorder: Recorder) -> list[tuple[str, Any]]:
 
 def _stage_configs(tmp: Path) -> list:
     model_dir = tmp / "my model"  # a space: the command must quote it
-    model_dir.mkdir(exist_ok=True)
+    # a real artifact: `hashkd encode` reads its image size before encoding
+    save_artifact(build_model(ModelConfig(backbone="resnet10t", bits=16)), model_dir)
     demo = DemoConfig(workdir=str(tmp / "demo"), quick=True, bits=32, progress=False)
     return [
         TeacherConfig(out=str(tmp / "t"), backbone_kwargs={"patch_size": 4}),
+        # a ViT at 32 px without a patch size: the library's small-image default (4 px patches)
+        TeacherConfig(out=str(tmp / "t0")),
+        TeacherConfig(out=str(tmp / "t00"), backbone="vit_tiny_r_s16_p8_224"),  # a hybrid: none
         TeacherConfig(out=str(tmp / "t1"), img_size=64),
         TeacherConfig(
             out=str(tmp / "t2"),
@@ -187,6 +192,24 @@ def test_printed_command_parses_to_the_same_stage(tmp_path, monkeypatch, capsys)
         assert got == want, argv
         if isinstance(cfg, TeacherConfig | DistillConfig):  # the same config, field by field
             assert got[0][1]["cfg"] == cfg, argv
+        if isinstance(cfg, TeacherConfig):  # and so the same model
+            assert got[0][1]["cfg"].model_config() == cfg.model_config(), argv
+    capsys.readouterr()
+
+
+def test_a_small_image_vit_teacher_runs_as_its_command(tmp_path, monkeypatch, capsys):
+    """No refusal: the stage and `hashkd train-teacher --out t` build the same 4 px-patch ViT."""
+    recorder = Recorder(monkeypatch)
+    cfg = TeacherConfig(out=str(tmp_path / "t"))
+    assert command_line(cfg) == ["hashkd", "train-teacher", "--out", str(tmp_path / "t")]
+    (_, via_cli), (_, via_stage) = (
+        _via_cli(command_line(cfg), recorder)[0],
+        _via_pipeline(cfg, recorder)[0],
+    )
+    for recorded in (via_cli["cfg"], via_stage["cfg"]):
+        model = build_model(recorded.model_config())
+        assert model.backbone.patch_embed.patch_size == (4, 4)
+        assert model.backbone.patch_embed.num_patches == 64  # 32 px / 4 px, squared
     capsys.readouterr()
 
 
@@ -214,11 +237,6 @@ def test_commands_leave_out_defaults_and_put_out_last(tmp_path):
 
 
 def test_fields_without_an_option_are_refused():
-    # a ViT at 32 px: the command line would add patch_size=4, the config would not
-    with pytest.raises(ValueError, match="has no backbone_kwargs patch_size"):
-        command_line(TeacherConfig(out="t"))
-    with pytest.raises(ValueError, match="has no backbone_kwargs patch_size"):
-        run_stage(TeacherConfig(out="t"))
     with pytest.raises(ValueError, match="weight_decay=0.1 has no 'hashkd train-teacher' option"):
         command_line(TeacherConfig(out="t", backbone="resnet18", weight_decay=0.1))
     with pytest.raises(ValueError, match="cannot be written as --loss-opt"):

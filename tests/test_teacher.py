@@ -193,3 +193,57 @@ def test_a_collapsed_epoch_is_never_kept_as_best(tmp_path):
         )
         saved.append(read_config(run2.path)[0].meta["epoch"])
     assert saved == [1, 2] and best == pytest.approx(0.25)
+
+
+# ----------------------------------------------------------------------------- small images
+
+
+@pytest.mark.parametrize(
+    ("backbone", "img_size", "given", "expected"),
+    [
+        ("vit_tiny_patch16_224", 32, {"depth": 1}, {"depth": 1, "patch_size": 4}),
+        ("vit_tiny_patch16_224", 63, {}, {"patch_size": 4}),
+        ("vit_tiny_patch16_224", 64, {}, {}),
+        ("vit_tiny_patch16_224", 32, {"patch_size": 8}, {"patch_size": 8}),
+        ("vitc_micro", 32, {}, {"patch_size": 4}),  # the conv-stem ViT's own default, said
+        ("vit_tiny_r_s16_p8_224", 32, {}, {}),  # ResNet-stem hybrid: the pretrain rule
+        ("vit_base_r50_s16_224", 32, {}, {}),
+        ("levit_128", 32, {}, {}),  # "vit" in the name, but its own patch embedding
+        ("resnet18", 32, {}, {}),
+    ],
+)
+def test_one_small_image_rule_for_both_trainers(backbone, img_size, given, expected):
+    from hashkd.models.backbones import small_image_kwargs
+    from hashkd.training.pretrain import PretrainConfig, build_ssl_model
+
+    assert small_image_kwargs(backbone, img_size, given) == expected
+    cfg = TeacherConfig(out="t", backbone=backbone, img_size=img_size, backbone_kwargs=given)
+    assert cfg.model_config().backbone_kwargs == expected
+    assert cfg.backbone_kwargs == given  # the config keeps what was asked
+    if backbone == "vit_tiny_patch16_224" and given.get("depth") == 1:
+        pre = PretrainConfig(out="w.safetensors", backbone=backbone, img_size=img_size)
+        pre.backbone_kwargs = {"depth": 1}
+        _, net = build_ssl_model(pre)
+        assert net.patch_embed.patch_size == (4, 4)
+
+
+def test_cli_and_library_train_the_same_small_image_teacher(tmp_path, capsys):
+    """`hashkd train-teacher` and train_teacher(TeacherConfig) with the same inputs: one model."""
+    from hashkd.cli import main
+
+    kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2}  # no patch_size: the default applies
+    lib = train_teacher(
+        _cfg(tmp_path, out=str(tmp_path / "lib"), backbone_kwargs=kwargs, img_size=32, epochs=1)
+    )
+    argv = ["train-teacher", "--data", "digits", "--backbone", TINY_VIT["backbone"]]
+    argv += ["--backbone-kwargs", "depth=1,embed_dim=32,num_heads=2", "--bits", "16"]
+    argv += ["--img-size", "32", "--epochs", "1", "--batch-size", "32", "--max-train", "100"]
+    assert main([*argv, "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    a, b = load_artifact(lib), load_artifact(tmp_path / "cli")
+    assert a.config.backbone_kwargs == b.config.backbone_kwargs == {**kwargs, "patch_size": 4}
+    assert a.backbone.patch_embed.grid_size == (8, 8)  # 32 px / 4 px patches
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

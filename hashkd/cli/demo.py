@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from hashkd.cli._common import positive_int
+from hashkd.cli._common import add_file_arguments, positive_int
+from hashkd.demo_budget import BUDGET_MINUTES
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the whole pipeline end to end on the embedded digits (no download)",
         description="Train a ViT teacher, distil a MobileNetV3 student with BRCD (and one without KD), export it, "
         "encode the database with the teacher, index it, start the REST service, POST query images, print the "
-        "hits and a results table, and stop. Every stage keeps its artifact in --workdir and prints the command "
+        "hits and a results table, and stop. A short measured warm-up first estimates the time and "
+        "chooses the epochs to fit --budget-minutes. Every stage keeps its artifact in --workdir and prints the command "
         "that reproduces it. A second run in the same --workdir reuses the artifacts, and the service's store "
         "when it holds exactly the teacher-coded database (else the store is rebuilt).",
     )
@@ -29,10 +41,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir", default=None, help="where the artifacts go (default: a new temporary folder)"
     )
     p.add_argument(
-        "--teacher-epochs", type=positive_int, default=30, help="teacher epochs (default 30)"
+        "--teacher-epochs",
+        type=positive_int,
+        default=None,
+        help="teacher epochs (default 30, fewer when --budget-minutes needs it)",
     )
     p.add_argument(
-        "--student-epochs", type=positive_int, default=20, help="student epochs (default 20)"
+        "--student-epochs",
+        type=positive_int,
+        default=None,
+        help="student epochs (default 20, fewer when --budget-minutes needs it)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=positive_float,
+        default=BUDGET_MINUTES,
+        help="choose the epochs from a short measured warm-up so that the demo takes about this "
+        f"long at most (default {BUDGET_MINUTES:g}; explicit --teacher-epochs/--student-epochs "
+        "are kept)",
     )
     p.add_argument(
         "--max-train",
@@ -59,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="re-run every stage even when --workdir holds its artifact",
     )
     p.add_argument("--progress", action="store_true", help="show per-batch progress bars")
+    add_file_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -77,9 +104,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         teacher_epochs=args.teacher_epochs,
         student_epochs=args.student_epochs,
+        budget_minutes=args.budget_minutes,
         max_train=args.max_train,
         progress=args.progress,
         fresh=args.fresh,
+        cache=args.cache,
+        cache_dir=args.cache_dir,
+        strict=args.strict,
     )
     run_demo(cfg)
     return 0

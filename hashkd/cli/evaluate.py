@@ -23,12 +23,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+from hashkd.cli._common import add_file_arguments
 from hashkd.evaluation import (
     PROTOCOLS,
     EvaluationInputs,
     collapse_warnings,
     evaluate,
     markdown_table,
+    skipped_summary,
     write_report,
 )
 
@@ -117,6 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the encoded code sets to DIR/query and DIR/database",
     )
     models.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_file_arguments(models)
 
     ev = p.add_argument_group("evaluation")
     ev.add_argument(
@@ -207,6 +210,9 @@ def inputs_from_args(args: argparse.Namespace) -> EvaluationInputs:
         database_data=args.database_data,
         root=args.root,
         batch_size=args.batch_size,
+        cache=args.cache,
+        cache_dir=args.cache_dir,
+        strict=args.strict,
         save_codes=args.save_codes,
         progress=not args.no_progress,
         topk=args.topk,
@@ -221,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(inputs_from_args(args))
     for line in collapse_warnings(result):
         print(line, file=sys.stderr)
+    skipped = skipped_summary(result)
+    if skipped:
+        print(skipped, file=sys.stderr)
     sys.stdout.write(markdown_table([result]))
     for path in write_report(result, args.json, args.markdown, args.plots):
         if path.suffix == ".png":

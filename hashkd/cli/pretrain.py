@@ -160,16 +160,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hashkd.training.pretrain import PretrainConfig, pretrain, small_image_kwargs
+    from hashkd.training.pretrain import PretrainConfig, pretrain
 
-    kwargs = small_image_kwargs(args.backbone, args.img_size, parse_kwargs(args.backbone_kwargs))
     cfg = PretrainConfig(
         out=args.out,
         data=args.data,
         root=args.root,
         group=args.group,
         backbone=args.backbone,
-        backbone_kwargs=kwargs,
+        backbone_kwargs=parse_kwargs(args.backbone_kwargs),
         img_size=args.img_size,
         method=args.method,
         epochs=args.epochs,

@@ -39,16 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hashkd.training.teacher import TeacherConfig, train_teacher
 
-    kwargs = parse_kwargs(args.backbone_kwargs)
-    if "vit" in args.backbone and "patch_size" not in kwargs and args.img_size < 64:
-        kwargs["patch_size"] = 4  # 16 px patches would leave a 32 px image with 4 tokens
     cfg = TeacherConfig(
         out=args.out,
         data=args.data,
         root=args.root,
         protocol=args.protocol,
         backbone=args.backbone,
-        backbone_kwargs=kwargs,
+        backbone_kwargs=parse_kwargs(args.backbone_kwargs),
         bits=args.bits,
         img_size=args.img_size,
         head=args.head,

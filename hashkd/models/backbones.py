@@ -6,17 +6,41 @@
 (Xiao et al., NeurIPS 2021). On small images and little data a plain ViT trained from
 scratch learns slowly (it has no locality prior); the convolutional stem keeps the
 transformer body while giving it one, which matters for a teacher trained on a CPU.
+
+:func:`small_image_kwargs` is the one small-image default of the trainers (``train-teacher``
+and ``pretrain`` apply it in their library path): a plain ViT below 64 px gets 4 px patches.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from timm.layers import PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+#: Below this image size a plain ViT without an explicit ``patch_size`` gets :data:`SMALL_PATCH`.
+SMALL_IMAGE = 64
+SMALL_PATCH = 4
+_HYBRID = re.compile(r"_r\d*_s\d+_")
+
+
+def small_image_kwargs(backbone: str, img_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``patch_size=4`` for a plain ViT below 64 px, unless it names a patch size.
+
+    16 px patches would leave a 32 px image 4 tokens. A plain ViT is a timm name starting with
+    ``vit_`` or one of the conv-stem ``vitc_*`` here; timm's ResNet-stem hybrids
+    (``vit_tiny_r_s16_p8_224``, ...) are left alone, since their ``patch_size`` applies to the
+    stem's feature map, and so are the other families with "vit" in their name (``levit``,
+    ``mobilevit``, ``flexivit``, ...), which keep their own patch embedding. Returns a new dict.
+    """
+    plain = backbone.startswith(("vit_", "vitc_")) and _HYBRID.search(backbone) is None
+    if plain and "patch_size" not in kwargs and int(img_size) < SMALL_IMAGE:
+        return {**kwargs, "patch_size": SMALL_PATCH}
+    return dict(kwargs)
 
 
 class ConvStemPatchEmbed(PatchEmbed):

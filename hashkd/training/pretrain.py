@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from tqdm.auto import tqdm
 
 from hashkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from hashkd.io import atomic_write, atomic_write_json
+from hashkd.models.backbones import small_image_kwargs
 from hashkd.training import PRETRAIN_METHODS as METHODS
 from hashkd.training.common import (
     Timer,
@@ -152,19 +152,6 @@ class PretrainConfig:
             )
 
 
-def small_image_kwargs(backbone: str, img_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` plus ``patch_size=4`` for a plain ViT below 64 px, unless it names a patch size.
-
-    16 px patches would leave a 32 px image 4 tokens (as ``train-teacher`` does). timm's
-    ResNet-stem hybrids (``vit_tiny_r_s16_p8_224``, ...) are left alone: their ``patch_size``
-    applies to the stem's feature map.
-    """
-    hybrid = re.search(r"_r\d*_s\d+_", backbone) is not None
-    if backbone.startswith("vit_") and not hybrid and "patch_size" not in kwargs and img_size < 64:
-        return {**kwargs, "patch_size": 4}
-    return dict(kwargs)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -215,7 +202,7 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
     )
     desc = {
         "backbone": cfg.backbone,
-        "backbone_kwargs": cfg.backbone_kwargs,
+        "backbone_kwargs": small_image_kwargs(cfg.backbone, cfg.img_size, cfg.backbone_kwargs),
         "img_size": cfg.img_size,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
@@ -249,7 +236,7 @@ def build_ssl_model(cfg: PretrainConfig) -> tuple[SimCLR | MoCoV3, nn.Module]:
         backbone=cfg.backbone,
         bits=8,
         img_size=cfg.img_size,
-        backbone_kwargs=dict(cfg.backbone_kwargs),
+        backbone_kwargs=small_image_kwargs(cfg.backbone, cfg.img_size, cfg.backbone_kwargs),
     )
     hm = build_model(mcfg)
     model = ssl_model(

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from hashkd.codes import check_bits
 from hashkd.models import ModelConfig, build_model
+from hashkd.models.backbones import small_image_kwargs
 from hashkd.models.hash_model import HashModel
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
@@ -80,6 +81,22 @@ class TeacherConfig:
     max_train: int | None = None
     progress: bool = True
 
+    def model_config(self) -> ModelConfig:
+        """The teacher's :class:`ModelConfig`: ``backbone_kwargs`` with the small-image default.
+
+        A plain ViT below 64 px without a ``patch_size`` gets 4 px patches
+        (:func:`hashkd.models.backbones.small_image_kwargs`, the rule ``hashkd pretrain`` uses).
+        """
+        return ModelConfig(
+            backbone=self.backbone,
+            bits=self.bits,
+            img_size=self.img_size,
+            head=self.head,
+            backbone_kwargs=small_image_kwargs(self.backbone, self.img_size, self.backbone_kwargs),
+            role="teacher",
+            freeze_backbone=self.freeze_backbone,
+        )
+
     def validate(self) -> None:
         check_bits(self.bits)
         for name in ("epochs", "batch_size", "val_every"):
@@ -113,15 +130,7 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
     run = RunDir(cfg.out, is_main=info.is_main)
     gen = seed_everything(cfg.seed + info.rank)
     data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
-    mcfg = ModelConfig(
-        backbone=cfg.backbone,
-        bits=cfg.bits,
-        img_size=cfg.img_size,
-        head=cfg.head,
-        backbone_kwargs=dict(cfg.backbone_kwargs),
-        role="teacher",
-        freeze_backbone=cfg.freeze_backbone,
-    )
+    mcfg = cfg.model_config()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights).to(info.device)
     model.config.meta = {
