@@ -40,24 +40,17 @@ def save_artifact(
 
 
 def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict]:
-    """Read ``config.json`` of an artifact: the model config and the raw dict."""
-    path = Path(directory)
-    if not path.is_dir():
-        raise ArtifactError(
-            f"model artifact {str(path)!r} is not a directory: expected a folder with config.json"
-        )
-    cfg_path = path / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ArtifactError(f"model artifact {str(path)!r} has no config.json")
+    """Read ``config.json`` of an artifact: the model config and the raw dict.
+
+    The file checks are :func:`hashkd.runtime.config.read_artifact_config`'s (the torch-free
+    reader the runtime uses), so both report a bad artifact with the same sentence.
+    """
+    from hashkd.runtime.config import ArtifactConfigError, read_artifact_config
+
     try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from None
-    version = raw.get("format_version")
-    if version != ARTIFACT_FORMAT_VERSION:
-        raise ArtifactError(
-            f"{str(cfg_path)!r} has format_version={version!r}: expected {ARTIFACT_FORMAT_VERSION}"
-        )
+        _, raw = read_artifact_config(directory)
+    except ArtifactConfigError as exc:
+        raise ArtifactError(str(exc)) from None
     return ModelConfig.from_dict(raw), raw
 
 
