@@ -14,9 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from hashkd.io import atomic_write, atomic_write_bytes
 from hashkd.models.hash_model import HashModel, ModelConfig
+from hashkd.runtime.config import (
+    ARTIFACT_FORMAT_VERSION,
+    CONFIG_NAME,
+    ArtifactConfigError,
+    read_artifact_config,
+)
 
-ARTIFACT_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -45,8 +49,6 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict]:
     The file checks are :func:`hashkd.runtime.config.read_artifact_config`'s (the torch-free
     reader the runtime uses), so both report a bad artifact with the same sentence.
     """
-    from hashkd.runtime.config import ArtifactConfigError, read_artifact_config
-
     try:
         _, raw = read_artifact_config(directory)
     except ArtifactConfigError as exc:
