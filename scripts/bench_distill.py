@@ -16,9 +16,15 @@ parameters and encode throughput.
     python scripts/bench_distill.py --teacher 64=runs/teacher_vit6_64 --data cifar10 \
         --protocol cifar10-cpu --epochs 10 --seeds 0,1,2 --out runs/distill_grid
 
+``--pool SPEC`` distils every row on an unlabeled pool instead of the training split (e.g.
+``train``: CIFAR-10's 50,000 training images minus the validation images and queries), and
+``--lr-schedule cosine --warmup-epochs N`` sets the students' learning-rate curve; both are
+written to ``results.json`` with the other settings of the run.
+
 ``--jobs N`` trains N students at a time in worker processes of ``--threads`` intra-op threads
 each (e.g. ``--jobs 2 --threads 1`` on a 2-core machine); rows are saved as they finish, and
-a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``.
+a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``
+and resumes a student interrupted mid-training from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from hashkd.models import load_artifact  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
 from hashkd.training.data_setup import prepare_data  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
+from hashkd.training.run_dir import CHECKPOINT_NAME  # noqa: E402
 
 BRCD_OFF = {"use_cluster_filter": False, "use_offset_positive": False, "use_bit_mask": False}
 #: row name -> (losses, loss options)
@@ -139,6 +146,7 @@ def train_row(
     dev = torch.device("cpu")
     losses, options = VARIANTS[name]
     sdir = student_dir(Path(args.out), bits, name, seed)
+    resume = (sdir / CHECKPOINT_NAME).is_file()  # an interrupted run continues from its last epoch
     t0 = time.perf_counter()
     distill(
         DistillConfig(
@@ -154,8 +162,12 @@ def train_row(
             batch_size=args.batch_size,
             view_bank=args.view_bank,
             max_train=args.max_train,
+            pool=args.pool,
+            lr_schedule=args.lr_schedule,
+            warmup_epochs=args.warmup_epochs,
             progress=False,
-            val_every=max(1, args.epochs // 2),
+            val_every=args.val_every or max(1, args.epochs // 2),
+            resume=resume,
         )
     )
     train_s = time.perf_counter() - t0
@@ -249,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--view-bank", type=int, default=10)
     ap.add_argument("--max-train", type=int, default=None)
+    ap.add_argument(
+        "--pool",
+        default=None,
+        metavar="SPEC",
+        help="distil on an unlabeled pool (hashkd distill --pool), e.g. train; default: the training split",
+    )
+    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--warmup-epochs", type=float, default=0.0)
+    ap.add_argument(
+        "--val-every", type=int, default=None, help="validate every N epochs (default: epochs // 2)"
+    )
     ap.add_argument("--topk", type=int, default=1000)
     ap.add_argument(
         "--speed-seconds",
@@ -309,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds": sorted({r["seed"] for r in rows}),
                     "epochs": args.epochs,
                     "student": args.student,
+                    "view_bank": args.view_bank,
+                    "pool": args.pool,
+                    "lr_schedule": args.lr_schedule,
+                    "warmup_epochs": args.warmup_epochs,
                     "rows": rows,
                 },
                 indent=2,

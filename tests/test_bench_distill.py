@@ -189,3 +189,50 @@ BRCD_ROW = {"loss": "brcd", "weight": 1.0, "report": {"mean_kept_fraction": 0.43
 def test_weights_and_kept_fraction_come_from_the_recorded_losses(meta, weights, kept):
     assert bench.loss_weights(meta) == weights
     assert bench.kept_bit_fraction(meta) == kept
+
+
+def _epoch_events(student: Path) -> list[int]:
+    events = [json.loads(line) for line in (student / "train_log.jsonl").read_text().splitlines()]
+    return [e["epoch"] for e in events if "epoch" in e and "loss" in e]
+
+
+def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
+    """--pool and --lr-schedule reach the student; a student whose row was not recorded resumes."""
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    out = tmp_path / "pooled"
+    argv = [
+        "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
+        "--epochs", "2", "--view-bank", "2", "--topk", "100", "--speed-seconds", "0.1",
+        "--threads", "1", "--pool", "all", "--lr-schedule", "cosine", "--warmup-epochs", "0.5",
+        "--val-every", "2", "--variants", BRCD, "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert (result["pool"], result["lr_schedule"], result["warmup_epochs"]) == (
+        "all",
+        "cosine",
+        0.5,
+    )
+    student = bench.student_dir(out, 16, BRCD, 0)
+    config = json.loads((student / "config.json").read_text())
+    pool = config["meta"]["pool"]
+    # digits: 1,797 images; the pool is every one of them but the validation images and queries
+    assert pool["spec"] == "all" and pool["candidates"] == 1797
+    assert pool["size"] == 1797 - pool["excluded_val_query"] and pool["excluded_val_query"] > 0
+    run = json.loads((student / "run.json").read_text())
+    assert run["config"]["lr_schedule"] == "cosine" and run["config"]["pool"] == "all"
+    assert _epoch_events(student) == [1, 2]
+
+    # Interrupted before its row was recorded: the re-run resumes the finished checkpoint
+    # (no epoch is trained again) and records the row with the same codes' figures.
+    first = result["rows"]
+    kept = [r for r in first if r["model"] != BRCD]
+    (out / "results.json").write_text(json.dumps({**result, "rows": kept}))
+    assert bench.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert _epoch_events(student) == [1, 2]
+    (old,) = [r for r in first if r["model"] == BRCD]
+    (new,) = [r for r in again if r["model"] == BRCD]
+    assert (new["map_sym"], new["map_asym"]) == (old["map_sym"], old["map_asym"])
