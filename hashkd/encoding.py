@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from hashkd.codes import (
@@ -49,31 +50,91 @@ from hashkd.data import (
     make_loader,
     make_splits,
 )
-from hashkd.models import HashModel, load_artifact
+from hashkd.models import HashModel, ModelConfig, load_artifact
+from hashkd.models.artifact import WEIGHTS_NAME, read_config
 
 SPLITS = ("all", "train", "val", "query", "database")
+
+
+def _tensor_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
+    """SHA-256 over ``(name, torch dtype name, shape, raw bytes)`` items, in name order."""
+    h = hashlib.sha256()
+    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
+        h.update(f"{name}|{dtype}|{shape}|".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 def model_digest(model: HashModel) -> str:
     """SHA-256 over the model's tensors (names, dtypes, shapes, bytes) in name order.
 
     Identifies a model independently of where its artifact lives: two code sets made by the
-    same weights carry the same digest.
+    same weights carry the same digest. :func:`artifact_digest` gives the same value for the
+    model's artifact without building the model.
     """
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+
+    def items():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            yield name, str(t.dtype), tuple(t.shape), data
+
+    return _tensor_digest(items())
 
 
-def model_meta(model: HashModel, model_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """What a code set's ``meta.json`` says about the model that made it."""
-    cfg = model.config
+def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
+    """:func:`model_digest` of an artifact's model, read from ``model.safetensors`` directly.
+
+    The tensors are read as NumPy arrays (no model is built, no weights are loaded into
+    PyTorch); a file with a dtype NumPy lacks (bfloat16) falls back to loading the model.
+    """
+    path = Path(model_dir) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            items = []
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                array = np.asarray(f.get_tensor(name))  # tobytes() is C order; 0-d stays 0-d
+                dtype = _TORCH_DTYPE_NAMES[array.dtype.name]
+                items.append((name, dtype, tuple(array.shape), array.tobytes()))
+    except (KeyError, TypeError, ValueError):  # a dtype without a NumPy twin
+        return model_digest(load_artifact(model_dir))
+    return _tensor_digest(items)
+
+
+#: NumPy dtype name -> the name ``str(torch dtype)`` gives, for :func:`artifact_digest`
+_TORCH_DTYPE_NAMES = {
+    name: f"torch.{name}"
+    for name in (
+        "float64",
+        "float32",
+        "float16",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+    )
+}
+
+
+def model_meta(
+    model: HashModel | ModelConfig,
+    model_dir: str | os.PathLike[str] | None = None,
+    digest: str | None = None,
+) -> dict[str, Any]:
+    """What a code set's ``meta.json`` says about the model that made it.
+
+    ``model`` is the model, or its config when ``digest`` (:func:`artifact_digest`) is given.
+    """
+    cfg = model if isinstance(model, ModelConfig) else model.config
+    if digest is None:
+        if isinstance(model, ModelConfig):
+            raise ValueError("model_meta of a ModelConfig needs its digest: expected digest=...")
+        digest = model_digest(model)
     return {
         "model": str(Path(model_dir).resolve()) if model_dir is not None else None,
-        "model_digest": model_digest(model),
+        "model_digest": digest,
         "backbone": cfg.backbone,
         "role": cfg.role,
         "bits": int(cfg.bits),
@@ -285,7 +346,9 @@ def open_encoder(
     from hashkd.runtime import Encoder
 
     encoder = Encoder.from_artifact(model_dir, backend=backend, threads=threads)
-    info = {**model_meta(load_artifact(model_dir), model_dir), "backend": encoder.backend}
+    config, _ = read_config(model_dir)
+    meta = model_meta(config, model_dir, digest=artifact_digest(model_dir))
+    info = {**meta, "backend": encoder.backend}
     return encoder, info
 
 

@@ -543,6 +543,36 @@ def test_model_digest_handles_batchnorm_scalars():
     assert model_digest(a) != model_digest(b)  # different random init
 
 
+@pytest.mark.parametrize("model_kind", ["cnn", "vit"])
+def test_artifact_digest_equals_the_model_digest_without_building_the_model(
+    tmp_path, monkeypatch, model_kind
+):
+    """The digest read from model.safetensors is the in-memory model's (BatchNorm scalars,
+    int64 buffers included), and opening an encoder never builds the PyTorch model."""
+    import hashkd.encoding as encoding
+    from hashkd.models import ModelConfig, build_model, load_artifact, save_artifact
+    from tests.conftest import TINY_CNN
+
+    arch = TINY_CNN if model_kind == "cnn" else TINY_VIT
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(bits=16, img_size=16, **arch))
+    save_artifact(model, tmp_path / "m")
+    expected = encoding.model_digest(load_artifact(tmp_path / "m"))
+    assert encoding.model_digest(model) == expected
+    assert encoding.artifact_digest(tmp_path / "m") == expected
+    other = build_model(ModelConfig(bits=16, img_size=16, **arch))
+    save_artifact(other, tmp_path / "other")
+    assert encoding.artifact_digest(tmp_path / "other") != expected
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("open_encoder built the PyTorch model")
+
+    monkeypatch.setattr(encoding, "load_artifact", no_model)
+    _, info = encoding.open_encoder(tmp_path / "m", backend="torch")
+    assert info["model_digest"] == expected and info["bits"] == 16
+    assert info["model_config"]["backbone"] == arch["backbone"]
+
+
 def test_unreadable_files_are_skipped_and_counted_or_stop_with_strict(
     tmp_path, image_folder, capsys
 ):
