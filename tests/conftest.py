@@ -22,6 +22,17 @@ TINY_VIT = {
 TINY_CNN = {"backbone": "resnet10t", "backbone_kwargs": {}}
 
 
+def save_tiny_teacher(path: Path, bits: int = 16, img_size: int = 16) -> Path:
+    """A random-init TINY_VIT teacher artifact (seed 0) at ``path``, for distillation tests."""
+    import torch
+
+    from hashkd.models import ModelConfig, build_model, save_artifact
+
+    torch.manual_seed(0)
+    save_artifact(build_model(ModelConfig(bits=bits, img_size=img_size, **TINY_VIT)), path)
+    return path
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
         import torch

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hashkd.losses.registry import get_loss_class
-from hashkd.models import ModelConfig, build_model, save_artifact
-from tests.conftest import TINY_CNN, TINY_VIT
+from tests.conftest import TINY_CNN, save_tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -33,9 +31,7 @@ def _cells(line: str) -> list[str]:
 
 
 def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "grid"
     cmd = [
         sys.executable,
@@ -198,9 +194,7 @@ def _epoch_events(student: Path) -> list[int]:
 
 def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
     """--pool and --lr-schedule reach the student; a student whose row was not recorded resumes."""
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "pooled"
     argv = [
         "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],

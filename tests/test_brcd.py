@@ -466,13 +466,10 @@ def test_a_distillation_run_records_weights_and_the_bit_mask_report(tmp_path):
     run.json and the artifact's config.json, and repeats the mean kept fraction per epoch."""
     import json
 
-    from hashkd.models import ModelConfig, build_model, save_artifact
     from hashkd.training.distill import DistillConfig, distill
-    from tests.conftest import TINY_CNN, TINY_VIT
+    from tests.conftest import TINY_CNN, save_tiny_teacher
 
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
     out = distill(
         DistillConfig(
             out=str(tmp_path / "student"),

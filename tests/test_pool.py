@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from hashkd.data.splits import Protocol
 from hashkd.data.transforms import eval_transform, train_transform
 from hashkd.losses.brcd import BRCDLoss
-from hashkd.models import ModelConfig, build_model, load_artifact, save_artifact
+from hashkd.models import load_artifact
 from hashkd.training import distill as distill_module
 from hashkd.training.common import encode_split
 from hashkd.training.data_setup import prepare_data
@@ -22,7 +22,7 @@ from hashkd.training.distill import DistillConfig, distill
 from hashkd.training.pool import image_folder, select_pool
 from hashkd.training.schedule import StepSchedule
 from hashkd.training.views import SeededViews, StreamedViewBank
-from tests.conftest import TINY_CNN, TINY_VIT
+from tests.conftest import TINY_CNN, save_tiny_teacher
 
 CLASSES, PER_CLASS = 3, 8
 
@@ -51,9 +51,7 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    save_artifact(build_model(ModelConfig(bits=32, img_size=16, **TINY_VIT)), out)
+    out = save_tiny_teacher(tmp_path_factory.mktemp("teacher"), bits=32)
     return out
 
 

@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from hashkd.models import ModelConfig, build_model, save_artifact
-from tests.conftest import TINY_CNN, TINY_VIT
+from tests.conftest import TINY_CNN, save_tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -58,9 +56,7 @@ def test_summary_ranks_settings_by_mean_validation_map():
 
 
 def test_tiny_margin_sweep_records_validation_map_and_kept_bits(tmp_path):
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_VIT)), teacher)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "sweep"
     argv = [
         "--teacher", str(teacher), "--loss", "brcd", "--grid", "brcd.margin=0.1,0.9;brcd.k=3",
