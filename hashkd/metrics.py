@@ -453,6 +453,7 @@ def precision_at_radius(
 
 
 COLLAPSE_DISTINCT_FRACTION = 0.01
+COLLAPSE_BUCKET_FRACTION = 0.5
 
 
 def code_health(codes: np.ndarray) -> dict[str, Any]:
@@ -463,8 +464,9 @@ def code_health(codes: np.ndarray) -> dict[str, Any]:
     ones of bit ``k``: 0 for perfectly balanced bits, 0.5 when every bit is constant),
     ``largest_bucket_fraction`` (share of the items that share the most frequent code, i.e. sit
     in the largest Hamming-distance-0 bucket) and ``collapsed``: True when there are fewer
-    distinct codes than ``COLLAPSE_DISTINCT_FRACTION`` (1%) of the items, or one code for all
-    of several items.
+    distinct codes than ``COLLAPSE_DISTINCT_FRACTION`` (1%) of the items, when more than
+    ``COLLAPSE_BUCKET_FRACTION`` (half) of the items share one code, or one code for all of
+    several items.
     """
     c = as_codes(codes)
     n = int(c.shape[0])
@@ -474,13 +476,19 @@ def code_health(codes: np.ndarray) -> dict[str, Any]:
     _, counts = np.unique(rows, return_counts=True)
     ones = np.unpackbits(c, axis=1).mean(axis=0)
     distinct = int(counts.size)
+    largest = float(counts.max() / n)
+    collapsed = (
+        distinct < COLLAPSE_DISTINCT_FRACTION * n
+        or largest > COLLAPSE_BUCKET_FRACTION
+        or (distinct == 1 and n > 1)
+    )
     return {
         "num_codes": n,
         "distinct_codes": distinct,
         "distinct_fraction": distinct / n,
         "bit_balance": float(np.abs(ones - 0.5).mean()),
-        "largest_bucket_fraction": float(counts.max() / n),
-        "collapsed": bool(distinct < COLLAPSE_DISTINCT_FRACTION * n or (distinct == 1 and n > 1)),
+        "largest_bucket_fraction": largest,
+        "collapsed": bool(collapsed),
     }
 
 

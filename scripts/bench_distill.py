@@ -111,11 +111,15 @@ def loss_weights(meta: dict[str, Any]) -> list[float]:
 
 
 def kept_bit_fraction(meta: dict[str, Any]) -> float | None:
-    """BRCD's mean kept-bit fraction at the run's margin; None for runs without BRCD."""
+    """The mean fraction of bits BRCD's mask kept in the run (1.0 with the mask off), from the
+    report's ``applied_mean_kept_fraction`` (else ``mean_kept_fraction``); None without BRCD."""
     for row in recorded_losses(meta):
         report = row.get("report") or {}
-        if row.get("loss") == "brcd" and isinstance(report.get("mean_kept_fraction"), (int, float)):
-            return float(report["mean_kept_fraction"])
+        if row.get("loss") != "brcd":
+            continue
+        for key in ("applied_mean_kept_fraction", "mean_kept_fraction"):
+            if isinstance(report.get(key), (int, float)):
+                return float(report[key])
     return None
 
 

@@ -180,6 +180,19 @@ BRCD_ROW = {"loss": "brcd", "weight": 1.0, "report": {"mean_kept_fraction": 0.43
         ({"losses": [{"loss": "sp", "weight": 3000.0, "source": "default"}]}, [3000.0], None),
         ({"losses": [BRCD_ROW]}, [1.0], 0.4375),
         ({"losses": [{"loss": "brcd", "weight": 2.0, "report": {}}]}, [2.0], None),
+        # the mask off (cluster filtering only): the bits the run trained with, not the rule's
+        (
+            {
+                "losses": [
+                    {
+                        **BRCD_ROW,
+                        "report": {"mean_kept_fraction": 0.4, "applied_mean_kept_fraction": 1.0},
+                    }
+                ]
+            },
+            [1.0],
+            1.0,
+        ),
     ],
 )
 def test_weights_and_kept_fraction_come_from_the_recorded_losses(meta, weights, kept):

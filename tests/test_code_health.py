@@ -19,7 +19,24 @@ def test_hand_worked_codes():
     # shares of ones per bit: 2/3, 0, 2/3, 0, 2/3, 0, 2/3, 1/3 -> |p - 0.5|
     expected = np.mean([1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 1 / 6])
     assert h["bit_balance"] == pytest.approx(expected)
+    # two of the three items share one code: more than half in one bucket
+    assert h["collapsed"] and "66.7% of them in one bucket" in collapse_warning(h)
+    # a fourth, different code: exactly half in the largest bucket is not collapse
+    four = np.vstack([bits, [[0, 1, 0, 0, 0, 0, 0, 0]]]).astype(np.uint8)
+    h = code_health(np.packbits(four, axis=1))
+    assert h["largest_bucket_fraction"] == 0.5 and h["distinct_codes"] == 3
     assert not h["collapsed"] and collapse_warning(h) is None
+
+
+def test_one_dominant_bucket_is_collapse_even_with_many_distinct_codes():
+    """156 distinct codes for 1,000 items is above the 1% rule, but 845 items in one bucket
+    (the shape of a 64-bit lsh student on CIFAR-10: 98% in one bucket) is a collapsed set."""
+    rng = np.random.default_rng(0)
+    codes = np.packbits(rng.integers(0, 2, size=(1000, 64), dtype=np.uint8), axis=1)
+    codes[:845] = codes[0]
+    h = code_health(codes)
+    assert h["distinct_codes"] == 156 and h["largest_bucket_fraction"] == 0.845
+    assert h["collapsed"] and "84.5% of them in one bucket" in collapse_warning(h)
 
 
 def test_constant_codes_are_collapsed():
