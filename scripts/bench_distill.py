@@ -21,6 +21,10 @@ parameters and encode throughput.
 ``--lr-schedule cosine --warmup-epochs N`` sets the students' learning-rate curve; both are
 written to ``results.json`` with the other settings of the run.
 
+``--loss-opt LOSS.OPTION=VALUE`` (repeatable, as in ``hashkd distill``) sets a loss option on
+the rows that use that loss, e.g. ``--loss-opt brcd.margin=0.2`` for the three BRCD rows; the
+options are written to ``results.json`` (``loss_options``) and each BRCD run's mask report.
+
 ``--jobs N`` trains N students at a time in worker processes of ``--threads`` intra-op threads
 each (e.g. ``--jobs 2 --threads 1`` on a 2-core machine); rows are saved as they finish, and
 a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``
@@ -45,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
@@ -129,6 +134,17 @@ def health_summary(codes: np.ndarray) -> dict[str, Any]:
     return {k: h[k] for k in keys}
 
 
+def row_losses(name: str, extra: dict[str, dict[str, Any]]) -> tuple[list[str], dict]:
+    """A row's losses and loss options, with the ``--loss-opt`` options of its losses merged in
+    (e.g. ``brcd.margin=0.2`` reaches the three BRCD rows and no other)."""
+    losses, base = VARIANTS[name]
+    options = json.loads(json.dumps(base))  # a deep copy: VARIANTS stays as written
+    for loss, opts in extra.items():
+        if loss in losses:
+            options.setdefault(loss, {}).update(opts)
+    return list(losses), options
+
+
 def evaluate_pair(q: np.ndarray, d: np.ndarray, data, topk: int) -> dict[str, Any]:
     return evaluate_codes(q, d, data.query.labels, data.database.labels, topk=topk, curves=False)
 
@@ -148,7 +164,7 @@ def train_row(
     t_start = time.perf_counter()
     data = prepare_data(args.data, None, args.protocol, seed)
     dev = torch.device("cpu")
-    losses, options = VARIANTS[name]
+    losses, options = row_losses(name, args.loss_options)
     sdir = student_dir(Path(args.out), bits, name, seed)
     resume = (sdir / CHECKPOINT_NAME).is_file()  # an interrupted run continues from its last epoch
     t0 = time.perf_counter()
@@ -158,7 +174,7 @@ def train_row(
             teacher=tdir,
             student=args.student,
             losses=list(losses),
-            loss_options=json.loads(json.dumps(options)),
+            loss_options=options,
             data=args.data,
             protocol=args.protocol,
             seed=seed,
@@ -276,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--val-every", type=int, default=None, help="validate every N epochs (default: epochs // 2)"
     )
+    ap.add_argument(
+        "--loss-opt",
+        action="append",
+        metavar="LOSS.OPTION=VALUE",
+        help="a loss option for the rows that use that loss, repeatable (e.g. brcd.margin=0.2)",
+    )
     ap.add_argument("--topk", type=int, default=1000)
     ap.add_argument(
         "--speed-seconds",
@@ -311,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--jobs {args.jobs} / --threads {args.threads} is not valid: expected positive integers"
         )
+    try:
+        args.loss_options = parse_loss_options(args.loss_opt)
+    except ValueError as exc:
+        ap.error(str(exc))
+    unused = sorted(set(args.loss_options) - {loss for n in names for loss in VARIANTS[n][0]})
+    if unused:
+        ap.error(f"--loss-opt names {', '.join(unused)}, a loss none of the chosen rows uses")
     seeds = args.seeds or [args.seed]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -340,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pool": args.pool,
                     "lr_schedule": args.lr_schedule,
                     "warmup_epochs": args.warmup_epochs,
+                    "loss_options": args.loss_options,
                     "rows": rows,
                 },
                 indent=2,

@@ -213,7 +213,7 @@ def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
         "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
         "--epochs", "2", "--view-bank", "2", "--topk", "100", "--speed-seconds", "0.1",
         "--threads", "1", "--pool", "all", "--lr-schedule", "cosine", "--warmup-epochs", "0.5",
-        "--val-every", "2", "--variants", BRCD, "--out", str(out),
+        "--val-every", "2", "--variants", BRCD, "--loss-opt", "brcd.margin=0.2", "--out", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
@@ -230,6 +230,8 @@ def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
     assert pool["size"] == 1797 - pool["excluded_val_query"] and pool["excluded_val_query"] > 0
     run = json.loads((student / "run.json").read_text())
     assert run["config"]["lr_schedule"] == "cosine" and run["config"]["pool"] == "all"
+    (brcd_report,) = [r["report"] for r in config["meta"]["losses"] if r["loss"] == "brcd"]
+    assert brcd_report["margin"] == 0.2 and result["loss_options"] == {"brcd": {"margin": 0.2}}
     assert _epoch_events(student) == [1, 2]
 
     # Interrupted before its row was recorded: the re-run resumes the finished checkpoint
@@ -243,3 +245,37 @@ def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
     (old,) = [r for r in first if r["model"] == BRCD]
     (new,) = [r for r in again if r["model"] == BRCD]
     assert (new["map_sym"], new["map_asym"]) == (old["map_sym"], old["map_asym"])
+
+
+def test_loss_opt_reaches_only_the_rows_of_its_loss():
+    extra = {"brcd": {"margin": 0.2}}
+    assert bench.row_losses(BRCD, extra) == (["brcd"], {"brcd": {"margin": 0.2}})
+    alone_losses, alone = bench.row_losses("BRCD: contrastive KD alone", extra)
+    assert alone["brcd"] == {**bench.BRCD_OFF, "margin": 0.2}
+    assert bench.row_losses("crd", extra) == (["crd"], {})
+    assert bench.row_losses(NO_KD, extra) == ([], {})
+    assert bench.VARIANTS[BRCD][1] == {"brcd": {}}  # the row table is not changed in place
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("crd.tau=0.1", "crd"),  # a loss none of the chosen rows uses
+        ("margin=0.2", "margin=0.2"),  # no LOSS. prefix
+    ],
+)
+def test_a_bad_loss_opt_is_refused_naming_it(tmp_path, capsys, flag, message):
+    argv = [
+        "--teacher",
+        f"16={tmp_path}",
+        "--variants",
+        BRCD,
+        "--loss-opt",
+        flag,
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

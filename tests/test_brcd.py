@@ -450,9 +450,9 @@ def test_report_without_empty_masks_says_none():
 
 
 def test_margin_and_mask_mode_come_through_the_cli_option_parser():
-    from hashkd.cli.distill import _loss_options
+    from hashkd.cli._common import parse_loss_options
 
-    options = _loss_options(["brcd.margin=0.3", "brcd.mask_mode=own"])["brcd"]
+    options = parse_loss_options(["brcd.margin=0.3", "brcd.mask_mode=own"])["brcd"]
     loss = build_loss("brcd", clusters=kept_fraction_clusters(), **options)
     assert loss.margin == 0.3 and loss.mask_mode == "own"
     assert loss.report()["kept_fraction"] == [0.75, 0.0]  # |mu| > 0.3: bits 0, 1, 2

@@ -64,6 +64,21 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     return out
 
 
+def parse_loss_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["brcd.margin=0.3", "brcd.mask_mode=own"]`` -> ``{"brcd": {"margin": 0.3, "mask_mode": "own"}}``
+    (the ``--loss-opt`` flags of ``hashkd distill`` and ``scripts/bench_distill.py``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(
+                f"--loss-opt {item!r} is not valid: expected LOSS.OPTION=VALUE, e.g. brcd.alpha=0.8"
+            )
+        key, value = item.split("=", 1)
+        loss, option = key.split(".", 1)
+        out.setdefault(loss, {}).update(parse_kwargs(f"{option}={value}"))
+    return out
+
+
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",

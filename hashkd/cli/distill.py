@@ -10,21 +10,9 @@ from hashkd.cli._common import (
     data_options,
     non_negative_int,
     parse_kwargs,
+    parse_loss_options,
     positive_int,
 )
-
-
-def _loss_options(items: list[str] | None) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in items or []:
-        if "." not in item.split("=", 1)[0] or "=" not in item:
-            raise ValueError(
-                f"--loss-opt {item!r} is not valid: expected LOSS.OPTION=VALUE, e.g. brcd.alpha=0.8"
-            )
-        key, value = item.split("=", 1)
-        loss, option = key.split(".", 1)
-        out.setdefault(loss, {}).update(parse_kwargs(f"{option}={value}"))
-    return out
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -192,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         student_kwargs=parse_kwargs(args.student_kwargs),
         losses=losses,
         weights=_weights(args.weights),
-        loss_options=_loss_options(args.loss_opt),
+        loss_options=parse_loss_options(args.loss_opt),
         student_cib=not args.no_cib,
         bits=args.bits,
         img_size=args.img_size,
