@@ -53,6 +53,7 @@ from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
+from hashkd.models.complexity import encode_images_per_second  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
 from hashkd.training.data_setup import prepare_data  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
@@ -76,18 +77,6 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
 }
 #: the keys a row of results.json holds (rows of an older layout are refused)
 ROW_KEYS = ("bits", "model", "seed", "map_sym", "map_sym_position", "health")
-
-
-def encode_speed(model, img_size: int, batch: int = 64, seconds: float = 3.0) -> float:
-    model.eval()
-    x = torch.randn(batch, 3, img_size, img_size)
-    with torch.no_grad():
-        model(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            model(x)
-            n += batch
-    return n / (time.perf_counter() - t0)
 
 
 def student_dir(out: Path, bits: int, name: str, seed: int) -> Path:
@@ -214,7 +203,7 @@ def train_row(
         "train_s": round(train_s, 1),
         "wall_s": round(wall_s, 1),
         "params": sum(p.numel() for p in student.parameters()),
-        "images_per_s": encode_speed(student, student.config.img_size, seconds=args.speed_seconds),
+        "images_per_s": encode_images_per_second(student, seconds=args.speed_seconds),
     }
 
 
@@ -235,7 +224,7 @@ def teacher_row(args, bits: int, teacher, seed: int, tq, tdb, data) -> dict:
         "train_s": None,
         "wall_s": None,
         "params": sum(p.numel() for p in teacher.parameters()),
-        "images_per_s": encode_speed(teacher, teacher.config.img_size, seconds=args.speed_seconds),
+        "images_per_s": encode_images_per_second(teacher, seconds=args.speed_seconds),
     }
 
 

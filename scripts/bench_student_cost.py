@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 
 from hashkd.cli._common import parse_kwargs  # noqa: E402
 from hashkd.models import build_model, load_artifact, model_cost  # noqa: E402
+from hashkd.models.complexity import images_per_second  # noqa: E402
 from hashkd.models.hash_model import HashModel, ModelConfig  # noqa: E402
 
 
@@ -50,15 +50,6 @@ def parse_model(text: str, bits: int, img_size: int) -> tuple[str, HashModel]:
         backbone_kwargs=parse_kwargs(kwargs) if kwargs else {},
     )
     return name, build_model(config)
-
-
-def images_per_second(step, batch: int, seconds: float) -> float:
-    step()  # warm-up: allocations, kernel choice
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += batch
-    return n / (time.perf_counter() - t0)
 
 
 def encode_step(model: HashModel, x: torch.Tensor):

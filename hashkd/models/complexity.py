@@ -1,4 +1,5 @@
-"""How big and how costly a model is: parameters and FLOPs of one forward pass.
+"""How big and how costly a model is: parameters and FLOPs of one forward pass, and measured
+images per second.
 
 FLOPs are counted by PyTorch's own :class:`torch.utils.flop_counter.FlopCounterMode`, which
 counts matrix multiplications, convolutions and attention at 2 FLOPs per multiply-add
@@ -11,13 +12,22 @@ CPU kernel) is counted with the same formula PyTorch uses for its GPU kernels.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["artifact_cost", "count_flops", "count_parameters", "model_cost"]
+__all__ = [
+    "artifact_cost",
+    "count_flops",
+    "count_parameters",
+    "encode_images_per_second",
+    "images_per_second",
+    "model_cost",
+]
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
@@ -82,3 +92,38 @@ def artifact_cost(directory: str | os.PathLike[str]) -> dict[str, Any]:
     from hashkd.models.artifact import load_artifact
 
     return model_cost(load_artifact(directory))
+
+
+def images_per_second(step: Callable[[], object], batch: int, seconds: float) -> float:
+    """Measured throughput of ``step``, one call of which handles ``batch`` images: one warm-up
+    call (allocations, kernel choice), then as many calls as fit in ``seconds`` of wall time."""
+    if batch < 1 or seconds < 0:
+        raise ValueError(
+            f"batch={batch}, seconds={seconds} is not valid: expected batch >= 1, seconds >= 0"
+        )
+    step()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += batch
+        if time.perf_counter() - t0 >= seconds:
+            return n / (time.perf_counter() - t0)
+
+
+def encode_images_per_second(model: nn.Module, batch: int = 64, seconds: float = 3.0) -> float:
+    """Encode throughput of a hash model (eval mode, no autograd) on random images at its own
+    input size (``model.config.img_size``); the mode the model was in is restored."""
+    img_size = int(model.config.img_size)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    was_training = model.training
+    model.eval()
+
+    def step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    try:
+        return images_per_second(step, batch, seconds)
+    finally:
+        model.train(was_training)
