@@ -118,20 +118,11 @@ _TORCH_DTYPE_NAMES = {
 }
 
 
-def model_meta(
-    model: HashModel | ModelConfig,
-    model_dir: str | os.PathLike[str] | None = None,
-    digest: str | None = None,
+def config_meta(
+    cfg: ModelConfig, digest: str, model_dir: str | os.PathLike[str] | None = None
 ) -> dict[str, Any]:
-    """What a code set's ``meta.json`` says about the model that made it.
-
-    ``model`` is the model, or its config when ``digest`` (:func:`artifact_digest`) is given.
-    """
-    cfg = model if isinstance(model, ModelConfig) else model.config
-    if digest is None:
-        if isinstance(model, ModelConfig):
-            raise ValueError("model_meta of a ModelConfig needs its digest: expected digest=...")
-        digest = model_digest(model)
+    """What a code set's ``meta.json`` says about the model that made it: its config and its
+    weights' digest (:func:`model_digest` / :func:`artifact_digest`)."""
     return {
         "model": str(Path(model_dir).resolve()) if model_dir is not None else None,
         "model_digest": digest,
@@ -143,6 +134,11 @@ def model_meta(
         "std": list(cfg.std),
         "model_config": cfg.to_dict(),
     }
+
+
+def model_meta(model: HashModel, model_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """:func:`config_meta` of a built model (its digest computed from its weights)."""
+    return config_meta(model.config, model_digest(model), model_dir)
 
 
 def _as_model(model_or_dir: HashModel | str | os.PathLike[str]) -> tuple[HashModel, str | None]:
@@ -347,7 +343,7 @@ def open_encoder(
 
     encoder = Encoder.from_artifact(model_dir, backend=backend, threads=threads)
     config, _ = read_config(model_dir)
-    meta = model_meta(config, model_dir, digest=artifact_digest(model_dir))
+    meta = config_meta(config, artifact_digest(model_dir), model_dir)
     info = {**meta, "backend": encoder.backend}
     return encoder, info
 
