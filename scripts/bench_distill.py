@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hashkd.cli._common import parse_loss_options  # noqa: E402
+from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
@@ -147,7 +148,21 @@ def train_row(
     tdb: np.ndarray,
     threads: int | None,
 ) -> dict:
-    """Distill one student and evaluate it: one seed of one row (runs in a worker with --jobs)."""
+    """Distill one student and evaluate it: one seed of one row (runs in a worker with --jobs,
+    which does not inherit the parent's data options: no progress bars here either)."""
+    with use_data_options(progress=False):
+        return _train_row(args, bits, tdir, name, seed, tdb, threads)
+
+
+def _train_row(
+    args: argparse.Namespace,
+    bits: int,
+    tdir: str,
+    name: str,
+    seed: int,
+    tdb: np.ndarray,
+    threads: int | None,
+) -> dict:
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -241,6 +256,12 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The grid; image files are decoded without progress bars (the log holds one line per row)."""
+    with use_data_options(progress=False):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

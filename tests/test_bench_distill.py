@@ -279,3 +279,16 @@ def test_a_bad_loss_opt_is_refused_naming_it(tmp_path, capsys, flag, message):
         bench.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_bench_decodes_image_files_without_progress_bars(monkeypatch):
+    """The grid's logs hold one line per row: no decode bars, in the parent or in a worker."""
+    from hashkd.data.cache import current_options
+
+    seen = []
+    monkeypatch.setattr(bench, "_main", lambda argv: seen.append(current_options().progress) or 0)
+    monkeypatch.setattr(bench, "_train_row", lambda *a: seen.append(current_options().progress))
+    assert current_options().progress  # the library default
+    assert bench.main([]) == 0
+    bench.train_row(None, 16, "", BRCD, 0, None, None)
+    assert seen == [False, False] and current_options().progress
