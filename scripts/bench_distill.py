@@ -21,7 +21,8 @@ parameters and encode throughput.
 ``--lr-schedule cosine --warmup-epochs N`` sets the students' learning-rate curve; both are
 written to ``results.json`` with the other settings of the run.
 
-``--loss-opt LOSS.OPTION=VALUE`` (repeatable, as in ``hashkd distill``) sets a loss option on
+``--student-weights PATH.safetensors`` starts every student from ``hashkd pretrain`` backbone
+weights (self-supervised, e.g. on the same pool). ``--loss-opt LOSS.OPTION=VALUE`` (repeatable, as in ``hashkd distill``) sets a loss option on
 the rows that use that loss, e.g. ``--loss-opt brcd.margin=0.2`` for the three BRCD rows; the
 options are written to ``results.json`` (``loss_options``) and each BRCD run's mask report.
 
@@ -187,6 +188,7 @@ def _train_row(
             view_bank=args.view_bank,
             max_train=args.max_train,
             pool=args.pool,
+            student_weights=args.student_weights,
             lr_schedule=args.lr_schedule,
             warmup_epochs=args.warmup_epochs,
             progress=False,
@@ -297,6 +299,12 @@ def _main(argv: list[str] | None = None) -> int:
         metavar="SPEC",
         help="distil on an unlabeled pool (hashkd distill --pool), e.g. train; default: the training split",
     )
+    ap.add_argument(
+        "--student-weights",
+        default=None,
+        metavar="PATH.safetensors",
+        help="start every student from `hashkd pretrain` backbone weights (hashkd distill --student-weights)",
+    )
     ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--warmup-epochs", type=float, default=0.0)
     ap.add_argument(
@@ -380,6 +388,7 @@ def _main(argv: list[str] | None = None) -> int:
                     "lr_schedule": args.lr_schedule,
                     "warmup_epochs": args.warmup_epochs,
                     "loss_options": args.loss_options,
+                    "student_weights": args.student_weights,
                     "rows": rows,
                 },
                 indent=2,
