@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
+from hashkd.losses.run_report import brcd_kept_fraction, recorded_weights  # noqa: E402
 from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
 from hashkd.models import load_artifact  # noqa: E402
 from hashkd.models.complexity import encode_images_per_second  # noqa: E402
@@ -93,30 +94,6 @@ def student_dir(out: Path, bits: int, name: str, seed: int) -> Path:
         .replace("+", "plus")
         / f"seed{seed}"
     )
-
-
-def recorded_losses(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The loss rows the trainer wrote into the student's metadata (``hashkd.losses.run_report``)."""
-    rows = meta.get("losses")
-    return rows if isinstance(rows, list) else []
-
-
-def loss_weights(meta: dict[str, Any]) -> list[float]:
-    """The weight each KD loss of a run was trained with, as the run recorded it."""
-    return [float(row["weight"]) for row in recorded_losses(meta) if "weight" in row]
-
-
-def kept_bit_fraction(meta: dict[str, Any]) -> float | None:
-    """The mean fraction of bits BRCD's mask kept in the run (1.0 with the mask off), from the
-    report's ``applied_mean_kept_fraction`` (else ``mean_kept_fraction``); None without BRCD."""
-    for row in recorded_losses(meta):
-        report = row.get("report") or {}
-        if row.get("loss") != "brcd":
-            continue
-        for key in ("applied_mean_kept_fraction", "mean_kept_fraction"):
-            if isinstance(report.get(key), (int, float)):
-                return float(report[key])
-    return None
 
 
 def health_summary(codes: np.ndarray) -> dict[str, Any]:
@@ -209,14 +186,14 @@ def _train_row(
         "bits": bits,
         "model": name,
         "seed": seed,
-        "weights": loss_weights(student.config.meta),
+        "weights": recorded_weights(student.config.meta),
         "map_sym": sym["map_tie_averaged"],
         "map_sym_position": sym["map"],
         "map_asym": asym["map_tie_averaged"],
         "map_asym_position": asym["map"],
         "p_r2": sym["precision_at_radius"],
         "health": health_summary(sdb),
-        "brcd_kept": kept_bit_fraction(student.config.meta),
+        "brcd_kept": brcd_kept_fraction(student.config.meta),
         "train_s": round(train_s, 1),
         "wall_s": round(wall_s, 1),
         "params": sum(p.numel() for p in student.parameters()),

@@ -31,7 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hashkd.data import use_data_options  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
+from hashkd.losses.run_report import brcd_kept_fraction  # noqa: E402
 from hashkd.models.artifact import read_config  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
 
@@ -97,14 +99,6 @@ def run_config(
     )
 
 
-def kept_fraction(meta: dict[str, Any]) -> float | None:
-    for row in meta.get("losses") or []:
-        value = (row.get("report") or {}).get("mean_kept_fraction")
-        if row.get("loss") == "brcd" and isinstance(value, (int, float)):
-            return float(value)
-    return None
-
-
 def summarise(rows: list[dict[str, Any]]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -130,6 +124,12 @@ def summarise(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The sweep; image files are decoded without progress bars (one log line per run)."""
+    with use_data_options(progress=False):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     "val_map": float(meta["val_map"]),
                     "val_map_position": meta.get("val_map_position"),
                     "val_collapsed": bool(meta.get("val_collapsed")),
-                    "kept_fraction": kept_fraction(meta),
+                    "kept_fraction": brcd_kept_fraction(meta),
                     "epoch": meta.get("epoch"),
                 }
             )

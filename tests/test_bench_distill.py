@@ -196,8 +196,10 @@ BRCD_ROW = {"loss": "brcd", "weight": 1.0, "report": {"mean_kept_fraction": 0.43
     ],
 )
 def test_weights_and_kept_fraction_come_from_the_recorded_losses(meta, weights, kept):
-    assert bench.loss_weights(meta) == weights
-    assert bench.kept_bit_fraction(meta) == kept
+    from hashkd.losses.run_report import brcd_kept_fraction, recorded_weights
+
+    assert recorded_weights(meta) == weights
+    assert brcd_kept_fraction(meta) == kept
 
 
 def _epoch_events(student: Path) -> list[int]:

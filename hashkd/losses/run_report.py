@@ -3,6 +3,8 @@
 The trainer writes :func:`loss_setup` into the run's metadata (``run.json`` and the
 student artifact's ``config.json``) and prints it; :func:`epoch_log_fields` are repeated
 in every epoch's record of ``train_log.jsonl``, so a reader of the log alone sees them.
+:func:`recorded_losses`, :func:`recorded_weights` and :func:`brcd_kept_fraction` read them
+back from a student's metadata (the benchmark and sweep scripts).
 """
 
 from __future__ import annotations
@@ -33,3 +35,27 @@ def epoch_log_fields(names: Sequence[str], losses: Sequence[DistillLoss]) -> dic
         for name, loss in zip(names, losses, strict=True)
         for key, value in loss.log_fields().items()
     }
+
+
+def recorded_losses(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The :func:`loss_setup` rows a run wrote into a student's metadata (``meta["losses"]``)."""
+    rows = meta.get("losses")
+    return rows if isinstance(rows, list) else []
+
+
+def recorded_weights(meta: dict[str, Any]) -> list[float]:
+    """The weight each KD loss of a run was trained with, as the run recorded it."""
+    return [float(row["weight"]) for row in recorded_losses(meta) if "weight" in row]
+
+
+def brcd_kept_fraction(meta: dict[str, Any]) -> float | None:
+    """The mean fraction of bits BRCD's mask kept in a run (1.0 with the mask off): the
+    report's ``applied_mean_kept_fraction`` (else ``mean_kept_fraction``); None without BRCD."""
+    for row in recorded_losses(meta):
+        report = row.get("report") or {}
+        if row.get("loss") != "brcd":
+            continue
+        for key in ("applied_mean_kept_fraction", "mean_kept_fraction"):
+            if isinstance(report.get(key), (int, float)):
+                return float(report[key])
+    return None
