@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Path, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import EngineDep, SettingsDep
@@ -27,6 +28,7 @@ from service.schemas import (
     CodeSearchRequest,
     SearchResponse,
 )
+from service.terms import Filter
 from service.uploads import MAX_ID, parse_hex_codes
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -69,6 +71,26 @@ FILTER = Annotated[
 ERRORS = error_responses(400, 413, 415, 422, 503)
 
 
+@dataclass(frozen=True)
+class SearchParams:
+    """The query parameters the GET/POST searches share, checked once."""
+
+    k: int | None
+    radius: int | None
+    offset: int
+    flt: Filter | None
+
+
+def search_params(
+    k: K = None, radius: RADIUS = None, offset: OFFSET = 0, flt: FILTER = None
+) -> SearchParams:
+    k, radius = check_k_radius(k, radius, offset)
+    return SearchParams(k, radius, offset, parse_filter(flt))
+
+
+Params = Annotated[SearchParams, Depends(search_params)]
+
+
 @router.post(
     "/search", response_model=SearchResponse, responses=ERRORS, summary="Search by one image"
 )
@@ -76,17 +98,14 @@ async def search(
     engine: EngineDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, WebP ...).")],
-    k: K = None,
-    radius: RADIUS = None,
-    offset: OFFSET = 0,
-    flt: FILTER = None,
+    params: Params,
 ) -> SearchResponse:
     """Encode the image with the query model and return its nearest stored items."""
     start = time.perf_counter()
-    k, radius = check_k_radius(k, radius, offset)
-    wanted = parse_filter(flt)
     images = await read_images([image], settings, "image")
-    results, truncated = await engine.asearch_images(images, k, radius, flt=wanted, offset=offset)
+    results, truncated = await engine.asearch_images(
+        images, params.k, params.radius, flt=params.flt, offset=params.offset
+    )
     return SearchResponse(
         results=results[0],
         bits=engine.bits,
@@ -107,17 +126,14 @@ async def search_batch(
     images: Annotated[
         list[UploadFile], File(description="Query images; repeat the field once per image.")
     ],
-    k: K = None,
-    radius: RADIUS = None,
-    offset: OFFSET = 0,
-    flt: FILTER = None,
+    params: Params,
 ) -> BatchSearchResponse:
     """One result list per uploaded image, in upload order."""
     start = time.perf_counter()
-    k, radius = check_k_radius(k, radius, offset)
-    wanted = parse_filter(flt)
     decoded = await read_images(images, settings, "images")
-    results, truncated = await engine.asearch_images(decoded, k, radius, flt=wanted, offset=offset)
+    results, truncated = await engine.asearch_images(
+        decoded, params.k, params.radius, flt=params.flt, offset=params.offset
+    )
     return BatchSearchResponse(
         results=results,
         bits=engine.bits,
@@ -159,17 +175,12 @@ async def search_codes(engine: EngineDep, body: CodeSearchRequest) -> BatchSearc
 async def similar(
     engine: EngineDep,
     item_id: Annotated[int, Path(ge=0, le=MAX_ID, description="The stored item's id.")],
-    k: K = None,
-    radius: RADIUS = None,
-    offset: OFFSET = 0,
-    flt: FILTER = None,
+    params: Params,
 ) -> SearchResponse:
     """The item's stored code is the query; the item itself is not among the results."""
     start = time.perf_counter()
-    k, radius = check_k_radius(k, radius, offset)
-    wanted = parse_filter(flt)
     results, truncated = await run_in_threadpool(
-        engine.similar, item_id, k, radius, flt=wanted, offset=offset
+        engine.similar, item_id, params.k, params.radius, flt=params.flt, offset=params.offset
     )
     return SearchResponse(
         results=results,
