@@ -501,3 +501,15 @@ def collapse_warning(health: dict[str, Any], name: str = "codes") -> str | None:
         f"{health['num_codes']} items, {health['largest_bucket_fraction']:.1%} of them in one bucket; "
         "their mAP is not a fair comparison"
     )
+
+
+def mean_std_text(values: Sequence[float | None], digits: int = 4) -> str:
+    """A table cell for a figure over seeds: ``mean ± std`` (sample std, ddof 1), the mean alone
+    for one value (no spread is known), "-" for none; ``None`` values are left out."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = float(np.mean(vals))
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(vals, ddof=1)):.{digits}f}"

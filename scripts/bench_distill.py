@@ -40,7 +40,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,12 @@ from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.losses.run_report import brcd_kept_fraction, recorded_weights  # noqa: E402
-from hashkd.metrics import code_health, collapse_warning, evaluate_codes  # noqa: E402
+from hashkd.metrics import (  # noqa: E402
+    code_health,
+    collapse_warning,
+    evaluate_codes,
+    mean_std_text,
+)
 from hashkd.models import load_artifact  # noqa: E402
 from hashkd.models.complexity import encode_images_per_second  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
@@ -416,17 +420,6 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
-    """``mean ± std`` (sample std) of the values, ``mean`` alone for one, "-" for none."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    mean = float(np.mean(vals))
-    if len(vals) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {float(np.std(vals, ddof=1)):.{digits}f}"
-
-
 def weight_text(weights: list[float]) -> str:
     return "+".join(f"{w:g}" for w in weights) if weights else "-"
 
@@ -469,17 +462,17 @@ def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> No
             model,
             weight_text(group[0]["weights"]),
             str(len(group)),
-            mean_std([r["map_sym"] for r in group]),
-            mean_std([r["map_sym_position"] for r in group]),
-            mean_std([r["map_asym"] for r in group]),
-            mean_std([r["map_asym_position"] for r in group]),
-            mean_std([r["p_r2"] for r in group]),
+            mean_std_text([r["map_sym"] for r in group]),
+            mean_std_text([r["map_sym_position"] for r in group]),
+            mean_std_text([r["map_asym"] for r in group]),
+            mean_std_text([r["map_asym_position"] for r in group]),
+            mean_std_text([r["p_r2"] for r in group]),
             distinct,
             f"{np.mean([h['bit_balance'] for h in health]):.3f}",
             f"{np.mean([h['largest_bucket_fraction'] for h in health]):.3f}",
-            mean_std([r["brcd_kept"] for r in group], digits=2),
-            mean_std([r["train_s"] for r in group], digits=0),
-            mean_std([r["wall_s"] for r in group], digits=0),
+            mean_std_text([r["brcd_kept"] for r in group], digits=2),
+            mean_std_text([r["train_s"] for r in group], digits=0),
+            mean_std_text([r["wall_s"] for r in group], digits=0),
             f"{group[0]['params'] / 1e6:.2f}M",
             f"{np.mean([r['images_per_s'] for r in group]):.0f}",
         ]

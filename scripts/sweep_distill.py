@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
 from hashkd.losses.run_report import brcd_kept_fraction  # noqa: E402
+from hashkd.metrics import mean_std_text  # noqa: E402
 from hashkd.models.artifact import read_config  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
 
@@ -104,22 +105,18 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault(r["setting"], []).append(r)
 
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        return float(np.mean(values)), std
-
-    order = sorted(groups, key=lambda s: -mean_std([r["val_map"] for r in groups[s]])[0])
+    order = sorted(groups, key=lambda s: -float(np.mean([r["val_map"] for r in groups[s]])))
     lines = [
         "| setting | n | val mAP (tie-averaged) | collapsed runs | kept bits |",
         "|---|---|---|---|---|",
     ]
     for s in order:
         g = groups[s]
-        m, sd = mean_std([r["val_map"] for r in g])
         kept = [r["kept_fraction"] for r in g if r["kept_fraction"] is not None]
         kept_text = f"{np.mean(kept):.2f}" if kept else "-"
         collapsed = sum(bool(r["val_collapsed"]) for r in g)
-        lines.append(f"| {s} | {len(g)} | {m:.4f} ± {sd:.4f} | {collapsed} | {kept_text} |")
+        val = mean_std_text([r["val_map"] for r in g])
+        lines.append(f"| {s} | {len(g)} | {val} | {collapsed} | {kept_text} |")
     return "\n".join(lines)
 
 

@@ -67,3 +67,19 @@ def test_healthy_random_codes_and_empty_input():
     assert h["distinct_codes"] == 1000 and not h["collapsed"] and h["bit_balance"] < 0.05
     with pytest.raises(ValueError, match="no codes"):
         code_health(np.zeros((0, 8), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "values, digits, text",
+    [
+        ([0.1, 0.3], 4, "0.2000 ± 0.1414"),  # sample std: sqrt(((0.1)^2 + (0.1)^2) / 1)
+        ([1.0, None, 3.0], 1, "2.0 ± 1.4"),  # None (not measured) is left out
+        ([0.5], 4, "0.5000"),  # one seed: no spread is claimed
+        ([], 4, "-"),
+        ([None], 2, "-"),
+    ],
+)
+def test_mean_std_text_by_hand(values, digits, text):
+    from hashkd.metrics import mean_std_text
+
+    assert mean_std_text(values, digits) == text

@@ -51,7 +51,7 @@ def test_summary_ranks_settings_by_mean_validation_map():
     ]
     lines = sweep.summarise(rows).splitlines()
     # hand-worked: w=9 mean 0.35 (n=1) before w=1 mean 0.30, sample std 0.1414
-    assert lines[2] == "| w=9 | 1 | 0.3500 ± 0.0000 | 0 | 0.50 |"
+    assert lines[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 |"  # one seed: no spread shown
     assert lines[3] == "| w=1 | 2 | 0.3000 ± 0.1414 | 1 | - |"
 
 
