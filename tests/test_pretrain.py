@@ -53,7 +53,10 @@ def weights(tmp_path_factory):
 
 
 def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
+    from importlib.metadata import version
+
     desc = json.loads(weights.with_name("w.safetensors.json").read_text())
+    assert desc["hashkd_version"] == version("hashkd")  # the installed package's own version
     assert desc["backbone"] == TINY_VIT["backbone"]
     assert desc["backbone_kwargs"] == {"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 4}
     assert (

@@ -194,12 +194,16 @@ def test_add_codes_bulk(served, db_codes):
 
 
 def test_info_health_and_metrics(served):
+    from importlib.metadata import version
+
     info = served.get("/v1/info").json()
+    assert info["version"] == version("hashkd")
     assert info["protocol"] == "symmetric" and info["bits"] == 32
     assert info["index"]["size"] == N_ITEMS and info["items"] == N_ITEMS
     assert info["query_model"] == info["database_model"]
     assert served.get("/healthz").json() == {"status": "ok"}
     assert served.get("/readyz").json() == {"status": "ready"}
+    assert _search(served, 3, k=2).status_code == 200  # this test's own search (runs alone too)
     text = served.get("/metrics").text
     assert f"hashkd_index_size {float(N_ITEMS)}" in text
     assert (

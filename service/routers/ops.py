@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+import hashkd
 from service.deps import EngineDep
 from service.routers.common import error_responses
 from service.schemas import HealthResponse, InfoResponse
 
 router = APIRouter(tags=["ops"])
-
-try:
-    __version__ = version("hashkd")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
 
 
 @router.get(
@@ -27,7 +21,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     summary="Models, protocol and index",
 )
 def info(engine: EngineDep) -> InfoResponse:
-    return InfoResponse(version=__version__, **engine.info())
+    return InfoResponse(version=hashkd.__version__, **engine.info())
 
 
 @router.get(
