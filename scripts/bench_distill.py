@@ -29,7 +29,9 @@ options are written to ``results.json`` (``loss_options``) and each BRCD run's m
 ``--jobs N`` trains N students at a time in worker processes of ``--threads`` intra-op threads
 each (e.g. ``--jobs 2 --threads 1`` on a 2-core machine); rows are saved as they finish, and
 a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``
-and resumes a student interrupted mid-training from its last finished epoch.
+and resumes a student interrupted mid-training from its last finished epoch. A re-run whose
+settings (epochs, student, pool, schedule, loss options, student weights...) differ from those
+``results.json`` recorded is refused: one ``--out`` holds one table.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import torch  # noqa: E402
 from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
+from hashkd.io import atomic_write_json  # noqa: E402
 from hashkd.losses.run_report import brcd_kept_fraction, recorded_weights  # noqa: E402
 from hashkd.metrics import (  # noqa: E402
     code_health,
@@ -115,6 +118,44 @@ def row_losses(name: str, extra: dict[str, dict[str, Any]]) -> tuple[list[str], 
         if loss in losses:
             options.setdefault(loss, {}).update(opts)
     return list(losses), options
+
+
+#: settings an older results.json did not record, with the value they had then
+SETTINGS_ADDED_LATER = {"loss_options": {}, "student_weights": None}
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What every row of one ``--out`` shares (written to results.json, checked on a re-run)."""
+    return {
+        "data": args.data,
+        "epochs": args.epochs,
+        "student": args.student,
+        "batch_size": args.batch_size,
+        "view_bank": args.view_bank,
+        "max_train": args.max_train,
+        "pool": args.pool,
+        "lr_schedule": args.lr_schedule,
+        "warmup_epochs": args.warmup_epochs,
+        "loss_options": args.loss_options,
+        "student_weights": args.student_weights,
+    }
+
+
+def settings_mismatch(stored: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """``"key: stored -> now"`` for each setting a results.json recorded otherwise. A setting an
+    older file lacks is compared with its value from then (:data:`SETTINGS_ADDED_LATER`), or
+    not at all when that is unknown."""
+    out = []
+    for key, value in settings.items():
+        if key in stored:
+            before = stored[key]
+        elif key in SETTINGS_ADDED_LATER:
+            before = SETTINGS_ADDED_LATER[key]
+        else:
+            continue
+        if before != value:
+            out.append(f"{key}: {before!r} -> {value!r}")
+    return out
 
 
 def evaluate_pair(q: np.ndarray, d: np.ndarray, data, topk: int) -> dict[str, Any]:
@@ -345,7 +386,15 @@ def _main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows = stored.get("rows", [])
+    settings = run_settings(args)
+    differing = settings_mismatch(stored, settings) if rows else []
+    if differing:
+        ap.error(
+            f"{results_path} holds rows of other settings ({'; '.join(differing)}): "
+            "its rows would be mixed with these in one table: expected a new --out"
+        )
     if any(not all(k in r for k in ROW_KEYS) for r in rows):
         ap.error(
             f"{results_path} holds rows of an older bench_distill (position-broken mAP, no seed): "
@@ -355,25 +404,21 @@ def _main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     data_by_seed = {seed: prepare_data(args.data, None, args.protocol, seed) for seed in seeds}
     protocol = data_by_seed[seeds[0]].protocol
+    if rows and stored.get("protocol", protocol) != protocol:
+        ap.error(
+            f"{results_path} holds rows of protocol {stored['protocol']!r}, not {protocol!r}: "
+            "expected a new --out"
+        )
 
     def save() -> None:
-        results_path.write_text(
-            json.dumps(
-                {
-                    "protocol": protocol,
-                    "seeds": sorted({r["seed"] for r in rows}),
-                    "epochs": args.epochs,
-                    "student": args.student,
-                    "view_bank": args.view_bank,
-                    "pool": args.pool,
-                    "lr_schedule": args.lr_schedule,
-                    "warmup_epochs": args.warmup_epochs,
-                    "loss_options": args.loss_options,
-                    "student_weights": args.student_weights,
-                    "rows": rows,
-                },
-                indent=2,
-            )
+        atomic_write_json(
+            results_path,
+            {
+                "protocol": protocol,
+                "seeds": sorted({r["seed"] for r in rows}),
+                **settings,
+                "rows": rows,
+            },
         )
         write_markdown(rows, out / "results.md", protocol, args.topk)
 

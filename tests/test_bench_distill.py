@@ -327,3 +327,41 @@ def test_students_start_from_pretrain_weights(tmp_path):
     torch.manual_seed(123)
     fresh = build_model(ModelConfig(bits=16, img_size=16, **TINY_CNN)).backbone.state_dict()
     assert (trained[key] - state[key]).norm() < 0.5 * (fresh[key] - state[key]).norm()
+
+
+def _stored(out: Path, **settings) -> None:
+    row = {"bits": 16, "model": BRCD, "seed": 0, "map_sym": 0.2, "map_sym_position": 0.2}
+    row["health"] = {}
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"protocol": "digits", **settings, "rows": [row]}))
+
+
+@pytest.mark.parametrize(
+    "stored, flags, named",
+    [
+        ({"epochs": 1}, ["--epochs", "2"], "epochs: 1 -> 2"),
+        ({"pool": None}, ["--pool", "all"], "pool: None -> 'all'"),
+        # an older results.json recorded no loss options: its rows ran with none
+        ({}, ["--loss-opt", "brcd.margin=0.2"], "loss_options: {} -> {'brcd': {'margin': 0.2}}"),
+        ({"student_weights": "a.safetensors"}, [], "student_weights: 'a.safetensors' -> None"),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused_before_mixing_rows(
+    tmp_path, capsys, stored, flags, named
+):
+    out = tmp_path / "grid"
+    _stored(out, **stored)
+    before = (out / "results.json").read_text()
+    argv = ["--teacher", f"16={tmp_path}", "--data", "digits", "--epochs", "1"]
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--variants", BRCD, *flags, "--out", str(out)])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before  # nothing lost or rewritten
+
+
+def test_settings_an_older_file_lacks_are_compared_with_their_old_value():
+    now = {"epochs": 5, "data": "cifar10", "loss_options": {}, "student_weights": None}
+    assert bench.settings_mismatch({"epochs": 5}, now) == []  # data: not recorded then, unknown
+    assert bench.settings_mismatch({"epochs": 5}, {**now, "student_weights": "w"}) == [
+        "student_weights: None -> 'w'"
+    ]
