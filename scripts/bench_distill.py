@@ -162,19 +162,11 @@ def evaluate_pair(q: np.ndarray, d: np.ndarray, data, topk: int) -> dict[str, An
     return evaluate_codes(q, d, data.query.labels, data.database.labels, topk=topk, curves=False)
 
 
-def train_row(
-    args: argparse.Namespace,
-    bits: int,
-    tdir: str,
-    name: str,
-    seed: int,
-    tdb: np.ndarray,
-    threads: int | None,
-) -> dict:
-    """Distill one student and evaluate it: one seed of one row (runs in a worker with --jobs,
-    which does not inherit the parent's data options: no progress bars here either)."""
+def train_row(*row: Any) -> dict:
+    """:func:`_train_row` with image files decoded without progress bars (it runs in a worker
+    with --jobs, which does not inherit the parent's data options)."""
     with use_data_options(progress=False):
-        return _train_row(args, bits, tdir, name, seed, tdb, threads)
+        return _train_row(*row)
 
 
 def _train_row(
@@ -186,6 +178,7 @@ def _train_row(
     tdb: np.ndarray,
     threads: int | None,
 ) -> dict:
+    """Distill one student and evaluate it: one seed of one row."""
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
