@@ -21,7 +21,7 @@ from hashkd.training.data_setup import prepare_data
 from hashkd.training.distill import DistillConfig, distill
 from hashkd.training.pool import image_folder, select_pool
 from hashkd.training.schedule import StepSchedule
-from hashkd.training.views import SeededViews, StreamedViewBank
+from hashkd.training.views import SeededViews, StreamedViewBank, view_seed
 from tests.conftest import TINY_CNN, save_tiny_teacher
 
 CLASSES, PER_CLASS = 3, 8
@@ -168,6 +168,17 @@ def test_seeded_views_are_reproducible_and_leave_the_global_rng_alone(image_dir)
     assert not torch.equal(a[0], a[1])  # distinct views of one image
     other_seed = SeededViews(ds, np.arange(len(ds)), train_transform(16), seed=4).views(5, [0])
     assert not torch.equal(a[0], other_seed[0])
+
+
+def test_seeded_view_is_the_transform_drawn_after_seeding_with_its_view_seed(image_dir):
+    """The definition, by hand: seed torch's CPU generator with view_seed, apply the transform."""
+    ds = image_folder(image_dir)
+    tf = train_transform(16)
+    views = SeededViews(ds, np.arange(len(ds)), tf, seed=3)
+    for image, view in [(5, 0), (5, 2), (0, 1)]:
+        torch.manual_seed(view_seed(3, image, view))
+        expected = tf(ds.load_image(image))
+        assert torch.equal(views.views(image, [view])[0], expected)
 
 
 def test_streamed_bank_codes_once_and_workers_stream_the_coded_views(image_dir):
