@@ -99,7 +99,9 @@ def hand_clusters():
     codes = np.concatenate([c0, c1])
     labels = np.array([0, 0, 1, 1])
     means = cluster_means(codes, labels, 2)
-    np.testing.assert_allclose(means, [[1, 1, 1, 1, 0, 0, 0, 0], [-1, -1, 0, 0, -1, -1, -1, -1]])
+    np.testing.assert_allclose(
+        means, [[1, 1, 1, 1, 0, 0, 0, 0], [-1, -1, 0, 0, -1, -1, -1, -1]], atol=1e-12
+    )
     return ClusterResult(labels=labels, centres=means, means=means, teacher="hand", seed=0)
 
 
@@ -108,7 +110,7 @@ def test_all_switches_off_equals_nt_xent_at_alpha_zero():
     loss = build_loss("brcd", alpha=0.0, tau=TAU, **OFF)
     rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2))
     np.testing.assert_allclose(
-        rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10
+        rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10, atol=1e-12
     )
 
 
@@ -145,7 +147,7 @@ def test_full_brcd_matches_loop_oracle(mask_mode):
         use_filter=True,
         mask_mode=mask_mode,
     )
-    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
     offset = loss.offset_mask(t2, c)
     assert bool(offset[2]) and not bool(offset.all())
 
@@ -187,7 +189,7 @@ def test_bit_mask_on_hand_made_cluster():
     codes = np.array([[1, 1, 1, 1], [1, 1, -1, 1], [1, -1, 1, -1], [1, 1, 1, -1]], dtype=np.float32)
     # bit means: 1, 0.5, 0.5, 0
     means = cluster_means(codes, np.zeros(4, dtype=np.int64), 1)
-    np.testing.assert_allclose(means[0], [1.0, 0.5, 0.5, 0.0])
+    np.testing.assert_allclose(means[0], [1.0, 0.5, 0.5, 0.0], atol=1e-12)
     result = ClusterResult(labels=np.zeros(4), centres=means, means=means, teacher="hand", seed=0)
     assert result.bit_mask(0.4).tolist() == [[True, True, True, False]]
     assert result.bit_mask(0.5).tolist() == [[True, False, False, False]]  # strict: |mu| > margin
@@ -223,7 +225,7 @@ def test_masked_bit_does_not_change_masked_similarities():
     # and a masked similarity is the cosine of the masked vectors
     z = torch.cat([s1.detach(), t2]).numpy()
     m = result.bit_mask(0.5)[0].astype(np.float64)
-    assert float(sim[0, 5]) == pytest.approx(cos(m * z[0], m * z[5]) / TAU, rel=1e-10)
+    assert float(sim[0, 5]) == pytest.approx(cos(m * z[0], m * z[5]) / TAU, rel=1e-10, abs=1e-12)
 
 
 def test_bit_mask_leaves_the_same_view_term_alone():
@@ -248,7 +250,7 @@ def test_bit_mask_leaves_the_same_view_term_alone():
         clusters=c.numpy(),
         masks=result.bit_mask(0.5).astype(np.float64),
     )
-    np.testing.assert_allclose(rows, expected, rtol=1e-10)
+    np.testing.assert_allclose(rows, expected, rtol=1e-10, atol=1e-12)
     s1b = s1.detach().clone()
     s1b[0, 6] = -s1b[0, 6]  # masked for cluster 0, yet the same-view term cos(s1_0, t1_0) sees it
     rows_b = masked.row_losses(DistillBatch(s1=s1b, t1=t1, t2=t2, cluster=c)).detach().numpy()
@@ -378,10 +380,12 @@ def test_mask_modes_on_a_hand_worked_batch(mask_mode, hand):
     t2 = torch.tensor(HAND_T2, dtype=torch.float64)
     batch = DistillBatch(s1=s1, t1=t2.clone(), t2=t2, cluster=torch.tensor([0, 1]))
     expected = np.array(hand, dtype=np.float64) / 3.0 / TAU
-    np.testing.assert_allclose(loss.similarity_matrix(batch).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        loss.similarity_matrix(batch).numpy(), expected, rtol=1e-12, atol=1e-12
+    )
     # row 0's loss by hand: positive S_02, negatives S_01 and S_03 (not itself, not partner)
     row0 = np.log(np.exp(expected[0, [2, 1, 3]]).sum()) - expected[0, 2]
-    assert float(loss.row_losses(batch)[0]) == pytest.approx(row0, rel=1e-12)
+    assert float(loss.row_losses(batch)[0]) == pytest.approx(row0, rel=1e-12, abs=1e-12)
 
 
 def test_mask_modes_share_the_cross_view_positive_and_differ_elsewhere():
@@ -414,7 +418,7 @@ def kept_fraction_clusters() -> ClusterResult:
     )
     labels = np.array([0, 0, 0, 0, 1, 1])
     means = cluster_means(codes, labels, 2)
-    np.testing.assert_allclose(means, [[1.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(means, [[1.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-12)
     return ClusterResult(labels=labels, centres=means, means=means, teacher="hand", seed=0)
 
 
@@ -423,7 +427,7 @@ def kept_fraction_clusters() -> ClusterResult:
 )
 def test_kept_fraction_and_empty_mask_report_by_hand(margin, kept0, mask0):
     result = kept_fraction_clusters()
-    np.testing.assert_allclose(result.kept_fraction(margin), [kept0, 0.0])
+    np.testing.assert_allclose(result.kept_fraction(margin), [kept0, 0.0], atol=1e-12)
     assert result.sizes.tolist() == [4, 2]
     loss = build_loss("brcd", margin=margin, clusters=result)
     assert loss.masks.tolist() == [mask0, [1.0, 1.0, 1.0, 1.0]]  # the empty mask keeps all

@@ -4,7 +4,9 @@
   (including imports inside functions) by walking the syntax trees;
 * no absolute path of a developer's machine in a committed file;
 * every relative link in the Markdown docs names a file that exists;
-* ``ruff check`` and ``ruff format --check`` are clean.
+* ``ruff check`` and ``ruff format --check`` are clean;
+* every ``assert_allclose`` in the tests passes ``atol`` (its default is 0, so an expected 0
+  would demand an exact zero that BLAS and CPU features do not give on every machine).
 """
 
 from __future__ import annotations
@@ -143,3 +145,29 @@ def _ruff() -> list[str]:
 def test_ruff_is_clean(args):
     result = subprocess.run(_ruff() + args, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def allclose_calls_without_atol(source: str) -> list[int]:
+    """Line numbers of ``assert_allclose(...)`` calls that pass no ``atol``."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        if name == "assert_allclose" and "atol" not in {k.arg for k in node.keywords}:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_float_comparisons_in_tests_have_an_absolute_tolerance():
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for line in allclose_calls_without_atol(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, "assert_allclose without atol:\n" + "\n".join(offenders)
+
+
+def test_allclose_walker_sees_calls_without_atol():
+    source = "np.testing.assert_allclose(a, b, rtol=1e-9)\nassert_allclose(a, b, atol=1e-12)\n"
+    assert allclose_calls_without_atol(source) == [1]
