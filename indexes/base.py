@@ -16,6 +16,7 @@ over-fetched candidates only.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,6 +120,9 @@ class BinaryIndex:
         self.metadata: dict[str, Any] = {}
         self._ids = IdSet()
         self._lock = RWLock()
+        #: Serialises writers. The exclusive lock is taken inside it only while the backend
+        #: changes what readers see; ``_maintain`` runs after it with readers still running.
+        self._write_mutex = threading.Lock()
 
     # -- construction (called by create_index / load_index) -----------------------------------
     @classmethod
@@ -165,6 +169,11 @@ class BinaryIndex:
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _maintain(self) -> None:
+        """Housekeeping after a write, under the writer mutex but *not* the exclusive lock
+        (searches keep running): e.g. build a compacted storage and swap it in under a short
+        exclusive section. Default: nothing."""
+
     def _raw_train(self, codes: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -207,7 +216,7 @@ class BinaryIndex:
         """Train the index (IVF: k-means on ``codes``); backends that need no training refuse."""
         self._require("train", "it needs no training")
         codes = check_codes(codes, self.code_size)
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():
             self._raw_train(codes)
 
     def add(self, ids: Any, codes: Any, *, replace: bool = False) -> None:
@@ -221,19 +230,21 @@ class BinaryIndex:
         ids = check_ids(ids, codes.shape[0])
         if not len(ids):
             return
-        with self._lock.write():
-            present = self._ids.contains(ids)
-            if present.any():
-                if not replace:
-                    raise DuplicateIdError(ids[present])
-                self._require("replace", "overwriting an id needs remove")
-            if not self.is_trained:
-                self._raw_train(codes)
-            if present.any():
-                self._raw_remove(ids[present])
-                self._ids.discard(ids[present])
-            self._raw_add(ids, codes)
-            self._ids.add(ids)
+        with self._write_mutex:
+            with self._lock.write():
+                present = self._ids.contains(ids)
+                if present.any():
+                    if not replace:
+                        raise DuplicateIdError(ids[present])
+                    self._require("replace", "overwriting an id needs remove")
+                if not self.is_trained:
+                    self._raw_train(codes)
+                if present.any():
+                    self._raw_remove(ids[present])
+                    self._ids.discard(ids[present])
+                self._raw_add(ids, codes)
+                self._ids.add(ids)
+            self._maintain()
 
     def upsert(self, ids: Any, codes: Any) -> None:
         """``add(ids, codes, replace=True)``: insert new ids, overwrite existing ones."""
@@ -246,14 +257,16 @@ class BinaryIndex:
         """
         self._require("remove")
         ids = check_ids(ids)
-        with self._lock.write():
-            present = self._ids.contains(ids)
-            if not present.all() and not missing_ok:
-                raise UnknownIdError(ids[~present])
-            ids = ids[present]
-            if len(ids):
-                self._raw_remove(ids)
-                self._ids.discard(ids)
+        with self._write_mutex:
+            with self._lock.write():
+                present = self._ids.contains(ids)
+                if not present.all() and not missing_ok:
+                    raise UnknownIdError(ids[~present])
+                ids = ids[present]
+                if len(ids):
+                    self._raw_remove(ids)
+                    self._ids.discard(ids)
+            self._maintain()
             return int(len(ids))
 
     def get(self, ids: Any) -> np.ndarray:

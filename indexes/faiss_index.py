@@ -30,14 +30,16 @@ from __future__ import annotations
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import faiss
 import numpy as np
 
-from indexes import hamming_scan
-from indexes.base import BinaryIndex
-from indexes.idset import sorted_unique
+from indexes import chunked_codes, hamming_scan, sorted_ids
+from indexes.base import BinaryIndex, sort_rows
+from indexes.chunked_codes import ChunkedCodes, Segment
+from indexes.idset import check_ids, sorted_unique
 from indexes.registry import register_backend
 from indexes.spec import IndexSpec
 from indexes.storage import npy_bytes, npy_load, read_index_file, write_index_file
@@ -168,28 +170,55 @@ class FaissIndex(BinaryIndex):
         pass
 
 
+class _StoredIds:
+    """``BinaryIndex``'s id set for ``FlatIndex``: the storage itself answers membership.
+
+    ``FlatIndex`` updates its storage in ``_raw_add`` / ``_raw_remove``; the id set's own
+    ``add`` / ``discard`` (called by ``BinaryIndex`` right after) have nothing left to do.
+    """
+
+    def __init__(self, owner: FlatIndex) -> None:
+        self._owner = owner
+
+    def __len__(self) -> int:
+        return len(self._owner._store)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._owner._store.all_ids()
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return self._owner._store.contains(ids)
+
+    def add(self, ids: np.ndarray) -> None:
+        pass
+
+    def discard(self, ids: np.ndarray) -> None:
+        pass
+
+
 @register_backend("flat", syntax="flat[:gpu]")
 class FlatIndex(FaissIndex):
-    """Exact search: an ``IndexBinaryFlat`` whose codes are kept in ascending-id order.
+    """Exact search over codes kept in ascending-id order, with O(batch) writes.
 
-    Memory is the codes plus one int64 per code: position ``p`` of the FAISS storage holds the
-    code of the ``p``-th smallest id, so the sorted id array that ``BinaryIndex`` keeps for its
-    duplicate/unknown-id checks is also the position -> id map, and id -> position is a binary
-    search in it (``np.searchsorted``). No id hash map (FAISS's ``IndexBinaryIDMap2`` adds
-    ~40 bytes per code for one) and no second id array. ``add`` into a non-empty index
-    rebuilds the storage at its exact new size with the new codes merged in (O(n), like the
-    sorted id array); ``remove`` compacts it in place (FAISS ``remove_ids`` keeps the order).
+    The codes live in ``indexes.chunked_codes.ChunkedCodes``: fixed-size chunks filled in id
+    order, a tombstone flag per code, and a small delta segment for ids that arrive out of
+    order. An add of ids above every stored id (the service's own ids, a bulk load in id
+    order) is written in place; a delete clears a flag; neither copies the collection. When
+    the delta or the tombstones outgrow a quarter of the codes, a compacted storage is built
+    *while searches go on* (``_maintain``, under the writer mutex only) and swapped in under
+    the exclusive lock -- O(n) once per O(n) writes, O(1) amortised.
 
-    This relies on ``BinaryIndex`` calling ``_raw_add`` / ``_raw_remove`` *before* it updates
-    its id set, so that ``self._ids`` still describes the current storage.
+    Memory: the codes, one int64 id and one flag byte per code, plus up to one partly filled
+    chunk (``CHUNK_SIZE`` codes, allocated lazily by the OS).
 
-    Top-k search runs ``indexes.hamming_scan.knn_scan`` over FAISS's code storage (read in
-    place): a blocked, vectorised exact scan that returns the top-k in (distance, position) =
-    (distance, id) order directly, several times faster than ``IndexBinaryFlat.search``
-    (docs/bench-indexes.md). Without numba it falls back to FAISS's scan. Range search uses
-    FAISS's.
+    Top-k search runs ``indexes.hamming_scan.knn_scan`` over each segment in place (blocked,
+    vectorised, exact; tombstones skipped) and merges the segments' lists by (distance, id):
+    the exact top-k in (distance, id) order with no tie-completion step (docs/bench-indexes.md).
+    The chunks are scanned in parallel by the index's threads (FAISS's OpenMP setting,
+    ``indexes.set_threads``). Without numba it falls back to FAISS's scan of a flat copy.
 
-    ``gpu=True`` searches a GPU clone of the flat codes (``faiss.index_binary_cpu_to_gpu``),
+    ``gpu=True`` searches a GPU clone of the codes (``faiss.index_binary_cpu_to_gpu``),
     rebuilt after writes; it needs faiss-gpu and ``faiss.get_num_gpus() > 0`` -- without a GPU
     it raises at construction and never builds a GPU index (that would abort the process).
     """
@@ -208,11 +237,13 @@ class FlatIndex(FaissIndex):
                     "gpu=True needs faiss-gpu and a visible CUDA GPU, but faiss sees none "
                     "(install the 'gpu' extra on a GPU machine, or use spec 'flat')"
                 )
-        self._index = faiss.IndexBinaryFlat(self.bits)
         self.ranks_ties = hamming_scan.AVAILABLE and not self.gpu
+        self._store = ChunkedCodes(self.code_size, chunk_size=chunked_codes.CHUNK_SIZE)
+        self._ids = _StoredIds(self)  # type: ignore[assignment]
+        self._flat_copy: Any = None  # an IndexBinaryFlat of the live codes (GPU, no numba)
+        self._flat_ids: np.ndarray | None = None
         self._gpu_index: Any = None
-        self._gpu_ids: np.ndarray | None = None
-        self._gpu_mutex = threading.Lock()
+        self._flat_mutex = threading.Lock()
 
     @classmethod
     def from_spec(cls, spec: IndexSpec, bits: int, **options: Any) -> FlatIndex:
@@ -225,94 +256,146 @@ class FlatIndex(FaissIndex):
         return {}  # gpu is a property of the machine: pass gpu=True to load_index to use one
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's disk cache) the scan kernel for this code length."""
-        if self.ranks_ties:
+        """Compile (or load from numba's disk cache) the scan kernels for this code length."""
+        if hamming_scan.AVAILABLE:
             hamming_scan.warm_up(self.code_size)
+            sorted_ids.warm_up()
 
-    # -- storage in ascending-id order ----------------------------------------------------------
-    def _codes(self) -> np.ndarray:
-        """A view (ntotal x code_size) of FAISS's code storage; valid until the next write."""
-        return stored_codes(self._index, self.code_size)
-
-    def _positions(self, ids: np.ndarray) -> np.ndarray:
-        """Storage positions of ``ids`` (all present: ``BinaryIndex`` checked them)."""
-        return np.searchsorted(self._ids.array, ids)
-
-    def _to_ids(self, pos: np.ndarray) -> np.ndarray:
-        ids = self._ids.array
-        return np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
-
+    # -- writes: O(batch) under the exclusive lock ------------------------------------------------
     def _raw_add(self, ids: np.ndarray, codes: np.ndarray) -> None:
-        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-            order = np.argsort(ids, kind="stable")
-            ids, codes = ids[order], codes[order]
-        old = self._ids.array  # none of ``ids`` is in it (checked or removed by BinaryIndex)
-        if len(old) == 0:
-            self._index.add(codes)
-        else:
-            # A fresh storage of the exact size: appending to FAISS's vector would let it
-            # double its capacity (libstdc++ growth), up to 2x the codes' memory.
-            if ids[0] > old[-1]:
-                merged = np.concatenate([self._codes(), codes])
-            else:
-                merged = np.insert(self._codes(), np.searchsorted(old, ids), codes, axis=0)
-            index = faiss.IndexBinaryFlat(self.bits)
-            index.add(merged)
-            del merged
-            self._index = index
-        self._gpu_index = None
+        self._store.add(ids, codes)
+        self._invalidate_copies()
 
     def _raw_remove(self, ids: np.ndarray) -> None:
-        pos = self._positions(ids)
-        removed = self._index.remove_ids(pos)  # an IDSelectorBatch of positions; order kept
-        if removed != len(ids):  # pragma: no cover - guarded by BinaryIndex's id checks
-            raise RuntimeError(f"FAISS removed {removed} codes, expected {len(ids)}")
-        self._gpu_index = None
+        self._store.remove(ids)
+        self._invalidate_copies()
+
+    def _invalidate_copies(self) -> None:
+        self._flat_copy = self._flat_ids = self._gpu_index = None
+
+    def _maintain(self) -> None:
+        """Compact when the delta or the tombstones have grown (see ``ChunkedCodes``): built
+        under the writer mutex only (searches go on), swapped in under the exclusive lock."""
+        if not self._store.needs_compaction():
+            return
+        fresh = self._store.compacted()
+        with self._lock.write():
+            self._store = fresh
+            self._invalidate_copies()
+
+    # -- reads -------------------------------------------------------------------------------------
+    def _flat(self) -> tuple[Any, np.ndarray]:
+        """An ``IndexBinaryFlat`` of the live codes in id order, and its ids (cached until the
+        next write; used for the GPU and where numba is missing)."""
+        with self._flat_mutex:
+            if self._flat_copy is None:
+                ids, codes = self._store.live_arrays()
+                index = faiss.IndexBinaryFlat(self.bits)
+                if len(ids):
+                    index.add(codes)
+                self._flat_copy, self._flat_ids = index, ids
+            return self._flat_copy, self._flat_ids
 
     def _gpu_search(
         self, codes: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-        with self._gpu_mutex:
+        flat, ids = self._flat()
+        with self._flat_mutex:
             if self._gpu_index is None:
                 res = faiss.StandardGpuResources()
-                self._gpu_index = (res, faiss.index_binary_cpu_to_gpu(res, 0, self._index))
-                self._gpu_ids = self._ids.array.copy()
-            gpu_index, ids = self._gpu_index[1], self._gpu_ids
+                self._gpu_index = (res, faiss.index_binary_cpu_to_gpu(res, 0, flat))
+            gpu_index = self._gpu_index[1]
         dist, pos = gpu_index.search(codes, k)
         return dist, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
 
     def _raw_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu and k <= self.GPU_MAX_K:  # pragma: no cover - needs a GPU
             return self._gpu_search(codes, k)
-        if self.ranks_ties:
-            dist, pos = hamming_scan.knn_scan(
-                self._codes(), codes, k, threads=faiss.omp_get_max_threads()
-            )
-        else:
-            dist, pos = self._index.search(codes, k)
-        return dist, self._to_ids(pos)
+        if not hamming_scan.AVAILABLE:  # pragma: no cover - numba is a core dependency
+            flat, ids = self._flat()
+            dist, pos = flat.search(codes, k)
+            return dist, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+        return scan_segments(self._store.segments(), codes, k, faiss.omp_get_max_threads())
 
     def _raw_range_search(
         self, codes: np.ndarray, radius: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # FAISS is strict (d < radius + 1); its positions are mapped to ids
-        lims, dist, pos = self._index.range_search(codes, radius + 1)
-        return lims, dist, self._ids.array[pos]
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(codes))]
+        for seg in self._store.segments():
+            dist = hamming_scan.distances(seg.codes, codes)
+            for q in range(len(codes)):
+                hit = dist[q] <= radius
+                if seg.alive is not None:
+                    hit &= seg.alive == 1
+                sel = np.flatnonzero(hit)
+                parts[q].append((dist[q, sel].astype(np.int32), seg.ids[sel]))
+        lims = np.zeros(len(codes) + 1, dtype=np.int64)
+        dists, ids = [], []
+        for q, found in enumerate(parts):
+            d = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int32)
+            i = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
+            dists.append(d)
+            ids.append(i)
+            lims[q + 1] = lims[q] + len(i)
+        return lims, np.concatenate(dists), np.concatenate(ids)
 
     def _raw_get(self, ids: np.ndarray) -> np.ndarray:
-        return self._codes()[self._positions(ids)]  # fancy indexing: a copy
+        _, codes = self._store.get(ids)  # BinaryIndex checked that every id is stored
+        return codes
+
+    def get_known(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of those of ``ids`` that are stored, in the given order (one read)."""
+        self._require("get")
+        ids = check_ids(ids)
+        with self._lock.read():
+            return self._store.get(ids)
 
     # -- persistence ----------------------------------------------------------------------------
-    def _restore(self, sections: dict[str, bytes], path: str) -> None:
-        """Format 2: ``IndexBinaryFlat`` in ascending-id order + the sorted ``ids`` section.
+    def _sections(self) -> dict[str, bytes]:
+        ids, codes = self._store.live_arrays()
+        return {"ids": npy_bytes(ids), "codes": npy_bytes(codes)}
 
-        Format 1 (hashkd before the memory rework): an ``IndexBinaryIDMap2`` holding its ids;
-        it is converted on load (codes re-ordered by id). Save writes format 2.
+    def _restore(self, sections: dict[str, bytes], path: str) -> None:
+        """Format 3: the live ``codes`` and their ascending ``ids`` as two npy sections.
+
+        Older files are converted on load: format 2 (an ``IndexBinaryFlat`` in ascending-id
+        order + ``ids``) and format 1 (an ``IndexBinaryIDMap2`` holding its ids).
         """
         from indexes.errors import IndexFileError
 
-        if "faiss" not in sections:
-            raise IndexFileError(f"index file {path!r} lacks the FAISS section of a flat index")
+        if "codes" in sections:
+            if "ids" not in sections:
+                raise IndexFileError(f"index file {path!r} lacks its ids section")
+            ids = npy_load(sections["ids"], "ids", path)
+            codes = npy_load(sections["codes"], "codes", path)
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.code_size:
+                raise IndexFileError(
+                    f"the codes of index file {path!r} are not uint8 n x {self.code_size}"
+                )
+        elif "faiss" in sections:
+            ids, codes = self._restore_faiss(sections, path)
+        else:
+            raise IndexFileError(f"index file {path!r} lacks the codes of a flat index")
+        if ids.dtype != np.int64 or ids.ndim != 1 or not bool(np.all(ids[1:] > ids[:-1])):
+            raise IndexFileError(
+                f"the ids of index file {path!r} are not distinct ascending int64 values"
+            )
+        if len(codes) != len(ids):
+            raise IndexFileError(
+                f"index file {path!r} is inconsistent: {len(codes)} codes but {len(ids)} ids"
+            )
+        if len(ids) and ids[0] < 0:
+            raise IndexFileError(f"index file {path!r} holds negative ids")
+        self._store = ChunkedCodes.from_sorted(
+            ids, codes, self.code_size, chunk_size=chunked_codes.CHUNK_SIZE
+        )
+        self._invalidate_copies()
+
+    def _restore_faiss(
+        self, sections: dict[str, bytes], path: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from indexes.errors import IndexFileError
+
         index = _deserialize(sections["faiss"], path, self.bits)
         if isinstance(index, faiss.IndexBinaryIDMap):  # format 1 (IDMap2 is a subclass)
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -320,31 +403,47 @@ class FlatIndex(FaissIndex):
             if not isinstance(inner, faiss.IndexBinaryFlat) or inner.ntotal != len(ids):
                 raise IndexFileError(f"index file {path!r} holds a flat index of an unknown layout")
             order = np.argsort(ids, kind="stable")
-            # copy the codes out while ``index`` (their owner) is alive
             codes = faiss.vector_to_array(inner.xb).reshape(-1, self.code_size)[order]
-            del inner
-            ids = ids[order]
-            index = faiss.IndexBinaryFlat(self.bits)
-            index.add(codes)
-            del codes
-        elif isinstance(index, faiss.IndexBinaryFlat):
+            return ids[order], codes
+        if isinstance(index, faiss.IndexBinaryFlat):
             if "ids" not in sections:
                 raise IndexFileError(f"index file {path!r} lacks its ids section")
-            ids = npy_load(sections["ids"], "ids", path)
-        else:
-            raise IndexFileError(
-                f"index file {path!r} holds a {type(index).__name__}, not a flat index"
-            )
-        if ids.dtype != np.int64 or ids.ndim != 1 or not bool(np.all(ids[1:] > ids[:-1])):
-            raise IndexFileError(
-                f"the ids of index file {path!r} are not distinct ascending int64 values"
-            )
-        if index.ntotal != len(ids):
-            raise IndexFileError(
-                f"index file {path!r} is inconsistent: {index.ntotal} codes but {len(ids)} ids"
-            )
-        self._index = index
-        self._ids.__init__(ids)
+            codes = stored_codes(index, self.code_size).copy()
+            return npy_load(sections["ids"], "ids", path), codes
+        raise IndexFileError(
+            f"index file {path!r} holds a {type(index).__name__}, not a flat index"
+        )
+
+
+def scan_segments(
+    segments: list[Segment], codes: np.ndarray, k: int, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over several segments (ids ascending within each): each segment is scanned
+    by ``hamming_scan.knn_scan`` (in parallel over ``threads``), the lists merged by (distance,
+    id). Returns (distances, ids) of shape nq x k, -1 where fewer than k codes are live."""
+    nq = codes.shape[0]
+    if not segments:
+        return np.full((nq, k), -1, np.int32), np.full((nq, k), -1, np.int64)
+
+    def one(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
+        # one segment per task: a single query still uses every thread when there are chunks
+        inner = 1 if len(segments) > 1 else threads
+        dist, pos = hamming_scan.knn_scan(seg.codes, codes, k, threads=inner, alive=seg.alive)
+        return dist, np.where(pos >= 0, seg.ids[np.maximum(pos, 0)], -1)
+
+    if len(segments) == 1:
+        return one(segments[0])
+    workers = max(1, min(threads, len(segments)))
+    if workers == 1:
+        found = [one(s) for s in segments]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(one, segments))
+    return sort_rows(
+        np.concatenate([f[0] for f in found], axis=1),
+        np.concatenate([f[1] for f in found], axis=1),
+        k,
+    )
 
 
 @register_backend("ivf", syntax="ivf[:NLIST]")

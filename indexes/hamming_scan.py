@@ -97,8 +97,9 @@ def _make_kernel(words: int) -> Callable[..., Any]:
     """The scan for codes of ``words`` machine words (a compile-time constant per kernel)."""
 
     @_jit
-    def scan(db: Any, queries: Any, k: int, out_d: Any, out_p: Any) -> None:
+    def scan(db: Any, queries: Any, k: int, out_d: Any, out_p: Any, alive: Any) -> None:
         n = db.shape[0] // words
+        masked = alive.shape[0] > 0
         nq = queries.shape[0] // words
         dist = np.empty(BLOCK, np.uint16)
         columns = np.empty((words, BLOCK), db.dtype)
@@ -134,7 +135,7 @@ def _make_kernel(words: int) -> Callable[..., Any]:
                     run = dist[c0 : min(c0 + CHUNK, m)]
                     if _run_min(run) < t:
                         for j in range(run.shape[0]):
-                            if run[j] < t:
+                            if run[j] < t and (not masked or alive[b0 + c0 + j]):
                                 c = _insert(out_d[qi], out_p[qi], count[qi], k, run[j], b0 + c0 + j)
                                 count[qi] = c
                                 if c == k:
@@ -160,13 +161,19 @@ def _kernel(words: int, dtype: np.dtype) -> Callable[..., Any]:
 
 
 def knn_scan(
-    db: np.ndarray, queries: np.ndarray, k: int, threads: int = 1
+    db: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    threads: int = 1,
+    alive: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest database codes of each query by Hamming distance.
 
     ``db`` (n x code_size) and ``queries`` (nq x code_size) are packed uint8 codes; ``db`` is
-    read in place (no copy). Returns (distances int32 nq x k, positions int64 nq x k), each
-    row ordered by (distance, position); when ``n < k`` the missing slots hold -1. Needs numba
+    read in place (no copy). ``alive`` (optional, uint8 or bool of length n) marks the codes
+    that may be returned: a 0 is a tombstone, skipped at no cost unless it would have entered
+    a top-k list. Returns (distances int32 nq x k, positions int64 nq x k), each row ordered
+    by (distance, position); missing slots (fewer than k live codes) hold -1. Needs numba
     (``AVAILABLE``).
     """
     if not AVAILABLE:  # pragma: no cover
@@ -181,6 +188,10 @@ def knn_scan(
     if code_size * 8 > 65535:
         raise ValueError(f"codes of {code_size * 8} bits are longer than the 65535-bit limit")
     n, nq = db.shape[0], queries.shape[0]
+    if alive is not None:
+        alive = np.ascontiguousarray(alive).view(np.uint8)
+        if alive.shape != (n,):
+            raise ValueError(f"alive has shape {alive.shape}: expected ({n},)")
     kk = min(k, n)
     if kk == 0 or nq == 0:
         return np.full((nq, k), -1, dtype=np.int32), np.full((nq, k), -1, dtype=np.int64)
@@ -189,11 +200,12 @@ def knn_scan(
     flat_db = np.ascontiguousarray(db).reshape(-1).view(dtype)
     flat_q = np.ascontiguousarray(queries).reshape(-1).view(dtype)
     kernel = _kernel(words, dtype)
-    res_d = np.empty((nq, kk), dtype=np.int32)
-    res_p = np.empty((nq, kk), dtype=np.int64)
+    res_d = np.full((nq, kk), -1, dtype=np.int32)
+    res_p = np.full((nq, kk), -1, dtype=np.int64)
+    mask = alive if alive is not None else np.empty(0, np.uint8)
 
     def part(lo: int, hi: int) -> None:
-        kernel(flat_db, flat_q[lo * words : hi * words], kk, res_d[lo:hi], res_p[lo:hi])
+        kernel(flat_db, flat_q[lo * words : hi * words], kk, res_d[lo:hi], res_p[lo:hi], mask)
 
     threads = max(1, min(int(threads), -(-nq // QUERY_CHUNK)))
     if threads == 1:
@@ -202,6 +214,9 @@ def knn_scan(
         bounds = np.linspace(0, nq, threads + 1).astype(int)
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(part, bounds[:-1], bounds[1:]))
+    if alive is not None:  # fewer than kk live codes: unfilled slots keep -1
+        short = res_p < 0
+        res_d[short] = -1
     if kk == k:
         return res_d, res_p
     pad = ((0, 0), (0, k - kk))  # fewer codes than k: missing slots are -1
@@ -214,3 +229,26 @@ def warm_up(code_size: int) -> None:
     if AVAILABLE and code_size > 0:
         codes = np.zeros((2, code_size), dtype=np.uint8)
         knn_scan(codes, codes[:1], 1)
+
+
+def distances(db: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Every Hamming distance (nq x n, int32) between ``queries`` and ``db`` (packed uint8).
+
+    Plain NumPy (xor, popcount by machine word): for range searches, which must look at every
+    code anyway. Memory nq x n x 4 bytes.
+    """
+    dtype = _word_dtype(db.shape[1])
+    dw = np.ascontiguousarray(db).view(dtype)
+    qw = np.ascontiguousarray(queries).view(dtype)
+    out = np.zeros((qw.shape[0], dw.shape[0]), dtype=np.int32)
+    for q in range(qw.shape[0]):
+        for w in range(dw.shape[1]):
+            out[q] += _popcount_words(dw[:, w] ^ qw[q, w])
+    return out
+
+
+def _popcount_words(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # NumPy >= 2
+        return np.bitwise_count(x)
+    as_bytes = x.view(np.uint8).reshape(len(x), -1)  # pragma: no cover - NumPy 1.x
+    return np.unpackbits(as_bytes, axis=1).sum(axis=1)  # pragma: no cover

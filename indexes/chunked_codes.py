@@ -1,0 +1,263 @@
+"""Growable code storage in ascending-id order: fixed-size chunks, tombstones, a small delta.
+
+``FlatIndex`` keeps its codes here so that a write costs O(batch), amortised, instead of a copy
+of the whole collection:
+
+* **main**: chunks of ``chunk_size`` codes (and their ids and a live flag per code), filled in
+  order; ids ascend across the whole main part. An add whose ids are all above the largest id
+  (every id the service assigns itself, every bulk load in id order) is appended in place: a
+  full chunk is never copied, a new one is allocated. A reader only sees the filled prefix.
+* **tombstones**: a delete clears the code's live flag (O(1) per id); the scan skips dead codes.
+* **delta**: ids that arrive out of order (an explicit id below the largest, or a replaced code)
+  go to a small segment kept sorted by id (rebuilt per write, O(delta)).
+
+When the delta or the tombstones outgrow their share (``needs_compaction``), ``compacted``
+builds a new main part with the live codes of both, in id order -- O(n), but once per O(n)
+writes, so O(1) amortised per write -- and the caller swaps it in under its exclusive lock
+(``FlatIndex`` builds it while searches keep running, see ``indexes.base``).
+
+Exact search order: every segment's positions ascend with its ids, so the scan's (distance,
+position) order within a segment is the (distance, id) order; merging the segments' top-k
+lists by (distance, id) gives the exact top-k of the whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexes import sorted_ids
+
+#: Codes per chunk (8 MB of 64-bit codes): an append never copies more than this.
+CHUNK_SIZE = 1 << 20
+#: The delta and the tombstones may each hold this many codes, or a quarter of the live
+#: codes if more, before a compaction.
+MIN_SLACK = 1 << 16
+
+
+@dataclass
+class Chunk:
+    """One chunk of the main part: preallocated arrays, ``fill`` of them in use."""
+
+    codes: np.ndarray  # (capacity, code_size) uint8
+    ids: np.ndarray  # (capacity,) int64, ascending over [0, fill)
+    alive: np.ndarray  # (capacity,) uint8: 1 live, 0 tombstone
+    fill: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int, code_size: int) -> Chunk:
+        return cls(
+            codes=np.empty((capacity, code_size), dtype=np.uint8),
+            ids=np.empty(capacity, dtype=np.int64),
+            alive=np.zeros(capacity, dtype=np.uint8),
+        )
+
+
+@dataclass
+class Segment:
+    """A searchable run of codes whose ids ascend with their positions."""
+
+    codes: np.ndarray
+    ids: np.ndarray
+    alive: np.ndarray | None  # None: every code is live
+
+
+@dataclass
+class ChunkedCodes:
+    """The storage (see the module docstring). Not thread-safe: the index locks around it."""
+
+    code_size: int
+    chunk_size: int = CHUNK_SIZE
+    chunks: list[Chunk] = field(default_factory=list)
+    firsts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    delta_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    delta_codes: np.ndarray | None = None
+    dead: int = 0
+    live_main: int = 0
+
+    def __post_init__(self) -> None:
+        if self.delta_codes is None:
+            self.delta_codes = np.empty((0, self.code_size), dtype=np.uint8)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.live_main + len(self.delta_ids)
+
+    @property
+    def last_id(self) -> int:
+        """The largest id ever placed in the main part (-1 when empty)."""
+        for chunk in reversed(self.chunks):
+            if chunk.fill:
+                return int(chunk.ids[chunk.fill - 1])
+        return -1
+
+    def needs_compaction(self) -> bool:
+        slack = max(MIN_SLACK, len(self) // 4)  # read at call time: tests lower it
+        return len(self.delta_ids) > slack or self.dead > slack
+
+    # -- lookups -------------------------------------------------------------------------------
+    def _main_positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk index, offset) of ``ids`` (ascending) in the main part; -1 where absent or dead."""
+        chunk_of = np.full(len(ids), -1, dtype=np.int64)
+        offset = np.full(len(ids), -1, dtype=np.int64)
+        if not self.chunks or not len(ids):
+            return chunk_of, offset
+        c = np.searchsorted(self.firsts, ids, side="right") - 1
+        bounds = np.searchsorted(c, np.arange(len(self.chunks) + 1), side="left")
+        for ci in range(len(self.chunks)):
+            lo, hi = bounds[ci], bounds[ci + 1]
+            if lo == hi:
+                continue
+            chunk = self.chunks[ci]
+            pos = sorted_ids.positions(chunk.ids[: chunk.fill], ids[lo:hi])
+            found = pos >= 0
+            found[found] = chunk.alive[pos[found]] == 1
+            chunk_of[lo:hi] = np.where(found, ci, -1)
+            offset[lo:hi] = np.where(found, pos, -1)
+        return chunk_of, offset
+
+    def _delta_positions(self, ids: np.ndarray) -> np.ndarray:
+        return sorted_ids.positions(self.delta_ids, ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (any order) are stored and live."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ = ids[order]
+        found = (self._main_positions(sorted_)[0] >= 0) | (self._delta_positions(sorted_) >= 0)
+        out = np.empty(len(ids), dtype=bool)
+        out[order] = found
+        return out
+
+    def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids, their codes) for ``ids`` in the given order, absent ones skipped."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return ids, np.empty((0, self.code_size), dtype=np.uint8)
+        ascending = bool(np.all(ids[1:] > ids[:-1]))
+        order = np.arange(len(ids)) if ascending else np.argsort(ids, kind="stable")
+        sorted_ = ids[order]
+        chunk_of, offset = self._main_positions(sorted_)
+        dpos = self._delta_positions(sorted_)
+        codes = np.empty((len(ids), self.code_size), dtype=np.uint8)
+        found = np.zeros(len(ids), dtype=bool)
+        for ci in np.unique(chunk_of[chunk_of >= 0]):
+            sel = np.flatnonzero(chunk_of == ci)
+            codes[sel] = np.take(self.chunks[ci].codes, offset[sel], axis=0)
+            found[sel] = True
+        in_delta = dpos >= 0
+        if in_delta.any():
+            codes[in_delta] = self.delta_codes[dpos[in_delta]]
+            found |= in_delta
+        if not ascending:
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            found, codes = found[inverse], codes[inverse]
+            return ids[found], codes[found]
+        return sorted_[found], codes[found]
+
+    def all_ids(self) -> np.ndarray:
+        """Every live id, ascending (a new array)."""
+        main = [c.ids[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
+        return sorted_ids.union(np.concatenate(main) if main else sorted_ids.EMPTY, self.delta_ids)
+
+    def segments(self) -> list[Segment]:
+        """The searchable runs: each main chunk's filled prefix, then the delta."""
+        out = [
+            Segment(
+                c.codes[: c.fill], c.ids[: c.fill], None if c.alive is None else c.alive[: c.fill]
+            )
+            for c in self.chunks
+            if c.fill
+        ]
+        if len(self.delta_ids):
+            out.append(Segment(self.delta_codes, self.delta_ids, None))
+        return out
+
+    # -- writes (the caller holds its exclusive lock) ---------------------------------------------
+    def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Store new ``ids`` (not stored yet) with their ``codes``."""
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            ids, codes = ids[order], codes[order]
+        last = self.last_id
+        tail = int(np.searchsorted(ids, last, side="right"))  # ids[tail:] > last
+        if tail < len(ids):
+            self._append(ids[tail:], codes[tail:])
+        if tail:
+            self._add_delta(ids[:tail], codes[:tail])
+
+    def _append(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        done = 0
+        while done < len(ids):
+            if not self.chunks or self.chunks[-1].fill == len(self.chunks[-1].ids):
+                self.chunks.append(Chunk.empty(self.chunk_size, self.code_size))
+                self.firsts = np.append(self.firsts, ids[done])
+            chunk = self.chunks[-1]
+            take = min(len(ids) - done, len(chunk.ids) - chunk.fill)
+            lo, hi = chunk.fill, chunk.fill + take
+            chunk.codes[lo:hi] = codes[done : done + take]
+            chunk.ids[lo:hi] = ids[done : done + take]
+            chunk.alive[lo:hi] = 1
+            chunk.fill = hi  # readers see the new codes only once they are written
+            done += take
+        self.live_main += len(ids)
+
+    def _add_delta(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        at = np.searchsorted(self.delta_ids, ids)
+        self.delta_ids = np.insert(self.delta_ids, at, ids)
+        self.delta_codes = np.insert(self.delta_codes, at, codes, axis=0)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove stored ``ids`` (absent ones are ignored); returns how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.sort(ids)
+        chunk_of, offset = self._main_positions(ids)
+        removed = 0
+        for ci in np.unique(chunk_of[chunk_of >= 0]):
+            sel = chunk_of == ci
+            self.chunks[ci].alive[offset[sel]] = 0
+            removed += int(sel.sum())
+        self.dead += removed
+        self.live_main -= removed
+        dpos = self._delta_positions(ids)
+        dpos = dpos[dpos >= 0]
+        if len(dpos):
+            self.delta_ids = np.delete(self.delta_ids, dpos)
+            self.delta_codes = np.delete(self.delta_codes, dpos, axis=0)
+            removed += len(dpos)
+        return removed
+
+    # -- compaction ----------------------------------------------------------------------------
+    def live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of every live code in id order (new arrays: O(n))."""
+        ids = [c.ids[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
+        codes = [c.codes[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
+        main_ids = np.concatenate(ids) if ids else sorted_ids.EMPTY
+        main_codes = (
+            np.concatenate(codes) if codes else np.empty((0, self.code_size), dtype=np.uint8)
+        )
+        if not len(self.delta_ids):
+            return main_ids, main_codes
+        at = np.searchsorted(main_ids, self.delta_ids)
+        return (
+            np.insert(main_ids, at, self.delta_ids),
+            np.insert(main_codes, at, self.delta_codes, axis=0),
+        )
+
+    @classmethod
+    def from_sorted(
+        cls, ids: np.ndarray, codes: np.ndarray, code_size: int, chunk_size: int = CHUNK_SIZE
+    ) -> ChunkedCodes:
+        """A storage holding ``ids`` (strictly ascending) and their codes in its main part."""
+        store = cls(code_size=code_size, chunk_size=chunk_size)
+        if len(ids):
+            store._append(np.asarray(ids, dtype=np.int64), codes)
+        return store
+
+    def compacted(self) -> ChunkedCodes:
+        """A new storage with the same live codes, no tombstones and no delta."""
+        ids, codes = self.live_arrays()
+        return ChunkedCodes.from_sorted(ids, codes, self.code_size, self.chunk_size)
