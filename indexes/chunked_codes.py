@@ -98,24 +98,28 @@ class ChunkedCodes:
 
     # -- lookups -------------------------------------------------------------------------------
     def _main_positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk index, offset) of ``ids`` (ascending) in the main part; -1 where absent or dead."""
-        chunk_of = np.full(len(ids), -1, dtype=np.int64)
+        """For ``ids`` (ascending): the chunk each would be in (non-decreasing, -1 before the
+        first chunk) and its offset there (-1 where absent or dead)."""
         offset = np.full(len(ids), -1, dtype=np.int64)
         if not self.chunks or not len(ids):
-            return chunk_of, offset
-        c = np.searchsorted(self.firsts, ids, side="right") - 1
-        bounds = np.searchsorted(c, np.arange(len(self.chunks) + 1), side="left")
-        for ci in range(len(self.chunks)):
-            lo, hi = bounds[ci], bounds[ci + 1]
-            if lo == hi:
-                continue
+            return np.full(len(ids), -1, dtype=np.int64), offset
+        chunk_of = np.searchsorted(self.firsts, ids, side="right") - 1
+        for ci, lo, hi in self._runs(chunk_of):
             chunk = self.chunks[ci]
             pos = sorted_ids.positions(chunk.ids[: chunk.fill], ids[lo:hi])
             found = pos >= 0
             found[found] = chunk.alive[pos[found]] == 1
-            chunk_of[lo:hi] = np.where(found, ci, -1)
             offset[lo:hi] = np.where(found, pos, -1)
         return chunk_of, offset
+
+    def _runs(self, chunk_of: np.ndarray) -> list[tuple[int, int, int]]:
+        """(chunk, lo, hi) for each chunk that a non-decreasing ``chunk_of`` names."""
+        bounds = np.searchsorted(chunk_of, np.arange(len(self.chunks) + 1), side="left")
+        return [
+            (ci, int(bounds[ci]), int(bounds[ci + 1]))
+            for ci in range(len(self.chunks))
+            if bounds[ci] < bounds[ci + 1]
+        ]
 
     def _delta_positions(self, ids: np.ndarray) -> np.ndarray:
         return sorted_ids.positions(self.delta_ids, ids)
@@ -125,7 +129,7 @@ class ChunkedCodes:
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         sorted_ = ids[order]
-        found = (self._main_positions(sorted_)[0] >= 0) | (self._delta_positions(sorted_) >= 0)
+        found = (self._main_positions(sorted_)[1] >= 0) | (self._delta_positions(sorted_) >= 0)
         out = np.empty(len(ids), dtype=bool)
         out[order] = found
         return out
@@ -141,11 +145,10 @@ class ChunkedCodes:
         chunk_of, offset = self._main_positions(sorted_)
         dpos = self._delta_positions(sorted_)
         codes = np.empty((len(ids), self.code_size), dtype=np.uint8)
-        found = np.zeros(len(ids), dtype=bool)
-        for ci in np.unique(chunk_of[chunk_of >= 0]):
-            sel = np.flatnonzero(chunk_of == ci)
-            codes[sel] = np.take(self.chunks[ci].codes, offset[sel], axis=0)
-            found[sel] = True
+        found = offset >= 0
+        for ci, lo, hi in self._runs(chunk_of):
+            sel = found[lo:hi]
+            codes[lo:hi][sel] = np.take(self.chunks[ci].codes, offset[lo:hi][sel], axis=0)
         in_delta = dpos >= 0
         if in_delta.any():
             codes[in_delta] = self.delta_codes[dpos[in_delta]]
@@ -216,10 +219,11 @@ class ChunkedCodes:
             ids = np.sort(ids)
         chunk_of, offset = self._main_positions(ids)
         removed = 0
-        for ci in np.unique(chunk_of[chunk_of >= 0]):
-            sel = chunk_of == ci
-            self.chunks[ci].alive[offset[sel]] = 0
-            removed += int(sel.sum())
+        for ci, lo, hi in self._runs(chunk_of):
+            off = offset[lo:hi]
+            off = off[off >= 0]
+            self.chunks[ci].alive[off] = 0
+            removed += len(off)
         self.dead += removed
         self.live_main -= removed
         dpos = self._delta_positions(ids)

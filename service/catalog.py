@@ -29,15 +29,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 import indexes
 from hashkd.io import atomic_write_text, fsync_directory
 from indexes.errors import IndexFileError, UnsupportedOperation
+from service.postings import Postings
 from service.store import ItemStore, StoreError
 
 log = logging.getLogger("service.catalog")
 
 SNAPSHOT_NAME = "snapshot.json"
+
+
+LOCK_NAME = "LOCK"
+
+
+class StoreInUseError(StoreError):
+    """Another process (or another catalog in this one) has the store folder open."""
+
+
+def lock_store_folder(directory: Path) -> FileLock:
+    """Take the store folder's exclusive lock (``LOCK``, an OS file lock released when the
+    process dies), or raise :class:`StoreInUseError` at once: two servers on one store would
+    each snapshot an index that misses the other's items."""
+    lock = FileLock(directory / LOCK_NAME, timeout=0, is_singleton=False, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreInUseError(
+            f"store {str(directory)!r} is in use by another hashkd server (its {LOCK_NAME} file "
+            "is locked): stop that server, or give this one another --store"
+        ) from None
+    return lock
 
 
 class Catalog:
@@ -53,18 +77,27 @@ class Catalog:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = lock_store_folder(self.directory)
         self.index_dir = self.directory / "index"
         self.index_dir.mkdir(exist_ok=True)
         self.bits = int(bits)
         self.spec = spec
         self.snapshot_every = int(snapshot_every)
-        self.store = ItemStore(self.directory / "items.sqlite", self.bits, synchronous=synchronous)
+        try:
+            self.store = ItemStore(
+                self.directory / "items.sqlite", self.bits, synchronous=synchronous
+            )
+        except BaseException:
+            self._folder_lock.release()
+            raise
         self._writer = threading.Lock()
         self._since_snapshot = 0
         self.snapshot_seq = 0
         #: How the index was brought up at start: "snapshot", "snapshot+replay" or "rebuild".
         self.recovery = ""
         self.index = self._open_index()
+        #: Filter posting lists, read from the store's term index (service/postings.py).
+        self.postings = Postings.from_store(self.store.reader())
         if self.recovery != "snapshot":
             self.snapshot()  # start the next run from a fresh snapshot
 
@@ -150,15 +183,20 @@ class Catalog:
                 log.exception("index add failed after the store committed: rebuilding the index")
                 self.index = self._rebuild()
                 raise
+            self.postings.add_items(
+                new_ids, metadata if metadata is not None else [{}] * len(new_ids)
+            )
             self._after_change_locked(len(new_ids))
         return new_ids
 
     def delete(self, item_id: int) -> None:
         """Delete one item durably, then from the index. Unknown ids raise UnknownItemError."""
         with self._writer:
+            old = self.store.get(item_id).metadata  # raises UnknownItemError
             self.store.delete(item_id)
             if int(item_id) in self.index:
                 self.index.remove([int(item_id)])
+            self.postings.remove_item(int(item_id), old)
             self._after_change_locked(1)
 
     def upsert(
@@ -181,7 +219,12 @@ class Catalog:
                     f"the {self.spec!r} index cannot replace the code of a stored item (it has no "
                     "remove): replace only the metadata, or serve with an index that supports remove"
                 )
+            old = self.store.metadata_of([int(item_id)]).get(int(item_id))
             created, _ = self.store.upsert(item_id, code, metadata, thumbnail)
+            if metadata is not None:
+                if old is not None:
+                    self.postings.remove_item(int(item_id), old)
+                self.postings.add_items([int(item_id)], [metadata])
             if code is not None:
                 try:
                     self.index.upsert(np.array([item_id], dtype=np.int64), code[None, :])
@@ -194,7 +237,9 @@ class Catalog:
 
     def _after_change_locked(self, n: int) -> None:
         self._since_snapshot += n
-        if self._since_snapshot >= self.snapshot_every:
+        # A snapshot writes the whole index: at most once per snapshot_every changes, and
+        # never more often than once per len/8 changes, so its cost is O(1) per change.
+        if self._since_snapshot >= max(self.snapshot_every, len(self.index) // 8):
             try:
                 self._snapshot_locked()
             except OSError:
@@ -245,3 +290,4 @@ class Catalog:
             except OSError:
                 log.exception("final index snapshot failed; the store still has every item")
         self.store.close()
+        self._folder_lock.release()

@@ -21,12 +21,13 @@ import numpy as np
 from PIL import Image
 
 import indexes
-from hashkd.codes import hamming_distances
+from indexes import hamming_scan
 from hashkd.runtime import Encoder
 from hashkd.runtime.config import read_artifact_config
 from service.batching import MicroBatcher
 from service.catalog import Catalog
 from service.cluster_catalog import ClusterCatalog
+from service.errors import ApiError
 from service.jsonlimits import MAX_JSON_DEPTH
 from service.metrics import Metrics
 from service.schemas import DEFAULT_K, MAX_K, MAX_LIST_LIMIT, MAX_QUERY_CODES, MAX_RANK
@@ -222,6 +223,7 @@ class Engine:
         their codes, see :meth:`_filtered`); ``exclude`` drops one id (the query item itself).
         """
         k = int(k if k is not None else DEFAULT_K)
+        self.check_work(codes.shape[0], k, radius, offset)
         if isinstance(self.catalog, ClusterCatalog):  # Milvus filters, ranks and looks up
             return self.catalog.search(
                 codes,
@@ -250,26 +252,62 @@ class Engine:
             )
         return out, truncated
 
-    def _cap(self, dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    def check_work(self, queries: int, k: int, radius: int | None, offset: int) -> None:
+        """Refuse (422) a request whose ranking work, codes x ranks kept per code, is over
+        ``max_search_work``: the top-k lists a scan keeps cost O(depth) per accepted candidate.
+        Ranks past the collection's size cost nothing and do not count."""
+        depth = self.settings.max_range_results + 1 if radius is not None else offset + k
+        # cluster mode: no round trip to Milvus for the size; every rank counts
+        size = depth if isinstance(self.catalog, ClusterCatalog) else len(self.catalog)
+        work = int(queries) * min(depth, max(size, 1))
+        limit = self.settings.max_search_work
+        if work > limit:
+            what = (
+                f"a radius search keeps up to max_range_results + 1 = {depth}"
+                if radius is not None
+                else f"offset + k = {depth}"
+            )
+            raise ApiError(
+                422,
+                f"this request asks for {queries} codes x {min(depth, size)} ranks = {work} "
+                f"ranked results ({what} per code): expected at most max_search_work = {limit}; "
+                "send fewer codes per request or ask for fewer results",
+            )
+
+    def _radius_hits(
+        self, dist: np.ndarray, ids: np.ndarray, radius: int, exclude: int | None
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The hits within ``radius`` of one query's nearest-first list, capped at
+        ``max_range_results`` (the list holds one more, to tell whether the cap cut it)."""
+        keep = (ids >= 0) & (dist <= radius)
+        if exclude is not None:
+            keep &= ids != exclude
+        dist, ids = dist[keep], ids[keep]
         cap = self.settings.max_range_results
         return dist[:cap], ids[:cap], len(ids) > cap
 
     def _indexed(
         self, codes: np.ndarray, k: int, radius: int | None, offset: int, exclude: int | None
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
-        """Search the index (its own exactness; the order is (distance, id))."""
+        """Search the index (its own exactness; the order is (distance, id)).
+
+        A radius search is a nearest-neighbour search for ``max_range_results + 1`` codes cut
+        at the radius: exact (the first hits by (distance, id)), bounded in memory and time
+        however many codes are within the radius.
+        """
         index = self.catalog.index
         per_query: list[tuple[np.ndarray, np.ndarray]] = []
         truncated = False
+        extra = 1 if exclude is not None else 0
         if radius is not None:
-            for dist, ids in index.range_search(codes, int(radius)):
-                keep = ids != exclude if exclude is not None else slice(None)
-                dist, ids, cut = self._cap(dist[keep], ids[keep])
+            fetch = min(self.settings.max_range_results + 1 + extra, max(len(index), 1))
+            dist, ids = index.search(codes, fetch)
+            for d, i in zip(dist, ids, strict=True):
+                d, i, cut = self._radius_hits(d, i, int(radius), exclude)
                 truncated |= cut
-                per_query.append((dist, ids))
+                per_query.append((d, i))
             return per_query, truncated
-        fetch = k + offset + (1 if exclude is not None else 0)
-        dist, ids = index.search(codes, fetch)
+        dist, ids = index.search(codes, k + offset + extra)
         for d, i in zip(dist, ids, strict=True):
             keep = (i >= 0) & (i != exclude) if exclude is not None else i >= 0
             per_query.append((d[keep][offset : offset + k], i[keep][offset : offset + k]))
@@ -286,39 +324,29 @@ class Engine:
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
         """Exact search among the items matching ``flt``.
 
-        The store's term index gives the m matching ids (ascending), the index their codes
-        (``get_known``: ids not yet or no longer indexed are skipped, as in an unfiltered
-        search); every query's distances to those m codes are computed (xor + popcount) and
-        the first ``offset + k`` by (distance, id) are selected with a partition and a stable
-        sort. Cost per request: O(m) ids from SQLite, O(m) code lookups and O(m) distances
-        per query, independent of the index size -- cheap for selective filters.
+        The catalog's in-memory posting lists give the m matching ids (ascending, array
+        operations only: ``service/postings.py``), the index their codes (``get_known``: ids
+        not yet or no longer indexed are skipped, as in an unfiltered search), and one
+        multi-query scan (``indexes.hamming_scan.knn_scan``) ranks them: the gathered codes
+        ascend by id, so its (distance, position) order is the (distance, id) order. Cost: O(m)
+        vectorised per request plus O(m) distances per query, independent of the index size.
         """
-        ids, db = self.catalog.index.get_known(self.catalog.store.filtered_ids(flt))
+        ids, db = self.catalog.index.get_known(self.catalog.postings.match(flt))
         if exclude is not None:
             keep = ids != exclude
             ids, db = ids[keep], db[keep]
+        depth = self.settings.max_range_results + 1 if radius is not None else offset + k
+        dist, pos = hamming_scan.knn_scan(db, codes, max(1, min(depth, len(ids)) or 1))
+        found = np.where(pos >= 0, ids[np.maximum(pos, 0)] if len(ids) else -1, -1)
         per_query: list[tuple[np.ndarray, np.ndarray]] = []
         truncated = False
-        for q in range(codes.shape[0]):
-            dist = hamming_distances(codes[q : q + 1], db)[0] if len(ids) else np.empty(0, np.int32)
+        for d, i in zip(dist, found, strict=True):
             if radius is not None:
-                sel = np.flatnonzero(dist <= int(radius))
-                stop = len(sel)
-            else:
-                stop = offset + k
-                if len(dist) > stop:  # only candidates at or under the stop-th distance
-                    kth = np.partition(dist, stop - 1)[stop - 1]
-                    sel = np.flatnonzero(dist <= kth)
-                else:
-                    sel = np.arange(len(dist))
-            # ids ascend, so a stable sort by distance orders ties by id.
-            order = sel[np.argsort(dist[sel], kind="stable")]
-            if radius is not None:
-                d, i, cut = self._cap(dist[order], ids[order])
+                d, i, cut = self._radius_hits(d, i, int(radius), None)
                 truncated |= cut
             else:
-                order = order[offset:stop]
-                d, i = dist[order], ids[order]
+                keep = i >= 0
+                d, i = d[keep][offset : offset + k], i[keep][offset : offset + k]
             per_query.append((d, i))
         return per_query, truncated
 
@@ -439,5 +467,7 @@ class Engine:
                 "max_metadata_bytes": s.max_metadata_bytes,
                 "max_json_depth": MAX_JSON_DEPTH,
                 "max_range_results": s.max_range_results,
+                "max_search_work": s.max_search_work,
+                "max_request_pixels": s.max_request_pixels,
             },
         }

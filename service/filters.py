@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from service.errors import ApiError
-from service.jsonlimits import loads_bounded
+from service.jsonlimits import check_unicode, loads_bounded
 from service.terms import Filter, metadata_terms, term
 
 #: Most keys in one filter.
@@ -48,6 +48,7 @@ def check_filter(value: Any) -> Filter | None:
         )
     if not value:
         return None
+    check_unicode(value, "filter")
     if len(value) > MAX_FILTER_KEYS:
         raise ApiError(422, f"filter has {len(value)} keys: expected at most {MAX_FILTER_KEYS}")
     out: Filter = {}

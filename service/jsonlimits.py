@@ -54,6 +54,41 @@ def loads_bounded(
             422, f"{what} is nested {depth} levels deep: expected at most {max_depth} levels"
         )
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        value = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, NaN
         raise ApiError(422, f"{what} is not valid JSON: {exc}") from None
+    check_unicode(value, what)
+    return value
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_unicode(value: Any, what: str) -> None:
+    """Refuse (422) JSON whose strings or keys hold a lone surrogate such as ``"\\ud800"``:
+    valid JSON escapes, but not Unicode text, so they could be neither stored nor sent back."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings = [item]
+        elif isinstance(item, dict):
+            strings = [k for k in item if isinstance(k, str)]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            if _lone_surrogate(text):
+                raise ApiError(
+                    422,
+                    f"{what} holds the string {text[:40].encode('utf-8', 'backslashreplace').decode()!r} "
+                    "with a lone surrogate (an unpaired \\ud800-\\udfff escape): expected Unicode text",
+                )

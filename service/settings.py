@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     max_range_results: int = Field(
         10_000, ge=1, description="Most results returned by one radius search."
     )
+    max_search_work: int = Field(
+        65_536,
+        ge=1,
+        description="Most ranked results one search request may ask for: codes x (offset + k), "
+        "or codes x (max_range_results + 1) for a radius search (ranks past the collection's "
+        "size do not count); over it the request is refused with 422.",
+    )
+    max_request_pixels: int = Field(
+        160_000_000,
+        ge=64,
+        description="Most decoded pixels (width x height, summed over its images) in one request.",
+    )
 
     # Store.
     thumbnail_px: int = Field(

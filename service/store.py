@@ -138,6 +138,10 @@ class ItemStore:
                 self._readers.append(conn)
         return conn
 
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection."""
+        return self._reader()
+
     def close(self) -> None:
         with self._readers_lock:
             for conn in self._readers:
@@ -231,7 +235,10 @@ class ItemStore:
                 )
                 if ids is None:
                     if next_id + n - 1 > MAX_ID:
-                        raise StoreError("the store has run out of int64 ids: pass ids explicitly")
+                        raise StoreError(
+                            f"the store has run out of ids: an item holds id {next_id - 1} and "
+                            f"ids end at {MAX_ID}; add with explicit free ids instead"
+                        )
                     new_ids = list(range(next_id, next_id + n))
                 else:
                     new_ids = [int(i) for i in ids]
@@ -251,9 +258,9 @@ class ItemStore:
                 )
                 top = max(new_ids) + 1 if new_ids else next_id
                 if top > next_id:
-                    conn.execute(
-                        "UPDATE meta SET value=? WHERE key='next_id'", (str(min(top, MAX_ID)),)
-                    )
+                    # may reach MAX_ID + 1 (an item holds MAX_ID): the next add without ids is then
+                    # refused (StoreError, 409), never given a taken id
+                    conn.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(top),))
                 seq = self._seq(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -326,8 +333,7 @@ class ItemStore:
                     )
                     if item_id + 1 > next_id:
                         conn.execute(
-                            "UPDATE meta SET value=? WHERE key='next_id'",
-                            (str(min(item_id + 1, MAX_ID)),),
+                            "UPDATE meta SET value=? WHERE key='next_id'", (str(item_id + 1),)
                         )
                 elif code is not None:
                     conn.execute(

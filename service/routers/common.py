@@ -103,6 +103,20 @@ async def read_images(
         )
 
     def _decode_all() -> list[Image.Image]:
-        return [decode_image(d, settings.max_image_pixels, name) for d, name in datas]
+        # Each image may use what the request's pixel budget has left (and no more than the
+        # per-image cap): a request cannot decode more than max_request_pixels in all.
+        images, left = [], settings.max_request_pixels
+        for data, name in datas:
+            allowed = min(settings.max_image_pixels, left)
+            if allowed < 1:
+                raise ApiError(
+                    413,
+                    f"image {name!r} is past the request's budget of max_request_pixels = "
+                    f"{settings.max_request_pixels} decoded pixels: send fewer or smaller images",
+                )
+            image = decode_image(data, allowed, name)
+            images.append(image)
+            left -= image.width * image.height
+        return images
 
     return await run_in_threadpool(_decode_all)
