@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 import indexes
-from indexes import hamming_scan
 from hashkd.runtime import Encoder
 from hashkd.runtime.config import read_artifact_config
+from indexes import hamming_scan
 from service.batching import MicroBatcher
 from service.catalog import Catalog
 from service.cluster_catalog import ClusterCatalog

@@ -114,7 +114,17 @@ async def read_images(
                     f"image {name!r} is past the request's budget of max_request_pixels = "
                     f"{settings.max_request_pixels} decoded pixels: send fewer or smaller images",
                 )
-            image = decode_image(data, allowed, name)
+            try:
+                image = decode_image(data, allowed, name)
+            except ApiError as exc:
+                if exc.status_code != 413 or allowed == settings.max_image_pixels:
+                    raise
+                raise ApiError(
+                    413,
+                    f"image {name!r} is past the request's budget of max_request_pixels = "
+                    f"{settings.max_request_pixels} decoded pixels ({left} left for it): send "
+                    "fewer or smaller images",
+                ) from None
             images.append(image)
             left -= image.width * image.height
         return images

@@ -1,0 +1,218 @@
+"""The service's costs that must not grow with the collection, checked for their *results*
+(timings belong to scripts/bench_scale.py): in-memory filter postings, capped radius searches,
+per-request budgets, the store folder lock, and two defects (lone surrogates, id 2^63 - 1).
+
+Oracles: brute force over the codes and metadata the test itself stored, and
+``service.filters.matches`` (the filter language's reference semantics)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from indexes.hamming_scan import distances
+from service import Settings, create_app
+from service.catalog import Catalog, StoreInUseError
+from service.filters import check_filter, matches
+from service.store import MAX_ID
+from tests.test_service_support import build_artifacts, image_bytes
+
+BITS = 32
+N = 400
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_artifacts(tmp_path_factory.mktemp("models"))
+
+
+def random_meta(rng: np.random.Generator, n: int) -> list[dict]:
+    return [
+        {"label": int(rng.integers(0, 4)), "tags": sorted({int(t) for t in rng.integers(0, 6, 2)})}
+        for _ in range(n)
+    ]
+
+
+def test_postings_follow_adds_deletes_upserts_and_restarts(tmp_path):
+    rng = np.random.default_rng(0)
+    cat = Catalog(tmp_path, BITS)
+    model: dict[int, dict] = {}
+    codes = rng.integers(0, 256, (N, BITS // 8), dtype=np.uint8)
+    meta = random_meta(rng, N)
+    ids = cat.add(codes[:300], metadata=meta[:300])
+    model.update(dict(zip(ids, meta[:300], strict=True)))
+    for i in rng.choice(ids, 40, replace=False):
+        cat.delete(int(i))
+        del model[int(i)]
+    # a deleted id re-added with other metadata must not match its old terms
+    gone = sorted(set(ids) - set(model))[:5]
+    cat.add(codes[300:305], ids=gone, metadata=meta[300:305])
+    model.update(dict(zip(gone, meta[300:305], strict=True)))
+    for i in sorted(model)[:20]:  # metadata replaced
+        new = {"label": 9, "tags": [int(i) % 3]}
+        cat.upsert(i, None, new)
+        model[i] = new
+    filters = [{"label": 2}, {"tags": [1, 5]}, {"label": [0, 9], "tags": 3}, {"label": 7}]
+    for raw in filters:
+        flt = check_filter(raw)
+        want = sorted(i for i, m in model.items() if matches(m, flt))
+        assert cat.postings.match(flt).tolist() == want
+    cat.close()
+    again = Catalog(tmp_path, BITS)  # rebuilt from the store's term index
+    for raw in filters:
+        flt = check_filter(raw)
+        want = sorted(i for i, m in model.items() if matches(m, flt))
+        assert again.postings.match(flt).tolist() == want
+    again.close()
+
+
+def test_a_second_catalog_on_the_same_folder_is_refused(tmp_path):
+    cat = Catalog(tmp_path, BITS)
+    with pytest.raises(StoreInUseError, match="in use by another hashkd server"):
+        Catalog(tmp_path, BITS)
+    cat.close()
+    Catalog(tmp_path, BITS).close()  # free again once closed
+
+
+@pytest.fixture(scope="module")
+def loaded(models, tmp_path_factory):
+    """A service with N bulk-loaded codes (labels as metadata); small limits to test them."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (N, BITS // 8), dtype=np.uint8)
+    codes[50:80] = codes[50]  # a tie group
+    labels = np.zeros((N, 3), dtype=np.uint8)
+    labels[np.arange(N), rng.integers(0, 3, N)] = 1
+    settings = Settings(
+        model=models["vit32"],
+        store=tmp_path_factory.mktemp("store"),
+        max_range_results=25,
+        max_search_work=2_000,
+        max_request_pixels=2 * 40 * 40,  # two of the 40 x 40 test images
+        max_wait_ms=0.5,
+    )
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/v1/items/codes",
+            files={"codes": ("c.npy", npy(codes)), "labels": ("l.npy", npy(labels))},
+        )
+        assert r.status_code == 201, r.text
+        yield client, codes, labels, np.array(r.json()["ids"])
+
+
+def brute(codes, ids, q, keep=None):
+    dist = distances(codes, q[None, :])[0]
+    order = np.lexsort((ids, dist))
+    if keep is not None:
+        order = order[keep[order]]
+    return [(int(ids[o]), int(dist[o])) for o in order]
+
+
+def hits(response):
+    assert response.status_code == 200, response.text
+    return [[(h["id"], h["distance"]) for h in row] for row in response.json()["results"]]
+
+
+def test_radius_search_is_the_capped_exact_prefix(loaded):
+    client, codes, _, ids = loaded
+    q = codes[50]
+    for radius, flt in [(16, None), (32, None), (14, {"labels": 1}), (3, None)]:
+        body = {"codes": [q.tobytes().hex()], "radius": radius}
+        keep = None
+        if flt:
+            body["filter"] = flt
+            keep = np.array([bool(lab[1]) for lab in loaded[2]])
+        r = client.post("/v1/search/codes", json=body)
+        want = [h for h in brute(codes, ids, q, keep) if h[1] <= radius]
+        assert hits(r)[0] == want[:25]
+        assert r.json()["truncated"] == (len(want) > 25)
+
+
+def test_filtered_knn_pages_match_brute_force(loaded):
+    client, codes, labels, ids = loaded
+    q = codes[7]
+    keep = labels[:, 2] == 1
+    want = brute(codes, ids, q, keep)
+    got = []
+    for offset in (0, 10, 20):
+        r = client.post(
+            "/v1/search/codes",
+            json={"codes": [q.tobytes().hex()], "k": 10, "offset": offset, "filter": {"labels": 2}},
+        )
+        got += hits(r)[0]
+    assert got == want[:30]
+
+
+def test_a_request_over_the_work_budget_is_refused_with_the_limit_named(loaded):
+    client, codes, _, _ = loaded
+    many = [c.tobytes().hex() for c in codes[:30]]
+    r = client.post("/v1/search/codes", json={"codes": many, "k": 100})  # 30 x 100 > 2000
+    assert r.status_code == 422 and "max_search_work = 2000" in r.json()["detail"]
+    r = client.post("/v1/search/codes", json={"codes": many[:19], "k": 100})  # 1900: fine
+    assert r.status_code == 200
+    r = client.post("/v1/search/codes", json={"codes": many, "radius": 3})  # 30 x 26 = 780
+    assert r.status_code == 200
+
+
+def test_decoded_pixels_are_budgeted_per_request(loaded):
+    client, *_ = loaded
+    files = [("images", (f"{i}.png", image_bytes(i), "image/png")) for i in range(3)]
+    r = client.post("/v1/search/batch", files=files)
+    assert r.status_code == 413 and "max_request_pixels" in r.json()["detail"]
+    r = client.post("/v1/search/batch", files=files[:2])
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("where", ["filter", "metadata"])
+def test_a_lone_surrogate_answers_422(loaded, where):
+    client, codes, _, _ = loaded
+    raw = '{"a": "\\ud800"}'
+    if where == "filter":
+        r = client.post(
+            "/v1/search/codes",
+            content=f'{{"codes": ["{codes[0].tobytes().hex()}"], "filter": {raw}}}',
+            headers={"content-type": "application/json"},
+        )
+        r2 = client.post(
+            "/v1/search",
+            files=[("image", ("a.png", image_bytes(1), "image/png"))],
+            params={"filter": raw},
+        )
+        assert r2.status_code == 422 and "lone surrogate" in r2.json()["detail"], r2.text
+    else:
+        r = client.post(
+            "/v1/items/codes",
+            files={"codes": ("c.npy", npy(codes[:1])), "metadata": ("m.json", f"[{raw}]".encode())},
+        )
+    assert r.status_code == 422 and "lone surrogate" in r.json()["detail"], r.text
+    assert client.get("/v1/info").status_code == 200  # still serving
+
+
+def test_an_item_at_the_largest_id_makes_auto_ids_409_not_500(models, tmp_path):
+    settings = Settings(model=models["vit32"], store=tmp_path / "s", max_wait_ms=0.5)
+    code = np.zeros((1, BITS // 8), dtype=np.uint8)
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/v1/items/codes",
+            files={"codes": ("c.npy", npy(code)), "ids": ("i.npy", npy(np.array([MAX_ID])))},
+        )
+        assert r.status_code == 201, r.text
+        for _ in range(2):
+            r = client.post("/v1/items/codes", files={"codes": ("c.npy", npy(code))})
+            assert r.status_code == 409 and "run out of ids" in r.json()["detail"], r.text
+        r = client.post(
+            "/v1/items/codes",
+            files={"codes": ("c.npy", npy(code)), "ids": ("i.npy", npy(np.array([5])))},
+        )
+        assert r.status_code == 201 and r.json()["ids"] == [5]
+        assert client.get(f"/v1/items/{MAX_ID}").status_code == 200
+        assert json.loads(client.get("/v1/info").text)["items"] == 2
