@@ -36,6 +36,7 @@ from hashkd.io import atomic_write_text, fsync_directory
 from indexes.errors import IndexFileError, UnsupportedOperation
 from service.postings import Postings
 from service.store import ItemStore, StoreError
+from service.terms import metadata_terms
 
 log = logging.getLogger("service.catalog")
 
@@ -115,6 +116,9 @@ class Catalog:
         except StoreError as exc:
             log.warning("%s", exc)
             return self._rebuild()
+        if len(touched) > max(100_000, len(index)):
+            log.info("%d ids changed since the snapshot: rebuilding from the store", len(touched))
+            return self._rebuild()
         if len(touched):
             self._replay(index, touched)
             self.recovery = "snapshot+replay"
@@ -148,12 +152,13 @@ class Catalog:
         return index, int(info["seq"])
 
     def _replay(self, index: indexes.BinaryIndex, touched: np.ndarray) -> None:
-        stale = touched[[int(i) in index for i in touched]] if len(touched) else touched
+        stale, _ = index.get_known(touched)
         if len(stale):
             index.remove(stale)
-        ids, codes = self.store.codes_of(touched.tolist())
-        if len(ids):
-            index.add(ids, codes)
+        for s in range(0, len(touched), 100_000):
+            ids, codes = self.store.codes_of(touched[s : s + 100_000].tolist())
+            if len(ids):
+                index.add(ids, codes)
 
     def _rebuild(self) -> indexes.BinaryIndex:
         index = indexes.create_index(self.spec, self.bits)
@@ -173,8 +178,11 @@ class Catalog:
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> list[int]:
         """Store items durably, then index them; returns their ids."""
+        terms = [list(metadata_terms(m)) for m in metadata] if metadata is not None else None
         with self._writer:
-            new_ids, _ = self.store.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
+            new_ids, _ = self.store.add(
+                codes, ids=ids, metadata=metadata, thumbnails=thumbnails, terms=terms
+            )
             try:
                 self.index.add(np.asarray(new_ids, dtype=np.int64), codes)
             except Exception:

@@ -97,9 +97,13 @@ class Postings:
 
     def add_items(self, ids: Sequence[int], metadata: Iterable[dict[str, Any]]) -> None:
         """Index new items' metadata (ids not yet in any list)."""
+        self.add_terms(ids, [metadata_terms(m) for m in metadata])
+
+    def add_terms(self, ids: Sequence[int], terms: Sequence[Iterable[tuple[str, str]]]) -> None:
+        """Index new items by their (key, term) pairs (``service.terms.metadata_terms``)."""
         grouped: dict[tuple[str, str], list[int]] = {}
-        for item_id, meta in zip(ids, metadata, strict=True):
-            for pair in metadata_terms(meta):
+        for item_id, pairs in zip(ids, terms, strict=True):
+            for pair in pairs:
                 grouped.setdefault(pair, []).append(int(item_id))
         for pair, found in grouped.items():
             arr = np.array(found, dtype=np.int64)

@@ -1,5 +1,11 @@
 """The durable item store: SQLite holds every item's id, code, metadata and thumbnail.
 
+Tables: ``items`` (id, code, metadata), ``thumbnails`` (id, JPEG) apart so that scans of the
+items never read image bytes, ``terms`` (the filter index, below), ``changes`` (below) and
+``meta`` (schema version, code length, the next free id and the item count, kept in every
+write's transaction so that counting is O(1)). A store of schema 1 (thumbnails inline in
+``items``, no count) is migrated in place when it is opened.
+
 SQLite is the source of truth; the search index is derived from it (see ``catalog.py``).
 
 Durability: the database runs in WAL mode with ``synchronous=FULL`` by default, so a commit
@@ -13,8 +19,9 @@ element) of an item's top-level metadata (``service/filters.py``), written in th
 transaction. A filter's candidate ids are one SQL query on that table's primary key (a union of terms
 per key, intersected over the keys).
 
-Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation
-and the id) in the same transaction as the change itself. An index snapshot records the
+Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation,
+the id and, for a run of consecutive ids added together, the run's last id) in the same
+transaction as the change itself: a bulk add of a million consecutive ids is one row. An index snapshot records the
 highest sequence number it contains; on start the changes after it are replayed. The
 sequence never goes back, even after old change rows are pruned (SQLite's AUTOINCREMENT
 keeps its high-water mark in ``sqlite_sequence``).
@@ -35,20 +42,21 @@ import numpy as np
 
 from service.terms import Filter, metadata_terms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
     code BLOB NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    thumbnail BLOB
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
-    id INTEGER NOT NULL
+    id INTEGER NOT NULL,
+    last INTEGER
 );
 CREATE TABLE IF NOT EXISTS terms (
     key TEXT NOT NULL,
@@ -162,10 +170,14 @@ class ItemStore:
                     ("bits", str(self.bits)),
                     ("next_id", "0"),
                     ("terms", TERMS_VERSION),
+                    ("count", "0"),
                 ],
             )
             self._writer.execute("COMMIT")
             return
+        if rows.get("schema_version") == "1":
+            self._migrate_from_1()
+            rows = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
         if int(rows.get("schema_version", "0")) != SCHEMA_VERSION:
             raise StoreError(
                 f"store {str(self.path)!r} has schema version {rows.get('schema_version')!r}: expected {SCHEMA_VERSION}"
@@ -177,6 +189,30 @@ class ItemStore:
             )
         if rows.get("terms") != TERMS_VERSION:
             self._fill_terms()
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: thumbnails move to their own table, the count goes into ``meta``,
+        change rows get their ``last`` column. One transaction: all or nothing."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO thumbnails (id, jpeg) "
+                "SELECT id, thumbnail FROM items WHERE thumbnail IS NOT NULL"
+            )
+            conn.execute("ALTER TABLE items DROP COLUMN thumbnail")
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(changes)")]
+            if "last" not in columns:
+                conn.execute("ALTER TABLE changes ADD COLUMN last INTEGER")
+            count = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("count", str(count)), ("schema_version", str(SCHEMA_VERSION))],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _fill_terms(self) -> None:
         """Index the metadata of a store written before the ``terms`` table existed."""
@@ -205,6 +241,29 @@ class ItemStore:
             [(k, t, i) for i, meta in rows for k, t in metadata_terms(meta)],
         )
 
+    @staticmethod
+    def _add_count(conn: sqlite3.Connection, delta: int) -> None:
+        conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key='count'", (int(delta),)
+        )
+
+    @staticmethod
+    def _log_adds(conn: sqlite3.Connection, ids: np.ndarray) -> None:
+        """One change row per run of consecutive ids (``last`` NULL for a lone id)."""
+        if not len(ids):
+            return
+        order = np.sort(ids)
+        breaks = np.flatnonzero(np.diff(order) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [len(order)])) - 1
+        conn.executemany(
+            "INSERT INTO changes (op, id, last) VALUES ('add', ?, ?)",
+            [
+                (int(order[a]), int(order[b]) if b > a else None)
+                for a, b in zip(starts, ends, strict=True)
+            ],
+        )
+
     # -- writes --------------------------------------------------------------------------------
     def add(
         self,
@@ -212,20 +271,26 @@ class ItemStore:
         ids: Sequence[int] | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         thumbnails: Sequence[bytes | None] | None = None,
+        terms: Sequence[Sequence[tuple[str, str]]] | None = None,
     ) -> tuple[list[int], int]:
         """Insert items in one durable transaction; return (their ids, the last change seq).
 
         Without ``ids`` the store assigns new ones (never reused, above every id seen).
         Raises :class:`DuplicateItemError` (nothing added) when an id is already stored.
+        ``terms`` (each item's ``metadata_terms``) may be passed when the caller computed them.
         """
         n = int(codes.shape[0])
         if codes.ndim != 2 or codes.shape[1] != self.code_size or codes.dtype != np.uint8:
             raise ValueError(
                 f"codes must be uint8 n x {self.code_size}, got {codes.dtype} {codes.shape}"
             )
-        metadata = list(metadata) if metadata is not None else [{}] * n
-        thumbnails = list(thumbnails) if thumbnails is not None else [None] * n
-        meta_text = [_dumps(m) for m in metadata]
+        if metadata is None:
+            meta_text: Sequence[str] = ["{}"] * n
+            terms = [()] * n
+        else:
+            meta_text = [_dumps(m) for m in metadata]
+            if terms is None:
+                terms = [list(metadata_terms(m)) for m in metadata]
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -239,24 +304,29 @@ class ItemStore:
                             f"the store has run out of ids: an item holds id {next_id - 1} and "
                             f"ids end at {MAX_ID}; add with explicit free ids instead"
                         )
-                    new_ids = list(range(next_id, next_id + n))
+                    new_ids = np.arange(next_id, next_id + n, dtype=np.int64)
                 else:
-                    new_ids = [int(i) for i in ids]
-                    dup = self._existing(conn, new_ids)
+                    new_ids = np.asarray([int(i) for i in ids], dtype=np.int64)
+                    dup = self._existing(conn, new_ids.tolist())
                     if dup:
                         raise DuplicateItemError(dup)
+                id_list = new_ids.tolist()
                 conn.executemany(
-                    "INSERT INTO items (id, code, metadata, thumbnail) VALUES (?, ?, ?, ?)",
-                    [
-                        (i, codes[j].tobytes(), meta_text[j], thumbnails[j])
-                        for j, i in enumerate(new_ids)
-                    ],
+                    "INSERT INTO items (id, code, metadata) VALUES (?, ?, ?)",
+                    zip(id_list, (c.tobytes() for c in codes), meta_text, strict=True),
                 )
-                self._write_terms(conn, list(zip(new_ids, metadata, strict=True)))
+                if thumbnails is not None:
+                    conn.executemany(
+                        "INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)",
+                        [(i, t) for i, t in zip(id_list, thumbnails, strict=True) if t is not None],
+                    )
                 conn.executemany(
-                    "INSERT INTO changes (op, id) VALUES ('add', ?)", [(i,) for i in new_ids]
+                    "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
+                    [(k, t, i) for i, pairs in zip(id_list, terms, strict=True) for k, t in pairs],
                 )
-                top = max(new_ids) + 1 if new_ids else next_id
+                self._log_adds(conn, new_ids)
+                self._add_count(conn, n)
+                top = int(new_ids.max()) + 1 if n else next_id
                 if top > next_id:
                     # may reach MAX_ID + 1 (an item holds MAX_ID): the next add without ids is then
                     # refused (StoreError, 409), never given a taken id
@@ -266,7 +336,7 @@ class ItemStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return new_ids, seq
+        return id_list, seq
 
     @staticmethod
     def _existing(conn: sqlite3.Connection, ids: list[int]) -> list[int]:
@@ -288,7 +358,9 @@ class ItemStore:
                 cur = conn.execute("DELETE FROM items WHERE id=?", (int(item_id),))
                 if cur.rowcount == 0:
                     raise UnknownItemError(item_id)
+                conn.execute("DELETE FROM thumbnails WHERE id=?", (int(item_id),))
                 conn.execute("DELETE FROM terms WHERE id=?", (int(item_id),))
+                self._add_count(conn, -1)
                 conn.execute("INSERT INTO changes (op, id) VALUES ('delete', ?)", (int(item_id),))
                 seq = self._seq(conn)
                 conn.execute("COMMIT")
@@ -325,9 +397,10 @@ class ItemStore:
                     raise UnknownItemError(item_id)
                 if created:
                     conn.execute(
-                        "INSERT INTO items (id, code, metadata, thumbnail) VALUES (?, ?, ?, ?)",
-                        (item_id, code.tobytes(), _dumps(metadata or {}), thumbnail),
+                        "INSERT INTO items (id, code, metadata) VALUES (?, ?, ?)",
+                        (item_id, code.tobytes(), _dumps(metadata or {})),
                     )
+                    self._add_count(conn, 1)
                     next_id = int(
                         conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0]
                     )
@@ -336,9 +409,11 @@ class ItemStore:
                             "UPDATE meta SET value=? WHERE key='next_id'", (str(item_id + 1),)
                         )
                 elif code is not None:
+                    conn.execute("UPDATE items SET code=? WHERE id=?", (code.tobytes(), item_id))
+                    conn.execute("DELETE FROM thumbnails WHERE id=?", (item_id,))
+                if code is not None and thumbnail is not None:
                     conn.execute(
-                        "UPDATE items SET code=?, thumbnail=? WHERE id=?",
-                        (code.tobytes(), thumbnail, item_id),
+                        "INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)", (item_id, thumbnail)
                     )
                 if metadata is not None and not created:
                     conn.execute(
@@ -376,7 +451,7 @@ class ItemStore:
         conn.execute("BEGIN")
         try:
             rows = conn.execute(
-                "SELECT DISTINCT id FROM changes WHERE seq > ?", (int(seq),)
+                "SELECT id, last FROM changes WHERE seq > ?", (int(seq),)
             ).fetchall()
             oldest = conn.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
             last = self._seq(conn)
@@ -386,7 +461,9 @@ class ItemStore:
             raise StoreError(
                 f"the change log no longer reaches back to seq {seq}: rebuild from the items"
             )
-        return np.array([r[0] for r in rows], dtype=np.int64), last
+        singles = np.array([r[0] for r in rows if r[1] is None], dtype=np.int64)
+        runs = [np.arange(r[0], r[1] + 1, dtype=np.int64) for r in rows if r[1] is not None]
+        return np.unique(np.concatenate([singles, *runs])), last
 
     def codes_of(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, codes) of the given ids that are stored (missing ids are skipped)."""
@@ -423,13 +500,16 @@ class ItemStore:
             conn.execute("COMMIT")
 
     def count(self) -> int:
-        return int(self._reader().execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        """How many items are stored: one row of ``meta`` (kept by every write), O(1)."""
+        row = self._reader().execute("SELECT value FROM meta WHERE key='count'").fetchone()
+        return int(row[0])
 
     def get(self, item_id: int) -> Item:
         row = (
             self._reader()
             .execute(
-                "SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id=?",
+                "SELECT id, code, metadata, EXISTS (SELECT 1 FROM thumbnails t WHERE t.id = items.id) "
+                "FROM items WHERE id=?",
                 (int(item_id),),
             )
             .fetchone()
@@ -456,7 +536,11 @@ class ItemStore:
         """The item's JPEG thumbnail, None when it has none; unknown ids raise."""
         row = (
             self._reader()
-            .execute("SELECT thumbnail FROM items WHERE id=?", (int(item_id),))
+            .execute(
+                "SELECT t.jpeg, i.id FROM items i LEFT JOIN thumbnails t ON t.id = i.id "
+                "WHERE i.id=?",
+                (int(item_id),),
+            )
             .fetchone()
         )
         if row is None:
@@ -468,8 +552,8 @@ class ItemStore:
         rows = (
             self._reader()
             .execute(
-                "SELECT id, code, metadata, thumbnail IS NOT NULL FROM items WHERE id > ? "
-                "ORDER BY id LIMIT ?",
+                "SELECT id, code, metadata, EXISTS (SELECT 1 FROM thumbnails t WHERE t.id = items.id) "
+                "FROM items WHERE id > ? ORDER BY id LIMIT ?",
                 (int(after), int(limit)),
             )
             .fetchall()

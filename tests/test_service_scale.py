@@ -216,3 +216,44 @@ def test_an_item_at_the_largest_id_makes_auto_ids_409_not_500(models, tmp_path):
         assert r.status_code == 201 and r.json()["ids"] == [5]
         assert client.get(f"/v1/items/{MAX_ID}").status_code == 200
         assert json.loads(client.get("/v1/info").text)["items"] == 2
+
+
+def test_a_schema_1_store_is_migrated_in_place(tmp_path):
+    """Schema 1 kept thumbnails inline in ``items`` and had no count: opening it moves them."""
+    import sqlite3
+
+    from service.store import ItemStore
+
+    conn = sqlite3.connect(tmp_path / "items.sqlite")
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE items (id INTEGER PRIMARY KEY, code BLOB NOT NULL,
+                            metadata TEXT NOT NULL DEFAULT '{}', thumbnail BLOB);
+        CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                              op TEXT NOT NULL CHECK (op IN ('add', 'delete')), id INTEGER NOT NULL);
+        CREATE TABLE terms (key TEXT NOT NULL, term TEXT NOT NULL, id INTEGER NOT NULL,
+                            PRIMARY KEY (key, term, id)) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('schema_version', '1'), ('bits', '32'), ('next_id', '3'),
+                                ('terms', '1');
+        INSERT INTO items VALUES (0, x'01020304', '{"a":1}', x'ffd8ff'),
+                                 (2, x'05060708', '{}', NULL);
+        INSERT INTO changes (op, id) VALUES ('add', 0), ('add', 2);
+        INSERT INTO terms VALUES ('a', '1', 0);
+        """
+    )
+    conn.commit()
+    conn.close()
+    store = ItemStore(tmp_path / "items.sqlite", 32)
+    assert store.count() == 2
+    assert store.get(0).has_thumbnail and store.thumbnail(0) == b"\xff\xd8\xff"
+    assert not store.get(2).has_thumbnail and store.thumbnail(2) is None
+    assert store.get(0).metadata == {"a": 1} and store.get(2).code == bytes([5, 6, 7, 8])
+    touched, _ = store.changed_since(0)
+    assert touched.tolist() == [0, 2]
+    ids, _ = store.add(np.zeros((3, 4), np.uint8))  # a run of ids is one change row
+    assert ids == [3, 4, 5] and store.count() == 5
+    assert store.changed_since(2)[0].tolist() == [3, 4, 5]
+    store.delete(0)
+    assert store.count() == 4 and store.changed_since(3)[0].tolist() == [0]
+    store.close()
