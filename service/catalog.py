@@ -191,9 +191,8 @@ class Catalog:
                 log.exception("index add failed after the store committed: rebuilding the index")
                 self.index = self._rebuild()
                 raise
-            self.postings.add_items(
-                new_ids, metadata if metadata is not None else [{}] * len(new_ids)
-            )
+            if terms is not None:
+                self.postings.add_terms(new_ids, terms)
             self._after_change_locked(len(new_ids))
         return new_ids
 

@@ -72,8 +72,11 @@ TERMS_VERSION = "1"
 MAX_ID = 2**63 - 1
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(metadata)  # one encoder: json.dumps builds one per call
 
 
 class StoreError(ValueError):

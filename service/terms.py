@@ -17,6 +17,8 @@ Filter = dict[str, list[str]]
 
 def term(value: Any) -> str | None:
     """The canonical text of a scalar for the term index; None for non-scalars."""
+    if type(value) is int:  # the common case first (labels)
+        return str(value)
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int):
@@ -31,9 +33,13 @@ def term(value: Any) -> str | None:
 def metadata_terms(metadata: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """The (key, term) pairs an item's metadata is found by (scalars and list elements)."""
     for key, value in metadata.items():
-        values = value if isinstance(value, list) else [value]
+        if type(value) is not list:
+            t = term(value)
+            if t is not None:
+                yield key, t
+            continue
         seen: set[str] = set()
-        for v in values:
+        for v in value:
             t = term(v)
             if t is not None and t not in seen:
                 seen.add(t)
