@@ -13,6 +13,11 @@ under concurrency, since a forward pass over B images costs far less than B pass
 
 The encoder runs in the worker thread, never on the event loop. If a batched call fails,
 each request is retried alone so that one bad request cannot fail its neighbours.
+
+What follows the encoding can be batched too: a request's ``then`` may be a
+:class:`BatchedThen`, and the requests of one batch whose ``then`` share a ``key`` (the
+service: k-NN searches with the same k and options) are finished by one ``run_many`` call --
+one multi-query index scan with the index's threads instead of one scan per request.
 """
 
 from __future__ import annotations
@@ -32,6 +37,20 @@ log = logging.getLogger("service.batching")
 EncodeFn = Callable[[Sequence[Any]], np.ndarray]
 
 _STOP = object()
+
+
+class BatchedThen:
+    """A ``then`` that can finish several requests at once (see the module docstring)."""
+
+    #: Requests whose ``then`` have equal keys are finished together.
+    key: Any = None
+
+    def __call__(self, codes: np.ndarray) -> Any:
+        return self.run_many([codes])[0]
+
+    def run_many(self, codes: list[np.ndarray]) -> list[Any]:
+        """One result per request, in order, for each request's codes."""
+        raise NotImplementedError
 
 
 class MicroBatcher:
@@ -144,9 +163,29 @@ class MicroBatcher:
             return
         self._count(len(images))
         start = 0
+        grouped: dict[Any, list[tuple[Future[Any], np.ndarray, BatchedThen]]] = {}
         for imgs, fut, then in live:
-            self._finish(fut, codes[start : start + len(imgs)], then)
+            own = codes[start : start + len(imgs)]
             start += len(imgs)
+            if isinstance(then, BatchedThen) and then.key is not None:
+                grouped.setdefault(then.key, []).append((fut, own, then))
+            else:
+                self._finish(fut, own, then)
+        for group in grouped.values():
+            self._finish_group(group)
+
+    def _finish_group(self, group: list[tuple[Future[Any], np.ndarray, BatchedThen]]) -> None:
+        if len(group) > 1:
+            try:
+                results = group[0][2].run_many([own for _, own, _ in group])
+            except Exception:  # noqa: BLE001 - finish each alone: errors reach their own caller
+                log.debug("a batched search failed: finishing its requests one by one")
+            else:
+                for (fut, _, _), result in zip(group, results, strict=True):
+                    fut.set_result(result)
+                return
+        for fut, own, then in group:
+            self._finish(fut, own, then)
 
     def _count(self, n: int) -> None:
         if self._on_batch is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ import indexes
 from hashkd.runtime import Encoder
 from hashkd.runtime.config import read_artifact_config
 from indexes import hamming_scan
-from service.batching import MicroBatcher
+from service.batching import BatchedThen, MicroBatcher
 from service.catalog import Catalog
 from service.cluster_catalog import ClusterCatalog
 from service.errors import ApiError
@@ -78,6 +79,29 @@ def _model_info(encoder: Encoder, path: Path) -> dict[str, Any]:
         "backend": str(encoder.backend),
         "precision": str(encoder.precision),
     }
+
+
+class _BatchedSearch(BatchedThen):
+    """The search that follows a request's encoding in the micro-batcher. k-NN searches with
+    the same k and options (the usual case: the page's default k) share one multi-query scan.
+    Radius searches are finished alone (their ``truncated`` flag is per request)."""
+
+    def __init__(
+        self, engine: Engine, k: int | None, radius: int | None, options: dict[str, Any]
+    ) -> None:
+        self.engine, self.k, self.radius, self.options = engine, k, radius, options
+        if radius is None:
+            self.key = (k, json.dumps(options, sort_keys=True, default=str))
+
+    def run_many(self, codes: list[np.ndarray]) -> list[Any]:
+        results, truncated = self.engine.search(
+            np.concatenate(codes), self.k, self.radius, **self.options
+        )
+        out, start = [], 0
+        for part in codes:
+            out.append((results[start : start + len(part)], truncated))
+            start += len(part)
+        return out
 
 
 class Engine:
@@ -187,9 +211,7 @@ class Engine:
             codes = await asyncio.wrap_future(self.batcher.submit(images))
             return await run_in_threadpool(self.search, codes, k, radius, **options)
         if self.batcher is not None:
-            fut = self.batcher.submit(
-                images, then=lambda codes: self.search(codes, k, radius, **options)
-            )
+            fut = self.batcher.submit(images, then=_BatchedSearch(self, k, radius, options))
             return await asyncio.wrap_future(fut)
 
         return await run_in_threadpool(self.search_images, images, k, radius, **options)

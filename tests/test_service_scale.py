@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -257,3 +258,49 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path):
     store.delete(0)
     assert store.count() == 4 and store.changed_since(3)[0].tolist() == [0]
     store.close()
+
+
+def _row_sum_then(calls: list[int], key: object, fail_batched: bool = False):
+    """A batched ``then`` whose result per request is each code's byte sum."""
+    from service.batching import BatchedThen
+
+    class RowSums(BatchedThen):
+        def run_many(self, codes):
+            calls.append(len(codes))
+            if fail_batched and len(codes) > 1:
+                raise RuntimeError("batched call failed")
+            return [c.astype(int).sum(axis=1).tolist() for c in codes]
+
+    then = RowSums()
+    then.key = key
+    return then
+
+
+@pytest.mark.parametrize("fail_batched", [False, True])
+def test_the_batcher_finishes_requests_of_one_key_with_one_call(fail_batched):
+    from service.batching import MicroBatcher
+
+    gate = threading.Event()
+
+    def encode(images):
+        gate.wait(timeout=30)  # the first batch holds the worker until every request is queued
+        return np.array([[v, v + 1] for v in images], dtype=np.uint8)
+
+    batcher = MicroBatcher(encode, max_batch=64, max_wait=0.0)
+    calls: list[int] = []
+    first = batcher.submit([0])
+    futures = [
+        batcher.submit([v, v + 10], then=_row_sum_then(calls, "k10", fail_batched))
+        for v in range(1, 6)
+    ]
+    other = batcher.submit([7], then=_row_sum_then(calls, "k20", fail_batched))
+    gate.set()
+    first.result(timeout=30)
+    for v, fut in zip(range(1, 6), futures, strict=True):
+        assert fut.result(timeout=30) == [2 * v + 1, 2 * (v + 10) + 1]
+    assert other.result(timeout=30) == [15]
+    batcher.close()
+    if fail_batched:  # one failed batched call, then each request alone
+        assert sorted(calls) == [1, 1, 1, 1, 1, 1, 5]
+    else:  # the five k10 requests in one call, the k20 one alone
+        assert sorted(calls) == [1, 5]
