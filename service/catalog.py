@@ -10,11 +10,13 @@ sequence number is in the index whenever the mutex is free -- so a snapshot take
 the mutex can record that number as its high-water mark.
 
 Snapshots: the index is written to ``index/index-<seq>.bin`` (the index's own atomic save:
-temporary file, fsync, rename), then ``index/snapshot.json`` -- naming that file, its seq,
-spec and bits -- is replaced atomically. A crash at any point leaves either the old or the
+temporary file, fsync, rename) and the filter posting lists to ``index/postings-<seq>.npz``
+(atomic too), then ``index/snapshot.json`` -- naming both files, their seq, spec and bits --
+is replaced atomically. A crash at any point leaves either the old or the
 new snapshot.json, each naming a complete file. On start, the snapshot is loaded and the
 changes after its seq are replayed from SQLite (for each touched id: remove it from the
-index if present, add its current code if it is still stored). If the snapshot is missing,
+index and the posting lists if present, add its current code and metadata if it is still
+stored). If the snapshot is missing,
 unreadable, of another spec or code length, or older than the change log, the index is
 rebuilt from all stored items.
 """
@@ -96,16 +98,18 @@ class Catalog:
         self.snapshot_seq = 0
         #: How the index was brought up at start: "snapshot", "snapshot+replay" or "rebuild".
         self.recovery = ""
+        #: Filter posting lists (service/postings.py), snapshotted with the index.
+        self.postings = Postings()
         self.index = self._open_index()
-        #: Filter posting lists, read from the store's term index (service/postings.py).
-        self.postings = Postings.from_store(self.store.reader())
         if self.recovery != "snapshot":
             self.snapshot()  # start the next run from a fresh snapshot
 
     # -- start-up --------------------------------------------------------------------------------
     def _open_index(self) -> indexes.BinaryIndex:
+        """The index (and the posting lists) from the snapshot plus the changes after it, or
+        rebuilt from the store."""
         try:
-            index, seq = self._load_snapshot()
+            index, postings, seq = self._load_snapshot()
         except (IndexFileError, StoreError, OSError, ValueError, KeyError) as exc:
             log.warning("index snapshot not usable (%s): rebuilding from the store", exc)
             return self._rebuild()
@@ -119,6 +123,7 @@ class Catalog:
         if len(touched) > max(100_000, len(index)):
             log.info("%d ids changed since the snapshot: rebuilding from the store", len(touched))
             return self._rebuild()
+        self.postings = postings
         if len(touched):
             self._replay(index, touched)
             self.recovery = "snapshot+replay"
@@ -134,10 +139,10 @@ class Catalog:
         self._since_snapshot = last - seq
         return index
 
-    def _load_snapshot(self) -> tuple[indexes.BinaryIndex | None, int]:
+    def _load_snapshot(self) -> tuple[indexes.BinaryIndex | None, Postings, int]:
         pointer = self.index_dir / SNAPSHOT_NAME
         if not pointer.is_file():
-            return None, 0
+            return None, Postings(), 0
         info = json.loads(pointer.read_text(encoding="utf-8"))
         if info.get("spec") != self.spec or int(info.get("bits", -1)) != self.bits:
             log.info(
@@ -145,25 +150,37 @@ class Catalog:
                 info.get("spec"),
                 info.get("bits"),
             )
-            return None, 0
+            return None, Postings(), 0
+        if "postings" not in info:  # a snapshot of an earlier release: rebuild both
+            return None, Postings(), 0
         index = indexes.load_index(self.index_dir / str(info["file"]))
         if index.bits != self.bits:
             raise IndexFileError(f"snapshot holds {index.bits}-bit codes, expected {self.bits}")
-        return index, int(info["seq"])
+        postings = Postings.load(self.index_dir / str(info["postings"]))
+        return index, postings, int(info["seq"])
 
     def _replay(self, index: indexes.BinaryIndex, touched: np.ndarray) -> None:
+        """Bring the index and the posting lists from the snapshot up to the store: every id
+        touched since is dropped from both, then re-added as the store has it now."""
         stale, _ = index.get_known(touched)
         if len(stale):
             index.remove(stale)
+        self.postings.forget(touched)
         for s in range(0, len(touched), 100_000):
-            ids, codes = self.store.codes_of(touched[s : s + 100_000].tolist())
+            chunk = touched[s : s + 100_000].tolist()
+            ids, codes = self.store.codes_of(chunk)
             if len(ids):
                 index.add(ids, codes)
+            meta = self.store.metadata_of(chunk)
+            self.postings.add_items(sorted(meta), [meta[i] for i in sorted(meta)])
 
     def _rebuild(self) -> indexes.BinaryIndex:
         index = indexes.create_index(self.spec, self.bits)
         for ids, codes, _seq in self.store.iter_all():
             index.add(ids, codes)
+        self.postings = Postings()
+        for ids, metadata in self.store.iter_metadata():
+            self.postings.add_items(ids, metadata)
         self.recovery = "rebuild"
         log.info("index rebuilt from the store: %d items", len(index))
         self.snapshot_seq = 0
@@ -180,9 +197,7 @@ class Catalog:
         """Store items durably, then index them; returns their ids."""
         terms = [list(metadata_terms(m)) for m in metadata] if metadata is not None else None
         with self._writer:
-            new_ids, _ = self.store.add(
-                codes, ids=ids, metadata=metadata, thumbnails=thumbnails, terms=terms
-            )
+            new_ids, _ = self.store.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
             try:
                 self.index.add(np.asarray(new_ids, dtype=np.int64), codes)
             except Exception:
@@ -262,13 +277,16 @@ class Catalog:
         index = self.index
         seq = self.store.last_seq()
         name = f"index-{seq}.bin"
+        postings = f"postings-{seq}.npz"
         index.save(self.index_dir / name)
+        self.postings.save(self.index_dir / postings)
         fsync_directory(self.index_dir)
         atomic_write_text(
             self.index_dir / SNAPSHOT_NAME,
             json.dumps(
                 {
                     "file": name,
+                    "postings": postings,
                     "seq": seq,
                     "spec": self.spec,
                     "bits": self.bits,
@@ -276,8 +294,8 @@ class Catalog:
                 }
             ),
         )
-        for old in self.index_dir.glob("index-*.bin*"):
-            if old.name != name:
+        for old in [*self.index_dir.glob("index-*.bin*"), *self.index_dir.glob("postings-*")]:
+            if old.name not in (name, postings):
                 old.unlink(missing_ok=True)
         self.store.prune_changes(seq)
         self.snapshot_seq = seq

@@ -23,6 +23,9 @@ from service.errors import ApiError
 #: The deepest nesting accepted in any JSON input (objects and lists count one level each).
 MAX_JSON_DEPTH = 32
 
+#: A ``\\uD800``-``\\uDFFF`` escape: the raw text is valid UTF-8, so lone surrogates can only
+#: come from escapes; texts without any are not walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
@@ -57,7 +60,8 @@ def loads_bounded(
         value = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, NaN
         raise ApiError(422, f"{what} is not valid JSON: {exc}") from None
-    check_unicode(value, what)
+    if _SURROGATE_ESCAPE.search(data):  # only an escape can make a lone surrogate
+        check_unicode(value, what)
     return value
 
 

@@ -1,7 +1,9 @@
 """In-memory posting lists for metadata filters: (key, term) -> ascending item ids.
 
-The SQLite ``terms`` table (``service/store.py``) stays the durable truth; at start-up the
-catalog reads it once into these arrays, and every write updates both (the store first).
+The items' metadata in SQLite (``service/store.py``) stays the durable truth; the lists are
+derived from it like the search index: saved with every index snapshot (``save``/``load``, one
+``.npz`` of plain arrays, never pickled), brought up to date at start-up by replaying the
+changes after the snapshot, and rebuilt from the metadata when no usable snapshot exists.
 A filter is then answered with array operations only -- the union of a key's terms and the
 intersection over keys are linear merges of sorted int64 arrays (``indexes.sorted_ids``) --
 so a filter matching a million items costs milliseconds, not a million Python objects.
@@ -17,12 +19,15 @@ removal (delete, metadata replaced) or an out-of-order id is O(list size) for th
 
 from __future__ import annotations
 
-import sqlite3
+import io
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hashkd.io import atomic_write_bytes
 from indexes import sorted_ids
 from service.terms import Filter, metadata_terms
 
@@ -82,18 +87,43 @@ class Postings:
     def __len__(self) -> int:
         return len(self._lists)
 
+    # -- persistence (with the index snapshot) ----------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write every list to one ``.npz`` (atomic: temporary file, fsync, rename)."""
+        pairs = sorted(self._lists)
+        lists = [self._lists[p].ids() for p in pairs]
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            names=np.frombuffer(json.dumps(pairs).encode("utf-8"), dtype=np.uint8),
+            counts=np.array([len(x) for x in lists], dtype=np.int64),
+            ids=np.concatenate(lists) if lists else np.empty(0, np.int64),
+        )
+        atomic_write_bytes(path, buf.getvalue())
+
     @classmethod
-    def from_store(cls, conn: sqlite3.Connection) -> Postings:
-        """Read the store's ``terms`` table (clustered by key, term, id: one ordered scan)."""
+    def load(cls, path: str | Path) -> Postings:
+        """Read a file written by ``save``; ``ValueError`` when it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                pairs = json.loads(data["names"].tobytes().decode("utf-8"))
+                counts, ids = data["counts"], data["ids"]
+        except (OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"posting lists {str(path)!r} cannot be read: {exc}") from None
+        if len(pairs) != len(counts) or int(counts.sum()) != len(ids) or ids.dtype != np.int64:
+            raise ValueError(f"posting lists {str(path)!r} are inconsistent")
         out = cls()
-        pairs = conn.execute("SELECT DISTINCT key, term FROM terms").fetchall()
-        for key, term in pairs:
-            cur = conn.execute(
-                "SELECT id FROM terms WHERE key=? AND term=? ORDER BY id", (key, term)
-            )
-            ids = np.fromiter((r[0] for r in cur), dtype=np.int64)
-            out._lists[(key, term)] = PostingList(ids)
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        for (key, term), lo, hi in zip(pairs, bounds[:-1], bounds[1:], strict=True):
+            out._lists[(str(key), str(term))] = PostingList(ids[lo:hi].copy())
         return out
+
+    def forget(self, ids: np.ndarray) -> None:
+        """Drop ``ids`` from every list (start-up replay: their current terms are re-added)."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids):
+            for found in self._lists.values():
+                found.discard(ids)
 
     def add_items(self, ids: Sequence[int], metadata: Iterable[dict[str, Any]]) -> None:
         """Index new items' metadata (ids not yet in any list)."""

@@ -1,10 +1,10 @@
 """The durable item store: SQLite holds every item's id, code, metadata and thumbnail.
 
 Tables: ``items`` (id, code, metadata), ``thumbnails`` (id, JPEG) apart so that scans of the
-items never read image bytes, ``terms`` (the filter index, below), ``changes`` (below) and
-``meta`` (schema version, code length, the next free id and the item count, kept in every
-write's transaction so that counting is O(1)). A store of schema 1 (thumbnails inline in
-``items``, no count) is migrated in place when it is opened.
+items never read image bytes, ``changes`` (below) and ``meta`` (schema version, code length,
+the next free id and the item count, kept in every write's transaction so that counting is
+O(1)). A store of schema 1 (thumbnails inline in ``items``, no count, an SQL term index) is
+migrated in place when it is opened.
 
 SQLite is the source of truth; the search index is derived from it (see ``catalog.py``).
 
@@ -14,10 +14,10 @@ server and also a power loss. (``NORMAL`` in WAL mode also survives a process cr
 WAL is in the OS page cache -- but may lose the last commits on power loss; it is offered
 as a setting for disks where fsync is slow.)
 
-Metadata filters use the ``terms`` table: one ``(key, term, id)`` row per scalar (or list
-element) of an item's top-level metadata (``service/filters.py``), written in the item's own
-transaction. A filter's candidate ids are one SQL query on that table's primary key (a union of terms
-per key, intersected over the keys).
+Metadata filters are answered from in-memory posting lists derived from the metadata and
+snapshotted with the index (``service/postings.py``, ``service/catalog.py``): the store keeps
+no term rows, so a bulk add writes two rows per item (``items`` and nothing else but one
+``changes`` row per run of ids).
 
 Every change appends a row to ``changes`` (an AUTOINCREMENT sequence number, the operation,
 the id and, for a run of consecutive ids added together, the run's last id) in the same
@@ -40,8 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from service.terms import Filter, metadata_terms
-
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -58,16 +56,7 @@ CREATE TABLE IF NOT EXISTS changes (
     id INTEGER NOT NULL,
     last INTEGER
 );
-CREATE TABLE IF NOT EXISTS terms (
-    key TEXT NOT NULL,
-    term TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    PRIMARY KEY (key, term, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS terms_by_id ON terms (id);
 """
-#: Marks a store whose ``terms`` table is filled (stores written before it get it on open).
-TERMS_VERSION = "1"
 
 MAX_ID = 2**63 - 1
 
@@ -172,7 +161,6 @@ class ItemStore:
                     ("schema_version", str(SCHEMA_VERSION)),
                     ("bits", str(self.bits)),
                     ("next_id", "0"),
-                    ("terms", TERMS_VERSION),
                     ("count", "0"),
                 ],
             )
@@ -190,12 +178,11 @@ class ItemStore:
                 f"store {str(self.path)!r} holds {rows['bits']}-bit codes but the models make {self.bits}-bit codes: "
                 "use another --store or models of the same code length"
             )
-        if rows.get("terms") != TERMS_VERSION:
-            self._fill_terms()
 
     def _migrate_from_1(self) -> None:
         """Schema 1 -> 2: thumbnails move to their own table, the count goes into ``meta``,
-        change rows get their ``last`` column. One transaction: all or nothing."""
+        change rows get their ``last`` column, the SQL term index goes (filters are answered
+        from posting lists kept with the index snapshot). One transaction: all or nothing."""
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -204,6 +191,8 @@ class ItemStore:
                 "SELECT id, thumbnail FROM items WHERE thumbnail IS NOT NULL"
             )
             conn.execute("ALTER TABLE items DROP COLUMN thumbnail")
+            conn.execute("DROP TABLE IF EXISTS terms")  # filters use in-memory posting lists now
+            conn.execute("DELETE FROM meta WHERE key='terms'")
             columns = [r[1] for r in conn.execute("PRAGMA table_info(changes)")]
             if "last" not in columns:
                 conn.execute("ALTER TABLE changes ADD COLUMN last INTEGER")
@@ -216,33 +205,6 @@ class ItemStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def _fill_terms(self) -> None:
-        """Index the metadata of a store written before the ``terms`` table existed."""
-        conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM terms")
-            cur = conn.execute("SELECT id, metadata FROM items")
-            while rows := cur.fetchmany(10_000):
-                conn.executemany(
-                    "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
-                    [(k, t, i) for i, text in rows for k, t in metadata_terms(json.loads(text))],
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('terms', ?)", (TERMS_VERSION,)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _write_terms(conn: sqlite3.Connection, rows: list[tuple[int, dict[str, Any]]]) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
-            [(k, t, i) for i, meta in rows for k, t in metadata_terms(meta)],
-        )
 
     @staticmethod
     def _add_count(conn: sqlite3.Connection, delta: int) -> None:
@@ -274,26 +236,18 @@ class ItemStore:
         ids: Sequence[int] | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
         thumbnails: Sequence[bytes | None] | None = None,
-        terms: Sequence[Sequence[tuple[str, str]]] | None = None,
     ) -> tuple[list[int], int]:
         """Insert items in one durable transaction; return (their ids, the last change seq).
 
         Without ``ids`` the store assigns new ones (never reused, above every id seen).
         Raises :class:`DuplicateItemError` (nothing added) when an id is already stored.
-        ``terms`` (each item's ``metadata_terms``) may be passed when the caller computed them.
         """
         n = int(codes.shape[0])
         if codes.ndim != 2 or codes.shape[1] != self.code_size or codes.dtype != np.uint8:
             raise ValueError(
                 f"codes must be uint8 n x {self.code_size}, got {codes.dtype} {codes.shape}"
             )
-        if metadata is None:
-            meta_text: Sequence[str] = ["{}"] * n
-            terms = [()] * n
-        else:
-            meta_text = [_dumps(m) for m in metadata]
-            if terms is None:
-                terms = [list(metadata_terms(m)) for m in metadata]
+        meta_text = ["{}"] * n if metadata is None else [_dumps(m) for m in metadata]
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -323,10 +277,6 @@ class ItemStore:
                         "INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)",
                         [(i, t) for i, t in zip(id_list, thumbnails, strict=True) if t is not None],
                     )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO terms (key, term, id) VALUES (?, ?, ?)",
-                    [(k, t, i) for i, pairs in zip(id_list, terms, strict=True) for k, t in pairs],
-                )
                 self._log_adds(conn, new_ids)
                 self._add_count(conn, n)
                 top = int(new_ids.max()) + 1 if n else next_id
@@ -362,7 +312,6 @@ class ItemStore:
                 if cur.rowcount == 0:
                     raise UnknownItemError(item_id)
                 conn.execute("DELETE FROM thumbnails WHERE id=?", (int(item_id),))
-                conn.execute("DELETE FROM terms WHERE id=?", (int(item_id),))
                 self._add_count(conn, -1)
                 conn.execute("INSERT INTO changes (op, id) VALUES ('delete', ?)", (int(item_id),))
                 seq = self._seq(conn)
@@ -422,9 +371,6 @@ class ItemStore:
                     conn.execute(
                         "UPDATE items SET metadata=? WHERE id=?", (_dumps(metadata), item_id)
                     )
-                    conn.execute("DELETE FROM terms WHERE id=?", (item_id,))
-                if metadata is not None:
-                    self._write_terms(conn, [(item_id, metadata)])
                 conn.execute("INSERT INTO changes (op, id) VALUES ('add', ?)", (item_id,))
                 seq = self._seq(conn)
                 conn.execute("COMMIT")
@@ -566,15 +512,15 @@ class ItemStore:
             for r in rows
         ]
 
-    def filtered_ids(self, flt: Filter) -> np.ndarray:
-        """Ids (int64, ascending) of every item matching the filter: one SQL query over the
-        ``terms`` primary key (per key the ids having any of its terms, intersected over the
-        keys); it reads the index only, never the items' rows."""
-        parts, args = [], []
-        for key, terms in flt.items():
-            marks = ",".join("?" * len(terms))
-            parts.append(f"SELECT id FROM terms WHERE key=? AND term IN ({marks})")
-            args += [key, *terms]
-        sql = " INTERSECT ".join(parts)
-        rows = self._reader().execute(sql, args).fetchall()
-        return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+    def iter_metadata(
+        self, batch: int = 50_000
+    ) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+        """Every stored (ids, metadata) in batches, ascending ids, in one consistent snapshot."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            cur = conn.execute("SELECT id, metadata FROM items ORDER BY id")
+            while rows := cur.fetchmany(batch):
+                yield [r[0] for r in rows], [json.loads(r[1]) for r in rows]
+        finally:
+            conn.execute("COMMIT")

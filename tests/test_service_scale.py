@@ -68,12 +68,36 @@ def test_postings_follow_adds_deletes_upserts_and_restarts(tmp_path):
         flt = check_filter(raw)
         want = sorted(i for i, m in model.items() if matches(m, flt))
         assert cat.postings.match(flt).tolist() == want
-    cat.close()
-    again = Catalog(tmp_path, BITS)  # rebuilt from the store's term index
-    for raw in filters:
-        flt = check_filter(raw)
-        want = sorted(i for i, m in model.items() if matches(m, flt))
-        assert again.postings.match(flt).tolist() == want
+    def check(catalog: Catalog) -> None:
+        for raw in filters:
+            flt = check_filter(raw)
+            want = sorted(i for i, m in model.items() if matches(m, flt))
+            assert catalog.postings.match(flt).tolist() == want
+
+    check(cat)
+    cat.snapshot()
+    # changes after the snapshot, then a crash (the OS drops a dead process's folder lock)
+    cat.delete(sorted(model)[-1])
+    del model[sorted(model)[-1]]
+    first = sorted(model)[0]
+    cat.upsert(first, None, {"label": 2, "tags": [5]})
+    model[first] = {"label": 2, "tags": [5]}
+    new = cat.add(codes[305:310], metadata=meta[305:310])
+    model.update(dict(zip(new, meta[305:310], strict=True)))
+    cat._folder_lock.release()
+    again = Catalog(tmp_path, BITS)
+    assert again.recovery == "snapshot+replay"
+    check(again)
+    again.close()
+    again = Catalog(tmp_path, BITS)
+    assert again.recovery == "snapshot"
+    check(again)
+    again.close()
+    pointer = json.loads((tmp_path / "index" / "snapshot.json").read_text())
+    (tmp_path / "index" / pointer["postings"]).write_bytes(b"not an npz")
+    again = Catalog(tmp_path, BITS)  # rebuilt from the items' metadata
+    assert again.recovery == "rebuild"
+    check(again)
     again.close()
 
 

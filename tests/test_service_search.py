@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from hashkd.runtime import Encoder
 from service import Settings, create_app
 from service.schemas import MAX_RANK
-from service.store import ItemStore
 from tests.test_service_support import build_artifacts, hamming, image_bytes
 
 N_ITEMS = 30
@@ -267,19 +266,6 @@ def test_list_pages_through_every_item(served):
         "next_after": None,
     }
     assert served.get("/v1/items", params={"limit": 0}).status_code == 422
-
-
-def test_an_old_store_gets_its_term_index_on_open(tmp_path, rng):
-    store = ItemStore(tmp_path / "items.sqlite", 32)
-    codes = rng.integers(0, 256, size=(3, 4), dtype=np.uint8)
-    store.add(codes, ids=[1, 2, 3], metadata=[{"a": 1}, {"a": 2}, {"a": [1, 2]}])
-    store._writer.execute("DELETE FROM terms")  # a store written before the terms table
-    store._writer.execute("DELETE FROM meta WHERE key='terms'")
-    store.close()
-    reopened = ItemStore(tmp_path / "items.sqlite", 32)
-    assert reopened.filtered_ids({"a": ["1"]}).tolist() == [1, 3]
-    assert reopened.filtered_ids({"a": ["1", "2"]}).tolist() == [1, 2, 3]
-    reopened.close()
 
 
 # -- bad and hostile input ------------------------------------------------------------------------------
