@@ -68,6 +68,7 @@ def test_postings_follow_adds_deletes_upserts_and_restarts(tmp_path):
         flt = check_filter(raw)
         want = sorted(i for i, m in model.items() if matches(m, flt))
         assert cat.postings.match(flt).tolist() == want
+
     def check(catalog: Catalog) -> None:
         for raw in filters:
             flt = check_filter(raw)
