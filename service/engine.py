@@ -33,8 +33,9 @@ from service.jsonlimits import MAX_JSON_DEPTH
 from service.metrics import Metrics
 from service.schemas import DEFAULT_K, MAX_K, MAX_LIST_LIMIT, MAX_QUERY_CODES, MAX_RANK
 from service.settings import Settings
-from service.store import Item, ItemStore
+from service.store import DuplicateItemError, Item, ItemStore
 from service.terms import Filter
+from service.uploads import labels_metadata
 
 log = logging.getLogger("service.engine")
 
@@ -406,6 +407,34 @@ class Engine:
         metadata: Sequence[dict[str, Any]] | None,
     ) -> list[int]:
         return self.catalog.add(codes, ids=ids, metadata=metadata)
+
+    #: Codes added per transaction by :meth:`import_codes`.
+    IMPORT_CHUNK = 100_000
+
+    def import_codes(
+        self,
+        codes: np.ndarray,
+        ids: np.ndarray | None,
+        metadata: Sequence[dict[str, Any]] | None,
+        labels: np.ndarray | None = None,
+    ) -> list[int]:
+        """Bulk-add codes in chunks of ``IMPORT_CHUNK``; ``labels`` (n class indices or n x C
+        multi-hot) become metadata ``{"labels": [...]}`` chunk by chunk. Explicit ids already
+        stored raise ``DuplicateItemError`` before anything is added."""
+        if ids is not None and not isinstance(self.catalog, ClusterCatalog):
+            taken, _ = self.catalog.index.get_known(ids)
+            if len(taken):
+                raise DuplicateItemError(sorted(int(i) for i in taken))
+        out: list[int] = []
+        for s in range(0, codes.shape[0], self.IMPORT_CHUNK):
+            end = s + self.IMPORT_CHUNK
+            meta = list(metadata[s:end]) if metadata is not None else None
+            if labels is not None:
+                lab = labels_metadata(labels[s:end], len(labels[s:end]))
+                meta = [{**m, **lb} for m, lb in zip(meta, lab, strict=True)] if meta else lab
+            chunk_ids = ids[s:end].tolist() if ids is not None else None
+            out += self.catalog.add(codes[s:end], ids=chunk_ids, metadata=meta)
+        return out
 
     def upsert_item(
         self, item_id: int, image: Image.Image | None, metadata: dict[str, Any] | None

@@ -145,7 +145,7 @@ def load_npy(data: bytes, what: str) -> np.ndarray:
 
 def check_code_upload(
     codes: np.ndarray, ids: np.ndarray | None, bits: int
-) -> tuple[np.ndarray, list[int] | None]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Validate uploaded codes (uint8 n x bits/8) and ids (integers >= 0, distinct, one per code)."""
     if codes.dtype != np.uint8 or codes.ndim != 2:
         raise ApiError(
@@ -171,7 +171,20 @@ def check_code_upload(
         raise ApiError(422, f"ids must be between 0 and {MAX_ID}")
     if len(np.unique(ids)) != len(ids):
         raise ApiError(422, "ids are repeated within the upload: expected distinct ids")
-    return np.ascontiguousarray(codes), [int(i) for i in ids]
+    return np.ascontiguousarray(codes), ids.astype(np.int64)
+
+
+def check_labels(labels: np.ndarray, count: int) -> np.ndarray:
+    """Validate an uploaded labels.npy (n class indices, or n x C multi-hot) for ``count`` codes."""
+    if not ((labels.ndim == 1 and labels.dtype.kind in "iu") or labels.ndim == 2):
+        raise ApiError(
+            422, f"labels must be n x C multi-hot (or n class indices), got shape {labels.shape}"
+        )
+    if labels.shape[0] != count:
+        raise ApiError(
+            422, f"labels has {labels.shape[0]} rows for {count} codes: expected one per code"
+        )
+    return labels
 
 
 def labels_metadata(labels: np.ndarray, count: int) -> list[dict[str, Any]]:

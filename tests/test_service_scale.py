@@ -329,3 +329,37 @@ def test_the_batcher_finishes_requests_of_one_key_with_one_call(fail_batched):
         assert sorted(calls) == [1, 1, 1, 1, 1, 1, 5]
     else:  # the five k10 requests in one call, the k20 one alone
         assert sorted(calls) == [1, 5]
+
+
+def test_a_large_upload_is_added_in_chunks_and_a_taken_id_adds_nothing(
+    models, tmp_path, monkeypatch
+):
+    from service.engine import Engine
+
+    monkeypatch.setattr(Engine, "IMPORT_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (30, BITS // 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, 30)
+    ids = np.arange(100, 130)
+    settings = Settings(model=models["vit32"], store=tmp_path / "s", max_wait_ms=0.5)
+    with TestClient(create_app(settings)) as client:
+        files = {
+            "codes": ("c.npy", npy(codes)),
+            "ids": ("i.npy", npy(ids)),
+            "labels": ("l.npy", npy(labels)),
+        }
+        r = client.post("/v1/items/codes", files=files)
+        assert r.status_code == 201 and r.json()["ids"] == ids.tolist()
+        for i in (100, 113, 129):
+            item = client.get(f"/v1/items/{i}").json()
+            assert item["metadata"] == {"labels": [int(labels[i - 100])]}
+            assert bytes.fromhex(item["code"]) == codes[i - 100].tobytes()
+        # a later chunk holds a taken id: refused before the first chunk is added
+        clash = np.concatenate([np.arange(200, 220), [129]])
+        r = client.post(
+            "/v1/items/codes",
+            files={"codes": ("c.npy", npy(codes[:21])), "ids": ("i.npy", npy(clash))},
+        )
+        assert r.status_code == 409 and "129" in r.json()["detail"]
+        assert client.get("/v1/info").json()["items"] == 30
+        assert client.get("/v1/items/200").status_code == 404

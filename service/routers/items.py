@@ -23,7 +23,7 @@ from service.schemas import (
 from service.uploads import (
     MAX_ID,
     check_code_upload,
-    labels_metadata,
+    check_labels,
     load_npy,
     parse_ids,
     parse_metadata,
@@ -93,7 +93,11 @@ async def add_codes(
         UploadFile | None, File(description="A JSON file: a list with one object per code.")
     ] = None,
 ) -> AddResponse:
-    """Bulk-add codes computed offline; items added this way have no thumbnail."""
+    """Bulk-add codes computed offline; items added this way have no thumbnail.
+
+    An upload of more than 100,000 codes is added in chunks of 100,000 (each durable when
+    added; no Python object per item beyond one chunk): explicit ids are checked against the
+    store before the first chunk, so a duplicate id adds nothing."""
     cap = settings.max_codes_bytes
     code_arr = load_npy(await read_capped(codes, cap, "codes"), "codes")
     id_arr = load_npy(await read_capped(ids, cap, "ids"), "ids") if ids is not None else None
@@ -106,10 +110,10 @@ async def add_codes(
             n,
             settings.max_metadata_bytes,
         )
+    label_arr = None
     if labels is not None:
-        lab = labels_metadata(load_npy(await read_capped(labels, cap, "labels"), "labels"), n)
-        meta = [{**m, **lb} for m, lb in zip(meta, lab, strict=True)] if meta is not None else lab
-    new_ids = await run_in_threadpool(engine.add_codes, code_arr, item_ids, meta)
+        label_arr = check_labels(load_npy(await read_capped(labels, cap, "labels"), "labels"), n)
+    new_ids = await run_in_threadpool(engine.import_codes, code_arr, item_ids, meta, label_arr)
     return AddResponse(ids=new_ids)
 
 
