@@ -97,29 +97,30 @@ class ChunkedCodes:
         return len(self.delta_ids) > slack or self.dead > slack
 
     # -- lookups -------------------------------------------------------------------------------
-    def _main_positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For ``ids`` (ascending): the chunk each would be in (non-decreasing, -1 before the
-        first chunk) and its offset there (-1 where absent or dead)."""
-        offset = np.full(len(ids), -1, dtype=np.int64)
+    def _locate(self, ids: np.ndarray) -> list[tuple[int, int, int, np.ndarray]]:
+        """For ``ids`` (ascending): ``(chunk, lo, hi, offsets)`` for each chunk that may hold
+        ``ids[lo:hi]``, with each id's offset there (-1 where absent or dead). A chunk whose
+        ids are dense (no gap: the service's own ids, a bulk load) needs no search at all."""
         if not self.chunks or not len(ids):
-            return np.full(len(ids), -1, dtype=np.int64), offset
-        chunk_of = np.searchsorted(self.firsts, ids, side="right") - 1
-        for ci, lo, hi in self._runs(chunk_of):
-            chunk = self.chunks[ci]
-            pos = sorted_ids.positions(chunk.ids[: chunk.fill], ids[lo:hi])
-            found = pos >= 0
-            found[found] = chunk.alive[pos[found]] == 1
-            offset[lo:hi] = np.where(found, pos, -1)
-        return chunk_of, offset
-
-    def _runs(self, chunk_of: np.ndarray) -> list[tuple[int, int, int]]:
-        """(chunk, lo, hi) for each chunk that a non-decreasing ``chunk_of`` names."""
-        bounds = np.searchsorted(chunk_of, np.arange(len(self.chunks) + 1), side="left")
-        return [
-            (ci, int(bounds[ci]), int(bounds[ci + 1]))
-            for ci in range(len(self.chunks))
-            if bounds[ci] < bounds[ci + 1]
-        ]
+            return []
+        bounds = np.append(np.searchsorted(ids, self.firsts, side="left"), len(ids))
+        out = []
+        for ci, chunk in enumerate(self.chunks):
+            lo, hi = int(bounds[ci]), int(bounds[ci + 1])
+            if lo == hi or not chunk.fill:
+                continue
+            first, fill = int(chunk.ids[0]), chunk.fill
+            if int(chunk.ids[fill - 1]) - first == fill - 1:  # dense: offset = id - first
+                pos = ids[lo:hi] - first
+                pos[pos >= fill] = -1  # ids >= first: the chunk was chosen so
+            else:
+                pos = sorted_ids.positions(chunk.ids[:fill], ids[lo:hi])
+            if self.dead:  # tombstones somewhere: a dead code is absent
+                found = pos >= 0
+                found[found] = chunk.alive[pos[found]] == 1
+                pos = np.where(found, pos, -1)
+            out.append((ci, lo, hi, pos))
+        return out
 
     def _delta_positions(self, ids: np.ndarray) -> np.ndarray:
         return sorted_ids.positions(self.delta_ids, ids)
@@ -129,7 +130,9 @@ class ChunkedCodes:
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")
         sorted_ = ids[order]
-        found = (self._main_positions(sorted_)[1] >= 0) | (self._delta_positions(sorted_) >= 0)
+        found = self._delta_positions(sorted_) >= 0
+        for _, lo, hi, pos in self._locate(sorted_):
+            found[lo:hi] |= pos >= 0
         out = np.empty(len(ids), dtype=bool)
         out[order] = found
         return out
@@ -140,15 +143,17 @@ class ChunkedCodes:
         if not len(ids):
             return ids, np.empty((0, self.code_size), dtype=np.uint8)
         ascending = bool(np.all(ids[1:] > ids[:-1]))
+        if ascending and not len(self.delta_ids):  # the common case: one gather per chunk
+            return self._get_main(ids)
         order = np.arange(len(ids)) if ascending else np.argsort(ids, kind="stable")
         sorted_ = ids[order]
-        chunk_of, offset = self._main_positions(sorted_)
         dpos = self._delta_positions(sorted_)
         codes = np.empty((len(ids), self.code_size), dtype=np.uint8)
-        found = offset >= 0
-        for ci, lo, hi in self._runs(chunk_of):
-            sel = found[lo:hi]
-            codes[lo:hi][sel] = np.take(self.chunks[ci].codes, offset[lo:hi][sel], axis=0)
+        found = np.zeros(len(ids), dtype=bool)
+        for ci, lo, hi, pos in self._locate(sorted_):
+            sel = pos >= 0
+            found[lo:hi] = sel
+            codes[lo:hi][sel] = np.take(self.chunks[ci].codes, pos[sel], axis=0)
         in_delta = dpos >= 0
         if in_delta.any():
             codes[in_delta] = self.delta_codes[dpos[in_delta]]
@@ -159,6 +164,20 @@ class ChunkedCodes:
             found, codes = found[inverse], codes[inverse]
             return ids[found], codes[found]
         return sorted_[found], codes[found]
+
+    def _get_main(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``get`` for ascending ids when the delta is empty: chunk by chunk, in order."""
+        found_ids, found_codes = [], []
+        for ci, lo, hi, off in self._locate(ids):
+            part = ids[lo:hi]
+            keep = off >= 0
+            if not keep.all():
+                off, part = off[keep], part[keep]
+            found_codes.append(np.take(self.chunks[ci].codes, off, axis=0))
+            found_ids.append(part)
+        if not found_ids:
+            return sorted_ids.EMPTY, np.empty((0, self.code_size), dtype=np.uint8)
+        return np.concatenate(found_ids), np.concatenate(found_codes)
 
     def all_ids(self) -> np.ndarray:
         """Every live id, ascending (a new array)."""
@@ -176,6 +195,23 @@ class ChunkedCodes:
         ]
         if len(self.delta_ids):
             out.append(Segment(self.delta_codes, self.delta_ids, None))
+        return out
+
+    def masked_segments(self, ids: np.ndarray) -> list[Segment]:
+        """The segments with only ``ids`` (ascending) live: for a scan restricted to a large
+        subset, cheaper than gathering its codes (one flag byte per stored code)."""
+        out = []
+        for ci, _, _, off in self._locate(ids):
+            chunk = self.chunks[ci]
+            mask = np.zeros(chunk.fill, dtype=np.uint8)
+            mask[off[off >= 0]] = 1
+            out.append(Segment(chunk.codes[: chunk.fill], chunk.ids[: chunk.fill], mask))
+        if len(self.delta_ids):
+            pos = self._delta_positions(ids)
+            mask = np.zeros(len(self.delta_ids), dtype=np.uint8)
+            mask[pos[pos >= 0]] = 1
+            if mask.any():
+                out.append(Segment(self.delta_codes, self.delta_ids, mask))
         return out
 
     # -- writes (the caller holds its exclusive lock) ---------------------------------------------
@@ -217,10 +253,8 @@ class ChunkedCodes:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             ids = np.sort(ids)
-        chunk_of, offset = self._main_positions(ids)
         removed = 0
-        for ci, lo, hi in self._runs(chunk_of):
-            off = offset[lo:hi]
+        for ci, _, _, off in self._locate(ids):
             off = off[off >= 0]
             self.chunks[ci].alive[off] = 0
             removed += len(off)

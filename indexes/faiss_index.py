@@ -37,9 +37,9 @@ import faiss
 import numpy as np
 
 from indexes import chunked_codes, hamming_scan, sorted_ids
-from indexes.base import BinaryIndex, sort_rows
+from indexes.base import BinaryIndex, check_k, sort_rows
 from indexes.chunked_codes import ChunkedCodes, Segment
-from indexes.idset import check_ids, sorted_unique
+from indexes.idset import check_codes, check_ids, sorted_unique
 from indexes.registry import register_backend
 from indexes.spec import IndexSpec
 from indexes.storage import npy_bytes, npy_load, read_index_file, write_index_file
@@ -349,6 +349,33 @@ class FlatIndex(FaissIndex):
         ids = check_ids(ids)
         with self._lock.read():
             return self._store.get(ids)
+
+    #: A subset larger than this fraction of the codes is scanned in place with a mask;
+    #: a smaller one is gathered first.
+    SUBSET_MASK_FRACTION = 1 / 16
+
+    def search_subset(self, codes: Any, ids: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest among the stored codes whose ids are in ``ids`` (ascending, distinct;
+        absent ones ignored), as ``search`` orders them: (distance, id), -1 padding.
+
+        A small subset's codes are gathered and scanned; a large one (e.g. a filter matching a
+        tenth of the collection) is scanned in place with a flag per code, so the cost is
+        O(min(m, n)) either way and never a Python object per id.
+        """
+        codes = check_codes(codes, self.code_size)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        k = check_k(k)
+        threads = faiss.omp_get_max_threads()
+        with self._lock.read():
+            if not hamming_scan.AVAILABLE:  # pragma: no cover - numba is a core dependency
+                found, db = self._store.get(ids)
+                segments = [Segment(db, found, None)]
+            elif len(ids) > self.SUBSET_MASK_FRACTION * max(len(self._store), 1):
+                segments = self._store.masked_segments(ids)
+            else:
+                found, db = self._store.get(ids)
+                segments = [Segment(db, found, None)] if len(found) else []
+            return scan_segments(segments, codes, k, threads)
 
     # -- persistence ----------------------------------------------------------------------------
     def _sections(self) -> dict[str, bytes]:

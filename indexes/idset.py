@@ -27,7 +27,7 @@ def check_ids(ids: Any, count: int | None = None) -> np.ndarray:
         raise ValueError(
             f"id {int(arr.min())} is negative: ids must be >= 0 (-1 marks missing results)"
         )
-    if arr.size > 1:
+    if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):  # ascending: distinct already
         s = np.sort(arr)
         same = s[1:] == s[:-1]
         if same.any():

@@ -348,19 +348,26 @@ class Engine:
         """Exact search among the items matching ``flt``.
 
         The catalog's in-memory posting lists give the m matching ids (ascending, array
-        operations only: ``service/postings.py``), the index their codes (``get_known``: ids
-        not yet or no longer indexed are skipped, as in an unfiltered search), and one
-        multi-query scan (``indexes.hamming_scan.knn_scan``) ranks them: the gathered codes
-        ascend by id, so its (distance, position) order is the (distance, id) order. Cost: O(m)
-        vectorised per request plus O(m) distances per query, independent of the index size.
+        operations only: ``service/postings.py``); the flat index ranks exactly those of its
+        codes (``FlatIndex.search_subset``: a small subset gathered, a large one scanned in
+        place with a flag per code; ids not yet or no longer indexed are skipped, as in an
+        unfiltered search) in one multi-query scan. Other indexes gather the codes
+        (``get_known``) and scan them (``indexes.hamming_scan.knn_scan``); the gathered codes
+        ascend by id, so its (distance, position) order is the (distance, id) order. Cost:
+        O(min(m, n)) vectorised per request, never a Python object per matching item.
         """
-        ids, db = self.catalog.index.get_known(self.catalog.postings.match(flt))
+        matching = self.catalog.postings.match(flt)
         if exclude is not None:
-            keep = ids != exclude
-            ids, db = ids[keep], db[keep]
+            matching = matching[matching != exclude]
         depth = self.settings.max_range_results + 1 if radius is not None else offset + k
-        dist, pos = hamming_scan.knn_scan(db, codes, max(1, min(depth, len(ids)) or 1))
-        found = np.where(pos >= 0, ids[np.maximum(pos, 0)] if len(ids) else -1, -1)
+        depth = max(1, min(depth, len(matching)))
+        index = self.catalog.index
+        if hasattr(index, "search_subset"):  # the flat index: gather or mask, exact
+            dist, found = index.search_subset(codes, matching, depth)
+        else:
+            ids, db = index.get_known(matching)
+            dist, pos = hamming_scan.knn_scan(db, codes, depth)
+            found = np.where(pos >= 0, ids[np.maximum(pos, 0)] if len(ids) else -1, -1)
         per_query: list[tuple[np.ndarray, np.ndarray]] = []
         truncated = False
         for d, i in zip(dist, found, strict=True):

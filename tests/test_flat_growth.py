@@ -182,3 +182,26 @@ def test_sorted_id_set_operations_match_numpy(seed):
         assert (p == -1 and x not in a) or a[p] == x
     assert sorted_ids.positions(a, np.empty(0, np.int64)).shape == (0,)
     assert sorted_ids.positions(np.empty(0, np.int64), b).tolist() == [-1] * len(b)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.5])  # gathered, and scanned in place with a mask
+def test_search_subset_matches_brute_force(tiny_chunks, fraction):
+    rng = np.random.default_rng(11)
+    index = create_index("flat", BITS)
+    codes = rng.integers(0, 256, (200, BITS // 8), dtype=np.uint8)
+    codes[10:40] = codes[10]  # ties
+    index.add(np.arange(0, 400, 2), codes)
+    index.add([3, 7, 11], codes[:3])  # delta
+    index.remove([4, 10, 22])  # tombstones
+    model = {int(i): c for i, c in zip(np.arange(0, 400, 2), codes, strict=True)}
+    model.update({3: codes[0], 7: codes[1], 11: codes[2]})
+    for i in (4, 10, 22):
+        del model[i]
+    subset = np.sort(rng.choice(np.arange(0, 410), int(410 * fraction) + 3, replace=False))
+    subset = np.union1d(subset, [3, 4, 12, 14])  # a delta id, a tombstone
+    wanted = {i: c for i, c in model.items() if i in set(subset.tolist())}
+    queries = np.concatenate([codes[10:11], rng.integers(0, 256, (3, BITS // 8), dtype=np.uint8)])
+    dist, ids = index.search_subset(queries, subset, 12)
+    for q, want in enumerate(brute_knn(wanted, queries, 12)):
+        got = [(int(d), int(i)) for d, i in zip(dist[q], ids[q], strict=True) if i >= 0]
+        assert got == want
