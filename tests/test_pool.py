@@ -452,3 +452,17 @@ def test_kd_inputs_logits_is_refused_for_brcd_and_unknown_kinds(tmp_path, teache
         _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="logits").validate()
     with pytest.raises(ValueError, match="kd-inputs='features' is not valid"):
         _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="features").validate()
+
+
+def test_cli_kd_inputs(tmp_path, teacher_dir, capsys):
+    from hashkd.cli import main
+
+    base = ["distill", "--teacher", str(teacher_dir), "--data", "digits", "--no-progress",
+            "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main([*base, "--kd-inputs", "logits", "--loss", "brcd"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kd-inputs=logits is not valid with brcd" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--kd-inputs", "features"])
+    assert exc.value.code == 2 and "features" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
