@@ -17,7 +17,7 @@ compares, ``hashkd distill``'s option)::
 
 Results: ``OUT/results.json`` (one row per run, with BRCD's cluster count k, the teacher's
 digest and the code version; a re-run skips finished runs and resumes an interrupted one from
-its last epoch) and ``OUT/results.md`` (mean +- std per setting, best first).
+its last epoch; a re-run with another teacher, by content, is refused) and ``OUT/results.md`` (mean +- std per setting, best first).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hashkd.data import use_data_options  # noqa: E402
+from hashkd.encoding import artifact_digest  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
 from hashkd.losses.run_report import brcd_kept_fraction, brcd_setup  # noqa: E402
 from hashkd.metrics import mean_std_text  # noqa: E402
@@ -170,6 +171,15 @@ def _main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = (
         json.loads(results_path.read_text()) if results_path.is_file() else []
     )
+    digest = artifact_digest(args.teacher)
+    others = sorted({r["teacher_digest"] for r in rows if r.get("teacher_digest")} - {digest})
+    if others:
+        print(
+            f"sweep_distill: error: {results_path} holds runs of another teacher (digest "
+            f"{others[0][:12]}, {args.teacher} is {digest[:12]}): expected a new --out",
+            file=sys.stderr,
+        )
+        return 2
     done = {(r["setting"], r["seed"]) for r in rows}
     for setting in grid:
         for seed in seeds:

@@ -104,3 +104,17 @@ def test_kd_inputs_is_a_grid_axis(tmp_path):
         tmp_path / "run",
     )  # fmt: skip
     assert cfg.resume and cfg.kd_inputs == "codes"  # an interrupted run continues
+
+
+def test_a_rerun_with_another_teacher_is_refused(tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    row = {"setting": "weight=1", "seed": 0, "val_map": 0.2, "val_collapsed": False,
+           "kept_fraction": None, "teacher_digest": "0" * 64}  # fmt: skip
+    (out / "results.json").write_text(json.dumps([row]))
+    argv = ["--teacher", str(teacher), "--loss", "sp", "--grid", "weight=1,2", "--out", str(out)]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another teacher" in err and "000000000000" in err
+    assert json.loads((out / "results.json").read_text()) == [row]  # nothing trained or lost
