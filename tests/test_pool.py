@@ -466,3 +466,35 @@ def test_cli_kd_inputs(tmp_path, teacher_dir, capsys):
         main([*base, "--kd-inputs", "features"])
     assert exc.value.code == 2 and "features" in capsys.readouterr().err
     assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("kd_inputs", ["codes", "logits"])
+def test_losses_are_fitted_on_what_they_will_read(
+    tmp_path, teacher_dir, image_dir, monkeypatch, kd_inputs
+):
+    """LSH's median bias comes from the teacher's outputs of the training split: its ±1 codes
+    by default, its logits with kd_inputs="logits" (oracle: the teacher run image by image)."""
+    from hashkd.losses.lsh import LSHLoss
+
+    fitted = []
+    fit = LSHLoss.fit
+
+    def recording_fit(self, codes, *args):
+        fitted.append(torch.as_tensor(codes).clone())
+        return fit(self, codes, *args)
+
+    monkeypatch.setattr(LSHLoss, "fit", recording_fit)
+    cfg = _cfg(tmp_path, teacher_dir, image_dir, epochs=1, losses=["lsh"], loss_options={},
+               kd_inputs=kd_inputs, pool=None, view_bank=0)  # fmt: skip
+    distill(cfg)
+    teacher = load_artifact(teacher_dir).eval()
+    data = prepare_data(str(image_dir), None, None, 0)
+    tf = eval_transform(16, teacher.config.mean, teacher.config.std)
+    with torch.no_grad():
+        want = torch.cat(
+            [teacher(tf(data.train.source.load_image(int(i)))[None]) for i in data.train.indices]
+        )
+    if kd_inputs == "codes":
+        want = torch.where(want > 0, 1.0, -1.0)
+    (got,) = fitted
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)

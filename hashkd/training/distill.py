@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hashkd.codes import check_bits, codes_to_signs
+from hashkd.codes import check_bits, codes_to_signs, pack_codes
 from hashkd.encoding import model_digest
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
 from hashkd.losses.run_report import epoch_log_fields, loss_setup
@@ -44,11 +44,11 @@ from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Timer,
     checkpoint_state,
-    encode_split,
     end_epoch,
     epoch_loader,
     resume_from,
     seed_everything,
+    split_logits,
     trainable_parameters,
     validation_map,
 )
@@ -259,13 +259,16 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     s_eval_tf = data.eval_transform(scfg)
 
     # The teacher's codes of the training set or pool (deterministic views): the offline stage
-    # of BRCD (clusters), the LSH median bias, CRD's memory size.
-    teacher_train_codes = encode_split(
+    # of BRCD (clusters), the LSH median bias, CRD's memory size. With kd_inputs="logits" the
+    # losses see the teacher's logits, so they are fitted on its logits too.
+    teacher_train = split_logits(
         teacher, train_split, t_eval_tf, info.device, num_workers=cfg.num_workers
     )
+    if cfg.kd_inputs != "logits":
+        teacher_train = torch.from_numpy(codes_to_signs(pack_codes(teacher_train)))
     losses = build_losses(cfg, scfg.bits, tcfg.bits, len(train_split)).to(info.device)
     for loss in losses:
-        loss.fit(torch.from_numpy(codes_to_signs(teacher_train_codes)))
+        loss.fit(teacher_train)
 
     # what the losses run with (weights, their source, BRCD's bit masks): metadata + log
     losses_meta = loss_setup(cfg.losses, cfg.weights, list(losses))
