@@ -31,7 +31,9 @@ lsh, crd) have a second row each, ``NAME on logits``, that distils both networks
 pre-sign hash logits instead of their ±1 codes (``hashkd distill``'s ``kd_inputs="logits"``),
 as their papers distil embeddings. The table's code-health cells are those of each row's worst
 seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
-the mask mode and the margin each run used.
+the mask mode and the margin each run used. Under the table, BRCD (full) is compared with every
+baseline row per length and protocol (difference of the means; "beyond the spread" when it
+exceeds the sum of the two sample stds), baselines that collapsed in any seed left out.
 
 Provenance: ``results.json`` records, beside the settings (with ``topk`` and ``val_every``), the
 ``inputs`` — each teacher's path, model digest (its tensors) and the sha256 of its weights file,
@@ -618,7 +620,56 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if warnings:
         lines += ["", "Collapsed codes:", *warnings]
+    compared = comparison_lines(rows)
+    if compared:
+        lines += ["", "BRCD (full) against the baselines, difference of the means:", *compared]
     return lines
+
+
+#: the rows a BRCD claim is compared against: every baseline loss, on codes or logits
+BASELINES = tuple(
+    name for name in VARIANTS if not name.startswith("BRCD") and name != "no KD (CIBHash only)"
+)
+
+
+def comparison_lines(rows: list[dict], model: str = "BRCD: + bit mask (full)") -> list[str]:
+    """Per code length and protocol (sym, asym): ``model`` against every baseline row, mean ±
+    sample std over seeds. "beyond the spread" when the difference of the means exceeds the sum
+    of the two stds (both rows with at least 2 seeds); a baseline that collapsed in any seed is
+    left out of the comparison and named. No line for a length without ``model``."""
+    out = []
+    by_key: dict[tuple[int, str], list[dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["bits"], r["model"]), []).append(r)
+    for bits in sorted({b for b, _ in by_key}):
+        mine = by_key.get((bits, model))
+        others = [(name, by_key[(bits, name)]) for name in BASELINES if (bits, name) in by_key]
+        if not mine or not others:
+            continue
+        collapsed = [n for n, g in others if any(r["health"]["collapsed"] for r in g)]
+        kept = [(n, g) for n, g in others if n not in collapsed]
+        for key, label in (("map_sym", "symmetric"), ("map_asym", "asymmetric")):
+            m = np.array([r[key] for r in mine], dtype=float)
+            verdicts = []
+            for name, g in kept:
+                o = np.array([r[key] for r in g], dtype=float)
+                diff = m.mean() - o.mean()
+                if len(m) < 2 or len(o) < 2:
+                    verdict = "one seed: spread unknown"
+                else:
+                    spread = m.std(ddof=1) + o.std(ddof=1)
+                    if diff > spread:
+                        verdict = "above beyond the spread"
+                    elif diff < -spread:
+                        verdict = "BELOW beyond the spread"
+                    else:
+                        verdict = "within the spread"
+                verdicts.append(f"{name} {diff * 100:+.2f} pt ({verdict})")
+            line = f"- {bits} bits, {label}: {model} vs " + "; ".join(verdicts)
+            if collapsed:
+                line += f". Left out (collapsed in some seed): {', '.join(collapsed)}"
+            out.append(line + ".")
+    return out
 
 
 def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> None:

@@ -465,3 +465,24 @@ def test_logits_rows_distil_the_continuous_outputs(tmp_path):
     assert row["model"] == "sp on logits" and row["kd_inputs"] == "logits"
     run = json.loads((bench.student_dir(out, 16, "sp on logits", 0) / "run.json").read_text())
     assert run["config"]["kd_inputs"] == "logits"
+
+
+def test_comparison_leaves_collapsed_baselines_out_and_judges_the_spread():
+    rows = [
+        _row(BRCD, 0, 0.30), _row(BRCD, 1, 0.32), _row(BRCD, 2, 0.34),  # 0.32 ± 0.02
+        _row("crd", 0, 0.20), _row("crd", 1, 0.22), _row("crd", 2, 0.24),  # 0.22 ± 0.02
+        _row("sp", 0, 0.31), _row("sp", 1, 0.33), _row("sp", 2, 0.35),  # 0.33 ± 0.02
+        _row("rkd", 0, 0.90, collapsed=True), _row("rkd", 1, 0.90),
+        _row("lsh", 0, 0.40),
+        _row(NO_KD, 0, 0.99),  # not a baseline
+    ]  # fmt: skip
+    sym, asym = bench.comparison_lines(rows)
+    # hand-worked, in the table's row order: sp -1 pt within 0.02 + 0.02; lsh: one seed;
+    # crd +10 pt beyond 0.04
+    assert sym == (
+        f"- 16 bits, symmetric: {BRCD} vs sp -1.00 pt (within the spread); "
+        "lsh -8.00 pt (one seed: spread unknown); crd +10.00 pt (above beyond the spread). "
+        "Left out (collapsed in some seed): rkd."
+    )
+    assert asym.startswith("- 16 bits, asymmetric: ")
+    assert bench.comparison_lines([_row(BRCD, 0, 0.3)]) == []  # no baseline, no claim
