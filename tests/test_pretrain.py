@@ -96,6 +96,12 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
     from hashkd.models import load_artifact
 
     teacher = load_artifact(out)
+    import hashlib
+
+    # the teacher records what its initial backbone was, not only where
+    assert teacher.config.meta["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = json.loads((out / "run.json").read_text())
+    assert run["weights_sha256"] == teacher.config.meta["weights_sha256"]
     own = teacher.backbone.state_dict()
     assert set(saved) == set(own)  # every backbone tensor was written ...
     for k, v in saved.items():  # ... and loaded unchanged (the frozen backbone is not trained)
