@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_code_sets",
     "markdown_table",
     "retrieval_protocol",
+    "shuffled",
     "skipped_summary",
     "write_report",
 ]
@@ -49,7 +50,7 @@ class EvaluationInputs:
     Inputs, one of: ``query`` and ``database`` (code set directories); or ``query_model`` (and
     optionally ``database_model``) with ``data`` (the query and database splits of
     ``split_protocol`` drawn with ``seed``) or with ``query_data`` and ``database_data`` (every
-    image of each source). ``cache``, ``cache_dir`` and ``strict`` say how image files are
+    image of each source; the database is shuffled with ``seed``, :func:`shuffled`). ``cache``, ``cache_dir`` and ``strict`` say how image files are
     decoded (:func:`hashkd.data.use_data_options`; docs/data.md).
     """
 
@@ -224,7 +225,29 @@ def _encode_sides(inputs: EvaluationInputs) -> tuple[CodeSet, CodeSet, dict[str,
         query.meta["model"] = str(Path(inputs.query_model).resolve())
         database = encode_dataset(dmodel, dds, meta=dinfo, **kw)
         database.meta["model"] = str(Path(dmodel_dir).resolve())
+    if inputs.data is None:
+        # a folder is often sorted by class: in file order, ties broken by position would
+        # favour a collapsed code set; the protocol splits of --data are shuffled already
+        database = shuffled(database, inputs.seed)
     return query, database, dict(report.skipped)
+
+
+def shuffled(code_set: CodeSet, seed: int) -> CodeSet:
+    """``code_set`` with its items (codes, ids, labels) in the order of a permutation drawn
+    from ``seed`` (``numpy.random.default_rng(seed).permutation``); ``meta["order"]`` and
+    ``meta["order_seed"]`` say so. The tie-averaged mAP does not depend on the order; the
+    value with ties broken by database position does."""
+    import numpy as np
+
+    from hashkd.codes import CodeSet
+
+    perm = np.random.default_rng(seed).permutation(len(code_set.ids))
+    return CodeSet(
+        codes=code_set.codes[perm],
+        ids=code_set.ids[perm],
+        labels=None if code_set.labels is None else code_set.labels[perm],
+        meta={**code_set.meta, "order": "shuffled", "order_seed": int(seed)},
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -276,7 +299,9 @@ def evaluate_code_sets(
         "protocol_source": how,
         "splits": {
             side: {
-                k: cs.meta[k] for k in ("data_spec", "split", "protocol", "seed") if k in cs.meta
+                k: cs.meta[k]
+                for k in ("data_spec", "split", "protocol", "seed", "order", "order_seed")
+                if k in cs.meta
             }
             for side, cs in sides
         },

@@ -452,21 +452,29 @@ def precision_at_radius(
     return out["precision_at_radius"]
 
 
+#: collapsed: fewer distinct codes than this share of the items
 COLLAPSE_DISTINCT_FRACTION = 0.01
-COLLAPSE_BUCKET_FRACTION = 0.5
+#: collapsed: more than this share of the items in one bucket (29 codes with 44% in one bucket
+#: retrieve a near-constant list for almost half the queries)
+COLLAPSE_BUCKET_FRACTION = 0.25
+#: collapsed: an effective number of codes (exp of the entropy of the code histogram) below this
+#: share of the items (a few large buckets behind a scatter of singletons)
+COLLAPSE_EFFECTIVE_FRACTION = 0.01
 
 
 def code_health(codes: np.ndarray) -> dict[str, Any]:
     """Diagnostics of a code set that reveal collapse, which mAP alone can hide.
 
     Returns a JSON-ready dict: ``num_codes``, ``distinct_codes`` (number of different codes),
-    ``distinct_fraction``, ``bit_balance`` (``mean_k |p_k - 0.5|`` with ``p_k`` the share of
-    ones of bit ``k``: 0 for perfectly balanced bits, 0.5 when every bit is constant),
-    ``largest_bucket_fraction`` (share of the items that share the most frequent code, i.e. sit
-    in the largest Hamming-distance-0 bucket) and ``collapsed``: True when there are fewer
-    distinct codes than ``COLLAPSE_DISTINCT_FRACTION`` (1%) of the items, when more than
-    ``COLLAPSE_BUCKET_FRACTION`` (half) of the items share one code, or one code for all of
-    several items.
+    ``distinct_fraction``, ``effective_codes`` (``exp(H)``, H the Shannon entropy in nats of the
+    share of items per code: the number of equally filled buckets with the same entropy),
+    ``bit_balance`` (``mean_k |p_k - 0.5|`` with ``p_k`` the share of ones of bit ``k``: 0 for
+    perfectly balanced bits, 0.5 when every bit is constant), ``largest_bucket_fraction``
+    (share of the items that share the most frequent code, i.e. sit in the largest
+    Hamming-distance-0 bucket), ``collapse_reasons`` and ``collapsed`` (True when any reason
+    holds): fewer distinct codes than ``COLLAPSE_DISTINCT_FRACTION`` (1%) of the items; more than
+    ``COLLAPSE_BUCKET_FRACTION`` (a quarter) of the items sharing one code; fewer effective codes
+    than ``COLLAPSE_EFFECTIVE_FRACTION`` (1%) of the items; one code for all of several items.
     """
     c = as_codes(codes)
     n = int(c.shape[0])
@@ -477,29 +485,54 @@ def code_health(codes: np.ndarray) -> dict[str, Any]:
     ones = np.unpackbits(c, axis=1).mean(axis=0)
     distinct = int(counts.size)
     largest = float(counts.max() / n)
-    collapsed = (
-        distinct < COLLAPSE_DISTINCT_FRACTION * n
-        or largest > COLLAPSE_BUCKET_FRACTION
-        or (distinct == 1 and n > 1)
-    )
+    share = counts / n
+    effective = float(np.exp(-(share * np.log(share)).sum()))
+    reasons = []
+    if distinct == 1 and n > 1:
+        reasons.append("one code for all items")
+    if distinct < COLLAPSE_DISTINCT_FRACTION * n:
+        reasons.append(f"fewer distinct codes than {COLLAPSE_DISTINCT_FRACTION:.0%} of the items")
+    if largest > COLLAPSE_BUCKET_FRACTION:
+        reasons.append(f"more than {COLLAPSE_BUCKET_FRACTION:.0%} of the items in one bucket")
+    if effective < COLLAPSE_EFFECTIVE_FRACTION * n:
+        reasons.append(f"fewer effective codes than {COLLAPSE_EFFECTIVE_FRACTION:.0%} of the items")
     return {
         "num_codes": n,
         "distinct_codes": distinct,
         "distinct_fraction": distinct / n,
+        "effective_codes": effective,
         "bit_balance": float(np.abs(ones - 0.5).mean()),
         "largest_bucket_fraction": largest,
-        "collapsed": bool(collapsed),
+        "collapse_reasons": reasons,
+        "collapsed": bool(reasons),
     }
+
+
+def worst_health(healths: Sequence[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """``(position, health)`` of the least healthy code set of several (e.g. one per seed): a
+    collapsed one before a healthy one, then the fewest effective codes, then the largest
+    bucket. A table of means would hide one seed's collapse behind two healthy ones."""
+    if not healths:
+        raise ValueError("there is no code health to compare: expected at least one")
+
+    def badness(item: tuple[int, dict[str, Any]]) -> tuple:
+        h = item[1]
+        effective = h.get("effective_codes", h["distinct_codes"])
+        return (not h["collapsed"], effective, -h["largest_bucket_fraction"])
+
+    return min(enumerate(healths), key=badness)
 
 
 def collapse_warning(health: dict[str, Any], name: str = "codes") -> str | None:
     """One sentence warning about a collapsed code set (None when it is healthy)."""
     if not health["collapsed"]:
         return None
+    reasons = health.get("collapse_reasons")
+    why = f" ({'; '.join(reasons)})" if reasons else ""
     return (
         f"warning: {name} look collapsed: {health['distinct_codes']} distinct codes for "
-        f"{health['num_codes']} items, {health['largest_bucket_fraction']:.1%} of them in one bucket; "
-        "their mAP is not a fair comparison"
+        f"{health['num_codes']} items, {health['largest_bucket_fraction']:.1%} of them in one bucket"
+        f"{why}; their mAP is not a fair comparison"
     )
 
 

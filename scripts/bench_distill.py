@@ -26,11 +26,28 @@ weights (self-supervised, e.g. on the same pool). ``--loss-opt LOSS.OPTION=VALUE
 the rows that use that loss, e.g. ``--loss-opt brcd.margin=0.2`` for the three BRCD rows; the
 options are written to ``results.json`` (``loss_options``) and each BRCD run's mask report.
 
+The embedding-distillation baselines (sp, relative_teacher, absolute_teacher, rkd, compress,
+lsh, crd) have a second row each, ``NAME on logits``, that distils both networks' continuous
+pre-sign hash logits instead of their ±1 codes (``hashkd distill``'s ``kd_inputs="logits"``),
+as their papers distil embeddings. The table's code-health cells are those of each row's worst
+seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
+the mask mode and the margin each run used. Under the table, BRCD (full) is compared with every
+baseline row per length and protocol (difference of the means; "beyond the spread" when it
+exceeds the sum of the two sample stds), baselines that collapsed in any seed left out.
+
+Provenance: ``results.json`` records, beside the settings (with ``topk`` and ``val_every``), the
+``inputs`` — each teacher's path, model digest (its tensors) and the sha256 of its weights file,
+and the sha256 of ``--student-weights`` — and the ``code_version`` (hashkd version, git commit,
+uncommitted changes) of the file and of every row. A re-run whose inputs differ in content
+(another teacher or weights file at the same path) is refused like one with other settings.
+``scripts/distill_tables.py`` rebuilds the tables of docs/bench-distill.md from the results
+files kept in the repository (benchmarks/distill/).
+
 ``--jobs N`` trains N students at a time in worker processes of ``--threads`` intra-op threads
 each (e.g. ``--jobs 2 --threads 1`` on a 2-core machine); rows are saved as they finish, and
 a re-run with the same ``--out`` skips the (bits, row, seed) runs already in ``results.json``
 and resumes a student interrupted mid-training from its last finished epoch. A re-run whose
-settings (epochs, student, pool, schedule, loss options, student weights...) differ from those
+settings (epochs, student, pool, schedule, loss options, student weights, topk...) differ from those
 ``results.json`` recorded is refused: one ``--out`` holds one table.
 """
 
@@ -55,18 +72,24 @@ from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
-from hashkd.losses.run_report import brcd_kept_fraction, recorded_weights  # noqa: E402
+from hashkd.losses.run_report import (  # noqa: E402
+    brcd_kept_fraction,
+    brcd_setup,
+    recorded_weights,
+)
 from hashkd.metrics import (  # noqa: E402
     code_health,
     collapse_warning,
     evaluate_codes,
     mean_std_text,
+    worst_health,
 )
 from hashkd.models import load_artifact  # noqa: E402
 from hashkd.models.complexity import encode_images_per_second  # noqa: E402
 from hashkd.training.common import encode_split  # noqa: E402
 from hashkd.training.data_setup import prepare_data  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
+from hashkd.training.provenance import code_version, input_mismatch, input_record  # noqa: E402
 from hashkd.training.run_dir import CHECKPOINT_NAME  # noqa: E402
 
 BRCD_OFF = {"use_cluster_filter": False, "use_offset_positive": False, "use_bit_mask": False}
@@ -85,6 +108,26 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     "BRCD: + cluster filtering": (["brcd"], {"brcd": {"use_bit_mask": False}}),
     "BRCD: + bit mask (full)": (["brcd"], {"brcd": {}}),
 }
+#: the embedding-distillation baselines also distil both networks' continuous pre-sign logits
+#: (``hashkd distill`` kd_inputs="logits"), as their papers distil embeddings: row "NAME on logits"
+LOGITS_SUFFIX = " on logits"
+EMBEDDING_BASELINES = (
+    "sp",
+    "relative_teacher",
+    "absolute_teacher",
+    "rkd",
+    "compress",
+    "lsh",
+    "crd",
+)
+VARIANTS.update({f"{name}{LOGITS_SUFFIX}": VARIANTS[name] for name in EMBEDDING_BASELINES})
+
+
+def row_kd_inputs(name: str) -> str:
+    """What a row's KD losses compare: "logits" for the "... on logits" rows, else "codes"."""
+    return "logits" if name.endswith(LOGITS_SUFFIX) else "codes"
+
+
 #: the keys a row of results.json holds (rows of an older layout are refused)
 ROW_KEYS = ("bits", "model", "seed", "map_sym", "map_sym_position", "health")
 
@@ -105,7 +148,15 @@ def student_dir(out: Path, bits: int, name: str, seed: int) -> Path:
 
 def health_summary(codes: np.ndarray) -> dict[str, Any]:
     h = code_health(codes)
-    keys = ("num_codes", "distinct_codes", "bit_balance", "largest_bucket_fraction", "collapsed")
+    keys = (
+        "num_codes",
+        "distinct_codes",
+        "effective_codes",
+        "bit_balance",
+        "largest_bucket_fraction",
+        "collapse_reasons",
+        "collapsed",
+    )
     return {k: h[k] for k in keys}
 
 
@@ -124,9 +175,16 @@ def row_losses(name: str, extra: dict[str, dict[str, Any]]) -> tuple[list[str], 
 SETTINGS_ADDED_LATER = {"loss_options": {}, "student_weights": None}
 
 
+def val_every(args: argparse.Namespace) -> int:
+    """Validate every N epochs: ``--val-every``, else half the epochs."""
+    return args.val_every or max(1, args.epochs // 2)
+
+
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What every row of one ``--out`` shares (written to results.json, checked on a re-run)."""
     return {
+        "topk": args.topk,
+        "val_every": val_every(args),
         "data": args.data,
         "epochs": args.epochs,
         "student": args.student,
@@ -206,8 +264,9 @@ def _train_row(
             student_weights=args.student_weights,
             lr_schedule=args.lr_schedule,
             warmup_epochs=args.warmup_epochs,
+            kd_inputs=row_kd_inputs(name),
             progress=False,
-            val_every=args.val_every or max(1, args.epochs // 2),
+            val_every=val_every(args),
             resume=resume,
         )
     )
@@ -232,6 +291,10 @@ def _train_row(
         "p_r2": sym["precision_at_radius"],
         "health": health_summary(sdb),
         "brcd_kept": brcd_kept_fraction(student.config.meta),
+        "brcd": brcd_setup(student.config.meta),
+        "kd_inputs": student.config.meta.get("kd_inputs", "codes"),
+        "teacher_digest": student.config.meta.get("teacher_digest"),
+        "code_version": code_version(),
         "train_s": round(train_s, 1),
         "wall_s": round(wall_s, 1),
         "params": sum(p.numel() for p in student.parameters()),
@@ -253,6 +316,10 @@ def teacher_row(args, bits: int, teacher, seed: int, tq, tdb, data) -> dict:
         "p_r2": r["precision_at_radius"],
         "health": health_summary(tdb),
         "brcd_kept": None,
+        "brcd": None,
+        "kd_inputs": None,
+        "teacher_digest": None,
+        "code_version": code_version(),
         "train_s": None,
         "wall_s": None,
         "params": sum(p.numel() for p in teacher.parameters()),
@@ -393,6 +460,20 @@ def _main(argv: list[str] | None = None) -> int:
             f"{results_path} holds rows of an older bench_distill (position-broken mAP, no seed): "
             "expected a new --out"
         )
+    for bits, path in teachers.items():
+        if not Path(path, "model.safetensors").is_file():
+            ap.error(f"--teacher {bits}={path}: no teacher artifact there (model.safetensors)")
+    if args.student_weights and not Path(args.student_weights).is_file():
+        ap.error(f"--student-weights {args.student_weights}: no such file")
+    inputs = input_record(teachers, args.student_weights)
+    if stored.get("inputs"):
+        inputs["teachers"] = {**stored["inputs"].get("teachers", {}), **inputs["teachers"]}
+    changed = input_mismatch(stored.get("inputs"), inputs)
+    if rows and changed:
+        ap.error(
+            f"{results_path} was made from other inputs ({'; '.join(changed)}): "
+            "its rows would be mixed with these in one table: expected a new --out"
+        )
     done = {(r["bits"], r["model"], r["seed"]) for r in rows}
     dev = torch.device("cpu")
     data_by_seed = {seed: prepare_data(args.data, None, args.protocol, seed) for seed in seeds}
@@ -410,6 +491,8 @@ def _main(argv: list[str] | None = None) -> int:
                 "protocol": protocol,
                 "seeds": sorted({r["seed"] for r in rows}),
                 **settings,
+                "inputs": inputs,
+                "code_version": code_version(),
                 "rows": rows,
             },
         )
@@ -462,20 +545,37 @@ def weight_text(weights: list[float]) -> str:
     return "+".join(f"{w:g}" for w in weights) if weights else "-"
 
 
-def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> None:
-    """The table: one line per (bits, row), mean ± std over its seeds (n), health, weights."""
+def brcd_text(group: list[dict]) -> str:
+    """The BRCD cell: cluster count k (all values over the seeds), mask mode and margin."""
+    setups = [r.get("brcd") for r in group if r.get("brcd")]
+    if not setups:
+        return "-"
+    ks = sorted({s["k"] for s in setups if s.get("k") is not None})
+    modes = sorted({str(s.get("mask_mode")) for s in setups})
+    margins = sorted({s.get("margin") for s in setups if s.get("margin") is not None})
+    k = "/".join(map(str, ks)) or "?"
+    margin = "/".join(f"{m:g}" for m in margins) or "?"
+    return f"k={k}, {'/'.join(modes)}, m={margin}"
+
+
+def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
+    """The table: one line per (bits, row), mean ± std over its seeds (n), the code health of
+    its worst seed, weights, BRCD's k and mask."""
     lines = [
         f"Protocol {protocol}; mAP@{topk}, mean ± std over n seeds (each seed: its own splits "
         "and student init). mAP = tie-averaged (expected under a random order of equal Hamming "
         "distances); (pos) = ties broken by database position. Asymmetric = teacher-coded "
-        "database, student queries. Health of the symmetric database codes: distinct codes, "
-        "bit balance (mean |p - 0.5|), largest bucket (share of items with the most frequent "
-        "code); ⚠ = collapsed in some seed. kept bits = BRCD mask's mean kept-bit fraction.",
+        "database, student queries. Health of the symmetric database codes **of the worst "
+        "seed** (collapsed first, then the fewest effective codes): distinct codes, bit balance "
+        "(mean |p - 0.5|), largest bucket (share of items with the most frequent code); ⚠ = "
+        "collapsed in some seed. kept bits = BRCD mask's mean kept-bit fraction; BRCD = its "
+        'cluster count k, mask mode and margin. Rows "... on logits" distil both networks\' '
+        "pre-sign logits instead of their ±1 codes.",
         "",
         "| bits | model | weight | n | mAP sym | mAP sym (pos) | mAP asym | mAP asym (pos) "
-        "| P@r<=2 | distinct codes | bit balance | largest bucket | kept bits | train s "
+        "| P@r<=2 | distinct codes | bit balance | largest bucket | kept bits | BRCD | train s "
         "| wall s | params | img/s (b64) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {name: i for i, name in enumerate(["teacher", *VARIANTS])}
     groups: dict[tuple[int, str], list[dict]] = {}
@@ -486,9 +586,11 @@ def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> No
         groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1])
     ):
         group = sorted(group, key=lambda r: r["seed"])
-        health = [r["health"] for r in group]
         collapsed = [r["seed"] for r in group if r["health"]["collapsed"]]
-        distinct = f"{np.mean([h['distinct_codes'] for h in health]):.0f}"
+        pos, worst = worst_health([r["health"] for r in group])
+        distinct = str(worst["distinct_codes"])
+        if len(group) > 1:
+            distinct += f" (seed {group[pos]['seed']})"
         if collapsed:
             distinct += " ⚠"
             warnings.append(
@@ -506,9 +608,10 @@ def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> No
             mean_std_text([r["map_asym_position"] for r in group]),
             mean_std_text([r["p_r2"] for r in group]),
             distinct,
-            f"{np.mean([h['bit_balance'] for h in health]):.3f}",
-            f"{np.mean([h['largest_bucket_fraction'] for h in health]):.3f}",
+            f"{worst['bit_balance']:.3f}",
+            f"{worst['largest_bucket_fraction']:.3f}",
             mean_std_text([r["brcd_kept"] for r in group], digits=2),
+            brcd_text(group),
             mean_std_text([r["train_s"] for r in group], digits=0),
             mean_std_text([r["wall_s"] for r in group], digits=0),
             f"{group[0]['params'] / 1e6:.2f}M",
@@ -517,7 +620,61 @@ def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> No
         lines.append("| " + " | ".join(cells) + " |")
     if warnings:
         lines += ["", "Collapsed codes:", *warnings]
-    path.write_text("\n".join(lines) + "\n")
+    compared = comparison_lines(rows)
+    if compared:
+        lines += ["", "BRCD (full) against the baselines, difference of the means:", *compared]
+    return lines
+
+
+#: the rows a BRCD claim is compared against: every baseline loss, on codes or logits
+BASELINES = tuple(
+    name for name in VARIANTS if not name.startswith("BRCD") and name != "no KD (CIBHash only)"
+)
+
+
+def comparison_lines(rows: list[dict], model: str = "BRCD: + bit mask (full)") -> list[str]:
+    """Per code length and protocol (sym, asym): ``model`` against every baseline row, mean ±
+    sample std over seeds. "beyond the spread" when the difference of the means exceeds the sum
+    of the two stds (both rows with at least 2 seeds); a baseline that collapsed in any seed is
+    left out of the comparison and named. No line for a length without ``model``."""
+    out = []
+    by_key: dict[tuple[int, str], list[dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["bits"], r["model"]), []).append(r)
+    for bits in sorted({b for b, _ in by_key}):
+        mine = by_key.get((bits, model))
+        others = [(name, by_key[(bits, name)]) for name in BASELINES if (bits, name) in by_key]
+        if not mine or not others:
+            continue
+        collapsed = [n for n, g in others if any(r["health"]["collapsed"] for r in g)]
+        kept = [(n, g) for n, g in others if n not in collapsed]
+        for key, label in (("map_sym", "symmetric"), ("map_asym", "asymmetric")):
+            m = np.array([r[key] for r in mine], dtype=float)
+            verdicts = []
+            for name, g in kept:
+                o = np.array([r[key] for r in g], dtype=float)
+                diff = m.mean() - o.mean()
+                if len(m) < 2 or len(o) < 2:
+                    verdict = "one seed: spread unknown"
+                else:
+                    spread = m.std(ddof=1) + o.std(ddof=1)
+                    if diff > spread:
+                        verdict = "above beyond the spread"
+                    elif diff < -spread:
+                        verdict = "BELOW beyond the spread"
+                    else:
+                        verdict = "within the spread"
+                verdicts.append(f"{name} {diff * 100:+.2f} pt ({verdict})")
+            line = f"- {bits} bits, {label}: {model} vs " + "; ".join(verdicts)
+            if collapsed:
+                line += f". Left out (collapsed in some seed): {', '.join(collapsed)}"
+            out.append(line + ".")
+    return out
+
+
+def write_markdown(rows: list[dict], path: Path, protocol: str, topk: int) -> None:
+    """:func:`table_lines` to ``path``."""
+    path.write_text("\n".join(table_lines(rows, protocol, topk)) + "\n")
 
 
 if __name__ == "__main__":

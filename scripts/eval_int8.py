@@ -5,8 +5,9 @@ The artifact must have an ONNX export with an int8 graph
 (``hashkd export MODEL --format onnx --quantize int8 --data SPEC``). Both graphs encode the
 query and database splits of ``--data`` (the same protocol and seed as ``hashkd evaluate``)
 through :class:`hashkd.runtime.Encoder` (``precision='fp32'`` and ``'int8'``); the codes are
-scored with :func:`hashkd.metrics.evaluate_codes` (mAP@K, ties by database position, and the
-tie-averaged mAP). Also reported: the fraction of code bits the two graphs agree on, and the
+scored with :func:`hashkd.metrics.evaluate_codes`. The change is judged on the **tie-averaged**
+mAP@K (the expected value under a random order of equal Hamming distances, which ties cannot
+inflate); the change of the value with ties broken by database position is reported beside it. Also reported: the fraction of code bits the two graphs agree on, and the
 encoding throughput of each (indicative only, unless the machine is idle).
 
 Example (issue 17's goal: the int8 student within 0.5 mAP point of the fp32 student)::
@@ -79,9 +80,19 @@ def compare_precisions(
     both = [np.concatenate(codes[p]) for p in ("fp32", "int8")]
     bits_fp32, bits_int8 = (np.unpackbits(c, axis=1) for c in both)
     out["bit_agreement"] = float((bits_fp32 == bits_int8).mean()) if bits_fp32.size else 1.0
-    out["map_change_points"] = 100 * (out["int8"]["map"] - out["fp32"]["map"])
-    out["within_goal"] = abs(out["map_change_points"]) <= GOAL_MAP_POINTS
+    out.update(judge(out["fp32"], out["int8"]))
     return out
+
+
+def judge(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
+    """The mAP change in points, int8 - fp32, on the tie-averaged mAP (the headline and the
+    goal) and on the position-broken one (``map_change_points_position``)."""
+    change = 100 * (int8["map_tie_averaged"] - fp32["map_tie_averaged"])
+    return {
+        "map_change_points": change,
+        "map_change_points_position": 100 * (int8["map"] - fp32["map"]),
+        "within_goal": abs(change) <= GOAL_MAP_POINTS,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{res['model']} on {args.data}: {res['num_query']} queries, {res['num_database']} database"
     )
-    print("| precision | mAP@K | mAP@K (tie-averaged) | images/s |")
+    print("| precision | mAP@K (tie-averaged) | mAP@K (ties by position) | images/s |")
     print("|---|---:|---:|---:|")
     for precision in ("fp32", "int8"):
         r = res[precision]
-        tie = f"{r['map_tie_averaged']:.4f}" if r["map_tie_averaged"] is not None else "n/a"
-        print(f"| {precision} | {r['map']:.4f} | {tie} | {r['images_per_s']:.0f} |")
+        print(
+            f"| {precision} | {r['map_tie_averaged']:.4f} | {r['map']:.4f} | "
+            f"{r['images_per_s']:.0f} |"
+        )
     print(
-        f"mAP change {res['map_change_points']:+.2f} points (goal: within {GOAL_MAP_POINTS}; "
-        f"{'met' if res['within_goal'] else 'NOT met'}); "
+        f"tie-averaged mAP change {res['map_change_points']:+.2f} points (goal: within "
+        f"{GOAL_MAP_POINTS}; {'met' if res['within_goal'] else 'NOT met'}; by position "
+        f"{res['map_change_points_position']:+.2f}); "
         f"fp32/int8 code bit agreement {100 * res['bit_agreement']:.2f}%"
     )
     if args.json:

@@ -7,15 +7,17 @@ never the test queries: docs/evaluation.md), as the trainer records it in the st
 trainer's selection rule). For BRCD runs the kept-bit fraction of the bit mask is shown too.
 
 Grid syntax: ``;``-separated axes, each ``KEY=V1,V2,...``. A KEY is a loss option
-(``brcd.margin``, ``brcd.mask_mode``, ``rkd.angle_weight``...) or ``weight`` (the KD loss's
-weight, for a single KD loss)::
+(``brcd.margin``, ``brcd.mask_mode``, ``brcd.k``, ``rkd.angle_weight``...), ``weight`` (the KD
+loss's weight, for a single KD loss) or ``kd_inputs`` (``codes`` or ``logits``: what the KD loss
+compares, ``hashkd distill``'s option)::
 
     python scripts/sweep_distill.py --teacher runs/digits/teacher64 --data digits --loss brcd \\
         --grid "brcd.margin=0.1,0.2,0.3,0.5;brcd.mask_mode=anchor,own" --seeds 0,1 \\
         --epochs 20 --student mobilenetv3_small_050 --out runs/sweep_brcd_mask
 
-Results: ``OUT/results.json`` (one row per run; a re-run skips finished runs) and
-``OUT/results.md`` (mean +- std per setting, best first).
+Results: ``OUT/results.json`` (one row per run, with BRCD's cluster count k, the teacher's
+digest and the code version; a re-run skips finished runs and resumes an interrupted one from
+its last epoch; a re-run with another teacher, by content, is refused) and ``OUT/results.md`` (mean +- std per setting, best first).
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hashkd.data import use_data_options  # noqa: E402
+from hashkd.encoding import artifact_digest  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
-from hashkd.losses.run_report import brcd_kept_fraction  # noqa: E402
+from hashkd.losses.run_report import brcd_kept_fraction, brcd_setup  # noqa: E402
 from hashkd.metrics import mean_std_text  # noqa: E402
 from hashkd.models.artifact import read_config  # noqa: E402
 from hashkd.training.distill import DistillConfig, distill  # noqa: E402
+from hashkd.training.provenance import code_version  # noqa: E402
+from hashkd.training.run_dir import CHECKPOINT_NAME  # noqa: E402
 
 
 def parse_grid(text: str) -> list[dict[str, str]]:
@@ -74,13 +79,19 @@ def run_config(
 ) -> DistillConfig:
     options: dict[str, dict[str, Any]] = {}
     weights = None
+    kd_inputs = "codes"
     for key, value in setting.items():
         if key == "weight":
             weights = [float(value)]
             continue
+        if key == "kd_inputs":
+            kd_inputs = value
+            continue
         loss, sep, option = key.partition(".")
         if not sep:
-            raise ValueError(f"grid key {key!r} is not valid: expected LOSS.OPTION or weight")
+            raise ValueError(
+                f"grid key {key!r} is not valid: expected LOSS.OPTION, weight or kd_inputs"
+            )
         options.setdefault(loss, {})[option] = _value(value)
     return DistillConfig(
         out=str(out),
@@ -89,6 +100,7 @@ def run_config(
         losses=[args.loss],
         weights=weights,
         loss_options=options,
+        kd_inputs=kd_inputs,
         data=args.data,
         protocol=args.protocol,
         seed=seed,
@@ -97,6 +109,7 @@ def run_config(
         val_every=args.val_every,
         max_train=args.max_train,
         progress=False,
+        resume=(out / CHECKPOINT_NAME).is_file(),  # an interrupted run continues
     )
 
 
@@ -107,16 +120,18 @@ def summarise(rows: list[dict[str, Any]]) -> str:
 
     order = sorted(groups, key=lambda s: -float(np.mean([r["val_map"] for r in groups[s]])))
     lines = [
-        "| setting | n | val mAP (tie-averaged) | collapsed runs | kept bits |",
-        "|---|---|---|---|---|",
+        "| setting | n | val mAP (tie-averaged) | collapsed runs | kept bits | BRCD k |",
+        "|---|---|---|---|---|---|",
     ]
     for s in order:
         g = groups[s]
         kept = [r["kept_fraction"] for r in g if r["kept_fraction"] is not None]
         kept_text = f"{np.mean(kept):.2f}" if kept else "-"
+        ks = sorted({r["brcd_k"] for r in g if r.get("brcd_k") is not None})
+        k_text = "/".join(map(str, ks)) or "-"
         collapsed = sum(bool(r["val_collapsed"]) for r in g)
         val = mean_std_text([r["val_map"] for r in g])
-        lines.append(f"| {s} | {len(g)} | {val} | {collapsed} | {kept_text} |")
+        lines.append(f"| {s} | {len(g)} | {val} | {collapsed} | {kept_text} | {k_text} |")
     return "\n".join(lines)
 
 
@@ -156,6 +171,15 @@ def _main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = (
         json.loads(results_path.read_text()) if results_path.is_file() else []
     )
+    digest = artifact_digest(args.teacher)
+    others = sorted({r["teacher_digest"] for r in rows if r.get("teacher_digest")} - {digest})
+    if others:
+        print(
+            f"sweep_distill: error: {results_path} holds runs of another teacher (digest "
+            f"{others[0][:12]}, {args.teacher} is {digest[:12]}): expected a new --out",
+            file=sys.stderr,
+        )
+        return 2
     done = {(r["setting"], r["seed"]) for r in rows}
     for setting in grid:
         for seed in seeds:
@@ -174,7 +198,11 @@ def _main(argv: list[str] | None = None) -> int:
                     "val_map_position": meta.get("val_map_position"),
                     "val_collapsed": bool(meta.get("val_collapsed")),
                     "kept_fraction": brcd_kept_fraction(meta),
+                    "brcd_k": (brcd_setup(meta) or {}).get("k"),
+                    "kd_inputs": meta.get("kd_inputs", "codes"),
                     "epoch": meta.get("epoch"),
+                    "teacher_digest": meta.get("teacher_digest"),
+                    "code_version": code_version(),
                 }
             )
             atomic_write_json(results_path, rows)

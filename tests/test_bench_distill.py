@@ -108,11 +108,35 @@ def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
         assert b["mAP sym"] == f"{np.mean(sym):.4f} ± {np.std(sym, ddof=1):.4f}"
         pos = [r["map_sym_position"] for r in group]
         assert b["mAP sym (pos)"] == f"{np.mean(pos):.4f} ± {np.std(pos, ddof=1):.4f}"
-        distinct = np.mean([r["health"]["distinct_codes"] for r in group])
-        assert b["distinct codes"].split()[0] == f"{distinct:.0f}"
+        # the health cells are one seed's, the named one, and no other seed has fewer
+        # effective codes unless the named one collapsed
+        named = int(b["distinct codes"].split("(seed ")[1].split(")")[0])
+        (worst,) = [r["health"] for r in group if r["seed"] == named]
+        assert b["distinct codes"].split()[0] == str(worst["distinct_codes"])
+        assert b["largest bucket"] == f"{worst['largest_bucket_fraction']:.3f}"
+        if not worst["collapsed"]:
+            assert all(r["health"]["effective_codes"] >= worst["effective_codes"] for r in group)
     assert body[0]["weight"] == body[1]["weight"] == "-" and body[0]["mAP asym"] == "-"
     assert body[2]["weight"] == f"{get_loss_class('brcd').default_weight:g}"
     assert body[0]["kept bits"] == body[1]["kept bits"] == "-"
+    assert body[0]["BRCD"] == body[1]["BRCD"] == "-"
+    ks = sorted({r["brcd"]["k"] for r in rows if r["model"] == BRCD})
+    assert body[2]["BRCD"] == f"k={'/'.join(map(str, ks))}, anchor, m=0.5"
+    # provenance: what the inputs were, the settings, the code version
+    from hashkd.encoding import artifact_digest
+
+    assert result["topk"] == 100 and result["val_every"] == 1  # epochs // 2, at least 1
+    rec = result["inputs"]["teachers"]["16"]
+    assert rec["model_digest"] == artifact_digest(teacher) and rec["path"] == str(teacher)
+    import hashlib
+
+    sha = hashlib.sha256((teacher / "model.safetensors").read_bytes()).hexdigest()
+    assert rec["weights_sha256"] == sha and result["inputs"]["student_weights"] is None
+    assert result["code_version"]["hashkd"] and "git_commit" in result["code_version"]
+    for r in rows:
+        assert r["code_version"] == result["code_version"]
+        if r["model"] != "teacher":
+            assert r["teacher_digest"] == rec["model_digest"] and r["kd_inputs"] == "codes"
     assert body[0]["wall s"] == "-" and body[1]["wall s"] != "-"
 
     # Same --out again: every row is done, nothing is retrained.
@@ -130,19 +154,23 @@ def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
     assert bad.returncode == 2 and "--seeds '1,x' is not valid" in bad.stderr
 
 
-def _row(model: str, seed: int, sym: float, collapsed: bool = False, kept=None) -> dict:
+def _row(
+    model: str, seed: int, sym: float, collapsed: bool = False, kept=None, effective=80.0, k=None
+) -> dict:
     health = {
         "num_codes": 100,
         "distinct_codes": 1 if collapsed else 90,
+        "effective_codes": 1.0 if collapsed else effective,
         "bit_balance": 0.5 if collapsed else 0.1,
-        "largest_bucket_fraction": 1.0 if collapsed else 0.02,
+        "largest_bucket_fraction": 1.0 if collapsed else round(1 / effective, 3),
         "collapsed": collapsed,
     }
+    brcd = {"k": k, "mask_mode": "anchor", "margin": 0.5} if k else None
     return {
         "bits": 16, "model": model, "seed": seed, "weights": [1.0], "map_sym": sym,
         "map_sym_position": sym + 0.01, "map_asym": sym, "map_asym_position": sym,
-        "p_r2": 0.1, "health": health, "brcd_kept": kept, "train_s": 10.0, "wall_s": 12.0,
-        "params": 1000, "images_per_s": 5.0,
+        "p_r2": 0.1, "health": health, "brcd_kept": kept, "brcd": brcd, "train_s": 10.0,
+        "wall_s": 12.0, "params": 1000, "images_per_s": 5.0,
     }  # fmt: skip
 
 
@@ -150,9 +178,9 @@ def test_table_marks_collapse_and_shows_kept_bits(tmp_path):
     rows = [
         _row(NO_KD, 0, 0.20, collapsed=True),
         _row(NO_KD, 1, 0.10),
-        _row(BRCD, 0, 0.30, kept=0.5),
-        _row(BRCD, 1, 0.32, kept=0.75),
-        _row(BRCD, 2, 0.34, kept=1.0),
+        _row(BRCD, 0, 0.30, kept=0.5, k=2),
+        _row(BRCD, 1, 0.32, kept=0.75, effective=20.0, k=2),  # the least diverse seed
+        _row(BRCD, 2, 0.34, kept=1.0, k=3),
     ]
     path = tmp_path / "t.md"
     bench.write_markdown(rows, path, "digits", 100)
@@ -165,7 +193,13 @@ def test_table_marks_collapse_and_shows_kept_bits(tmp_path):
     }
     assert body[BRCD]["n"] == "3" and body[BRCD]["mAP sym"] == "0.3200 ± 0.0200"
     assert body[BRCD]["kept bits"] == "0.75 ± 0.25"  # hand-worked: mean 0.75, sample std 0.25
-    assert body[NO_KD]["distinct codes"] == "46 ⚠" and body[BRCD]["distinct codes"] == "90"
+    # the worst seed's health, not the mean: the collapsed seed 0 of no KD (1 code, not 46),
+    # and BRCD's seed 1 with 20 effective codes (largest bucket 1/20)
+    assert body[NO_KD]["distinct codes"] == "1 (seed 0) ⚠" and body[NO_KD]["bit balance"] == "0.500"
+    assert body[NO_KD]["largest bucket"] == "1.000"
+    assert body[BRCD]["distinct codes"] == "90 (seed 1)"
+    assert body[BRCD]["largest bucket"] == "0.050"
+    assert body[BRCD]["BRCD"] == "k=2/3, anchor, m=0.5" and body[NO_KD]["BRCD"] == "-"
     assert "16 bits, no KD (CIBHash only): codes collapsed in seed(s) 0" in text
     assert "BRCD: + bit mask (full): codes collapsed" not in text
 
@@ -365,3 +399,90 @@ def test_settings_an_older_file_lacks_are_compared_with_their_old_value():
     assert bench.settings_mismatch({"epochs": 5}, {**now, "student_weights": "w"}) == [
         "student_weights: None -> 'w'"
     ]
+
+
+def test_a_rerun_on_another_teacher_at_the_same_path_is_refused(tmp_path, capsys):
+    """results.json records the teacher's digest: another teacher at the same path is refused
+    before any row is trained; the same teacher moved to another path is not a new input."""
+    from hashkd.training.provenance import input_record
+
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "grid"
+    _stored(out, epochs=1, inputs=input_record({16: str(teacher)}, None))
+    argv = ["--teacher", f"16={teacher}", "--data", "digits", "--epochs", "1", "--topk", "1000"]
+    import shutil
+
+    import torch
+
+    from hashkd.models import ModelConfig, build_model, save_artifact
+
+    torch.manual_seed(1)  # another teacher, same architecture, same path
+    shutil.rmtree(teacher)
+    save_artifact(build_model(ModelConfig(bits=16, img_size=16, **TINY_CNN)), teacher)
+    before = (out / "results.json").read_text()
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--variants", BRCD, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "other inputs" in err and "16-bit teacher: digest" in err
+    assert (out / "results.json").read_text() == before
+
+
+def test_inputs_compare_by_content_not_path(tmp_path):
+    from hashkd.training.provenance import input_mismatch, input_record
+
+    teacher = save_tiny_teacher(tmp_path / "a")
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"weights one")
+    stored = input_record({16: str(teacher)}, w)
+    import shutil
+
+    moved = shutil.copytree(teacher, tmp_path / "b")
+    assert input_mismatch(stored, input_record({16: str(moved)}, w)) == []
+    assert input_mismatch(stored, input_record({32: str(moved)}, w)) == []  # another length
+    w.write_bytes(b"weights two")
+    (msg,) = input_mismatch(stored, input_record({16: str(moved)}, w))
+    assert msg.startswith("student weights: ")
+    assert input_mismatch(stored, input_record({16: str(moved)}, None)) == [
+        f"student weights: {stored['student_weights']['sha256'][:12]} -> none"
+    ]
+
+
+def test_logits_rows_distil_the_continuous_outputs(tmp_path):
+    assert bench.row_kd_inputs("sp on logits") == "logits" and bench.row_kd_inputs("sp") == "codes"
+    assert bench.VARIANTS["crd on logits"] == bench.VARIANTS["crd"]
+    assert "BRCD: + bit mask (full) on logits" not in bench.VARIANTS
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "logits"
+    argv = [
+        "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
+        "--epochs", "1", "--max-train", "50", "--view-bank", "2", "--topk", "100",
+        "--speed-seconds", "0.1", "--threads", "1", "--variants", "sp on logits",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    (row,) = [r for r in json.loads((out / "results.json").read_text())["rows"] if r["seed"] == 0
+              and r["model"] != "teacher"]  # fmt: skip
+    assert row["model"] == "sp on logits" and row["kd_inputs"] == "logits"
+    run = json.loads((bench.student_dir(out, 16, "sp on logits", 0) / "run.json").read_text())
+    assert run["config"]["kd_inputs"] == "logits"
+
+
+def test_comparison_leaves_collapsed_baselines_out_and_judges_the_spread():
+    rows = [
+        _row(BRCD, 0, 0.30), _row(BRCD, 1, 0.32), _row(BRCD, 2, 0.34),  # 0.32 ± 0.02
+        _row("crd", 0, 0.20), _row("crd", 1, 0.22), _row("crd", 2, 0.24),  # 0.22 ± 0.02
+        _row("sp", 0, 0.31), _row("sp", 1, 0.33), _row("sp", 2, 0.35),  # 0.33 ± 0.02
+        _row("rkd", 0, 0.90, collapsed=True), _row("rkd", 1, 0.90),
+        _row("lsh", 0, 0.40),
+        _row(NO_KD, 0, 0.99),  # not a baseline
+    ]  # fmt: skip
+    sym, asym = bench.comparison_lines(rows)
+    # hand-worked, in the table's row order: sp -1 pt within 0.02 + 0.02; lsh: one seed;
+    # crd +10 pt beyond 0.04
+    assert sym == (
+        f"- 16 bits, symmetric: {BRCD} vs sp -1.00 pt (within the spread); "
+        "lsh -8.00 pt (one seed: spread unknown); crd +10.00 pt (above beyond the spread). "
+        "Left out (collapsed in some seed): rkd."
+    )
+    assert asym.startswith("- 16 bits, asymmetric: ")
+    assert bench.comparison_lines([_row(BRCD, 0, 0.3)]) == []  # no baseline, no claim

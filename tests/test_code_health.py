@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hashkd.codes import pack_codes
-from hashkd.metrics import code_health, collapse_warning
+from hashkd.metrics import code_health, collapse_warning, worst_health
 
 
 def test_hand_worked_codes():
@@ -19,13 +19,60 @@ def test_hand_worked_codes():
     # shares of ones per bit: 2/3, 0, 2/3, 0, 2/3, 0, 2/3, 1/3 -> |p - 0.5|
     expected = np.mean([1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 0.5, 1 / 6, 1 / 6])
     assert h["bit_balance"] == pytest.approx(expected)
-    # two of the three items share one code: more than half in one bucket
+    # two of the three items share one code: more than a quarter in one bucket
     assert h["collapsed"] and "66.7% of them in one bucket" in collapse_warning(h)
-    # a fourth, different code: exactly half in the largest bucket is not collapse
-    four = np.vstack([bits, [[0, 1, 0, 0, 0, 0, 0, 0]]]).astype(np.uint8)
-    h = code_health(np.packbits(four, axis=1))
-    assert h["largest_bucket_fraction"] == 0.5 and h["distinct_codes"] == 3
-    assert not h["collapsed"] and collapse_warning(h) is None
+    # effective codes: exp(-(2/3 ln 2/3 + 1/3 ln 1/3)) = 1.8899
+    assert h["effective_codes"] == pytest.approx(1.889882, abs=1e-6)
+    # four different codes: exactly a quarter in the largest bucket is not collapse
+    four = np.array(
+        [[1, 0, 1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0], [1] * 8]
+    )
+    h = code_health(np.packbits(four.astype(np.uint8), axis=1))
+    assert h["largest_bucket_fraction"] == 0.25 and h["distinct_codes"] == 4
+    assert h["effective_codes"] == pytest.approx(4.0, abs=1e-9)
+    assert not h["collapsed"] and collapse_warning(h) is None and h["collapse_reasons"] == []
+
+
+def test_degraded_codes_29_distinct_with_44_percent_in_one_bucket_are_collapsed():
+    """The shape of the digits no-KD student: 29 distinct codes on 1,000 items (above the 1%
+    rule) with 440 of them in one bucket."""
+    rng = np.random.default_rng(1)
+    distinct = np.unique(rng.integers(0, 2, size=(200, 32), dtype=np.uint8), axis=0)[:29]
+    sizes = [440] + [20] * 28  # 440 + 560 = 1,000
+    codes = np.packbits(np.repeat(distinct, sizes, axis=0), axis=1)
+    h = code_health(codes)
+    assert h["distinct_codes"] == 29 and h["largest_bucket_fraction"] == 0.44
+    assert h["collapsed"] and h["collapse_reasons"] == ["more than 25% of the items in one bucket"]
+    assert "44.0% of them in one bucket" in collapse_warning(h)
+
+
+def test_a_few_large_buckets_behind_many_singletons_are_collapsed():
+    """5 buckets of 18% each and 1,000 singletons (10%) in 10,000 items: distinct codes 1,005
+    (10%), largest bucket 18%, but only exp(H) = 11.7 effective codes (< 1% = 100)."""
+    rng = np.random.default_rng(2)
+    codes = np.packbits(rng.integers(0, 2, size=(10_000, 64), dtype=np.uint8), axis=1)
+    for b in range(5):
+        codes[b * 1800 : (b + 1) * 1800] = codes[b * 1800]
+    h = code_health(codes)
+    share = np.array([0.18] * 5 + [1e-4] * 1000)
+    assert h["distinct_codes"] == 1005 and h["largest_bucket_fraction"] == 0.18
+    want = float(np.exp(-(share * np.log(share)).sum()))
+    assert h["effective_codes"] == pytest.approx(want, abs=1e-6) and 11 < want < 12
+    assert h["collapse_reasons"] == ["fewer effective codes than 1% of the items"]
+
+
+def test_worst_health_is_the_collapsed_or_least_diverse_seed():
+    rng = np.random.default_rng(4)
+    healthy = code_health(pack_codes(rng.standard_normal((1000, 16))))
+    narrow = pack_codes(rng.standard_normal((1000, 16)))
+    narrow[:200] = narrow[0]  # 20% in one bucket: fewer effective codes, not collapsed
+    narrow_h = code_health(narrow)
+    collapsed = code_health(np.full((1000, 2), 7, dtype=np.uint8))
+    assert not narrow_h["collapsed"] and narrow_h["effective_codes"] < healthy["effective_codes"]
+    assert worst_health([healthy, narrow_h]) == (1, narrow_h)
+    assert worst_health([healthy, collapsed, narrow_h]) == (1, collapsed)
+    with pytest.raises(ValueError, match="no code health"):
+        worst_health([])
 
 
 def test_one_dominant_bucket_is_collapse_even_with_many_distinct_codes():
@@ -57,6 +104,7 @@ def test_matches_brute_force_on_random_tie_heavy_codes():
     assert h["distinct_codes"] == len(counts)
     assert h["largest_bucket_fraction"] == max(counts.values()) / 2000
     assert h["collapsed"]  # 7 < 1% of 2,000
+    assert "fewer distinct codes than 1% of the items" in h["collapse_reasons"]
     p = (real > 0).mean(axis=0)
     assert h["bit_balance"] == pytest.approx(np.abs(p - 0.5).mean())
 

@@ -409,8 +409,14 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
     sym = json.loads(out.read_text())
     ds = load_dataset(str(image_folder))
     codes = encode_dataset(a, ds, progress=False).codes
-    want = evaluate_codes(codes, codes, ds.labels, ds.labels, topk=6)
-    assert sym["protocol"] == "symmetric" and sym["map"] == pytest.approx(want["map"])
+    # the database is shuffled with --seed (default 0): the oracle permutes it by hand
+    perm = np.random.default_rng(0).permutation(len(ds))
+    want = evaluate_codes(codes, codes[perm], ds.labels, ds.labels[perm], topk=6)
+    assert sym["protocol"] == "symmetric" and sym["map"] == pytest.approx(want["map"], abs=1e-12)
+    in_order = evaluate_codes(codes, codes, ds.labels, ds.labels, topk=6)
+    assert sym["map_tie_averaged"] == pytest.approx(in_order["map_tie_averaged"], abs=1e-12)
+    assert sym["splits"]["database"]["order"] == "shuffled"
+    assert sym["splits"]["database"]["order_seed"] == 0
     assert (sym["num_queries"], sym["num_database"]) == (10, 10)
 
     saved = tmp_path / "codes"
@@ -437,7 +443,7 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
     assert rc == 0
     asym = json.loads(out.read_text())
     db_codes = encode_dataset(b, ds, progress=False).codes
-    want = evaluate_codes(codes, db_codes, ds.labels, ds.labels, topk=6)
+    want = evaluate_codes(codes, db_codes[perm], ds.labels, ds.labels[perm], topk=6)
     assert asym["protocol"] == "asymmetric" and asym["map"] == pytest.approx(want["map"])
     # the saved code sets remember their models: evaluating them again says asymmetric too
     again = tmp_path / "again.json"
@@ -596,3 +602,30 @@ def test_unreadable_files_are_skipped_and_counted_or_stop_with_strict(
     assert main([*argv, "--strict"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "notes.jpg" in lines[0], lines
+
+
+def test_shuffled_database_keeps_items_whole_and_takes_the_edge_off_sorted_ties():
+    """A collapsed database (one code) of a class-sorted folder: in file order, ties broken by
+    position rank class 0 first, so its queries score a perfect mAP@topk; shuffled, the
+    position-broken value comes near the tie-averaged one, which the order cannot change."""
+    from hashkd.codes import CodeSet
+    from hashkd.evaluation import evaluate_code_sets, shuffled
+
+    n = 200
+    labels = np.zeros((n, 2), dtype=np.uint8)
+    labels[: n // 2, 0] = 1
+    labels[n // 2 :, 1] = 1
+    db = CodeSet(codes=np.zeros((n, 2), np.uint8), ids=np.arange(n) + 100, labels=labels)
+    q = CodeSet(codes=np.zeros((5, 2), np.uint8), ids=np.arange(5), labels=labels[:5])
+    sorted_r = evaluate_code_sets(q, db, topk=50, curves=False)
+    s = shuffled(db, 3)
+    shuffled_r = evaluate_code_sets(q, s, topk=50, curves=False)
+    assert sorted_r["map"] == pytest.approx(1.0, abs=1e-12)  # the artefact of file order
+    assert shuffled_r["map_tie_averaged"] == pytest.approx(sorted_r["map_tie_averaged"], abs=1e-12)
+    assert abs(shuffled_r["map"] - shuffled_r["map_tie_averaged"]) < 0.2
+    assert shuffled_r["map_tie_averaged"] == pytest.approx(0.5, abs=0.05)  # half are relevant
+    # every item keeps its code and labels; the order is the seed's permutation
+    perm = np.random.default_rng(3).permutation(n)
+    assert np.array_equal(s.ids, db.ids[perm]) and np.array_equal(s.labels, labels[perm])
+    assert s.meta["order"] == "shuffled" and s.meta["order_seed"] == 3
+    assert not np.array_equal(shuffled(db, 4).ids, s.ids)

@@ -360,3 +360,141 @@ def test_a_constant_schedule_may_be_resumed_for_more_epochs():
     assert longer.step == 10 and longer.lr_at(longer.step) == 0.1
     with pytest.raises(ValueError, match="base_lr=0.1"):
         StepSchedule("constant", 0.2, total_steps=20).load_state_dict(short.state_dict())
+
+
+# --------------------------------------------------------------------------- teacher logits
+
+
+def test_streamed_bank_keeps_the_logits_it_coded_when_asked(image_dir):
+    ds = image_folder(image_dir)
+    idx = np.arange(len(ds))
+    bank = StreamedViewBank(ds, idx, train_transform(16), num_views=2, seed=1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    with pytest.raises(RuntimeError, match="no logits"):
+        bank.outputs(torch.tensor([0]), torch.tensor([0]))
+    bank.code(net, batch_size=5, progress=False, keep_logits=True)
+    assert bank.logits.shape == (len(idx), 2, 8) and bank.logits.dtype == torch.float32
+    pairs = bank.pick_pairs(torch.Generator().manual_seed(0))
+    for x1, _, i, a, _ in DataLoader(bank.epoch_dataset(pairs), batch_size=4):
+        with torch.no_grad():
+            want = net(x1)  # the oracle: the network run again on the re-drawn view
+        np.testing.assert_allclose(bank.outputs(i, a).numpy(), want.numpy(), atol=1e-5)
+        assert torch.equal(bank.signs(i, a), torch.where(want > 0, 1.0, -1.0))
+
+
+@pytest.mark.parametrize("view_bank, pool", [(0, None), (3, None), (3, "all")])
+def test_kd_inputs_logits_gives_the_losses_both_networks_continuous_outputs(
+    tmp_path, teacher_dir, image_dir, monkeypatch, view_bank, pool
+):
+    """With kd_inputs="logits" the loss reads the student's pre-sign logits (with grad) and the
+    teacher's logits of the same views: the oracle reruns the teacher on the student's input."""
+    from hashkd.losses.sp import SimilarityPreservingLoss as SPLoss
+
+    teacher = load_artifact(teacher_dir).eval()
+    last: dict[str, torch.Tensor] = {}
+    forward = distill_module.HashModel.forward
+
+    def recording_forward(self, x):
+        out = forward(self, x)
+        if self.config.role == "student" and self.training:
+            last["x"], last["u"] = x.detach(), out
+        return out
+
+    seen = []
+    sp_forward = SPLoss.forward
+
+    def recording_loss(self, batch):
+        b = batch.s1.shape[0]
+        with torch.no_grad():
+            t = teacher(last["x"][:b])
+        seen.append(
+            (
+                float((batch.t1 - t).abs().max()),
+                float((batch.s1 - last["u"][:b]).detach().abs().max()),
+                batch.s1.requires_grad,
+                bool(((batch.t1 == 1) | (batch.t1 == -1)).all()),
+            )
+        )
+        return sp_forward(self, batch)
+
+    monkeypatch.setattr(distill_module.HashModel, "forward", recording_forward)
+    monkeypatch.setattr(SPLoss, "forward", recording_loss)
+    cfg = _cfg(
+        tmp_path,
+        teacher_dir,
+        image_dir,
+        epochs=1,
+        losses=["sp"],
+        loss_options={},
+        kd_inputs="logits",
+        view_bank=view_bank,
+        pool=pool,
+    )
+    out = distill(cfg)
+    assert seen
+    for t_err, s_err, grad, binary in seen:
+        assert t_err < 1e-4 and s_err == 0.0 and grad and not binary
+    meta = load_artifact(out).config.meta
+    assert meta["kd_inputs"] == "logits"
+    from hashkd.encoding import artifact_digest
+
+    assert meta["teacher_digest"] == artifact_digest(teacher_dir)
+    # the default reads ±1 codes on both sides
+    seen.clear()
+    distill(_cfg(tmp_path, teacher_dir, image_dir, name="codes", epochs=1, losses=["sp"],
+                 loss_options={}, view_bank=view_bank, pool=pool))  # fmt: skip
+    assert seen and all(binary for *_, binary in seen)
+
+
+def test_kd_inputs_logits_is_refused_for_brcd_and_unknown_kinds(tmp_path, teacher_dir, image_dir):
+    with pytest.raises(ValueError, match="kd-inputs=logits is not valid with brcd"):
+        _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="logits").validate()
+    with pytest.raises(ValueError, match="kd-inputs='features' is not valid"):
+        _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="features").validate()
+
+
+def test_cli_kd_inputs(tmp_path, teacher_dir, capsys):
+    from hashkd.cli import main
+
+    base = ["distill", "--teacher", str(teacher_dir), "--data", "digits", "--no-progress",
+            "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main([*base, "--kd-inputs", "logits", "--loss", "brcd"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kd-inputs=logits is not valid with brcd" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--kd-inputs", "features"])
+    assert exc.value.code == 2 and "features" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("kd_inputs", ["codes", "logits"])
+def test_losses_are_fitted_on_what_they_will_read(
+    tmp_path, teacher_dir, image_dir, monkeypatch, kd_inputs
+):
+    """LSH's median bias comes from the teacher's outputs of the training split: its ±1 codes
+    by default, its logits with kd_inputs="logits" (oracle: the teacher run image by image)."""
+    from hashkd.losses.lsh import LSHLoss
+
+    fitted = []
+    fit = LSHLoss.fit
+
+    def recording_fit(self, codes, *args):
+        fitted.append(torch.as_tensor(codes).clone())
+        return fit(self, codes, *args)
+
+    monkeypatch.setattr(LSHLoss, "fit", recording_fit)
+    cfg = _cfg(tmp_path, teacher_dir, image_dir, epochs=1, losses=["lsh"], loss_options={},
+               kd_inputs=kd_inputs, pool=None, view_bank=0)  # fmt: skip
+    distill(cfg)
+    teacher = load_artifact(teacher_dir).eval()
+    data = prepare_data(str(image_dir), None, None, 0)
+    tf = eval_transform(16, teacher.config.mean, teacher.config.std)
+    with torch.no_grad():
+        want = torch.cat(
+            [teacher(tf(data.train.source.load_image(int(i)))[None]) for i in data.train.indices]
+        )
+    if kd_inputs == "codes":
+        want = torch.where(want > 0, 1.0, -1.0)
+    (got,) = fitted
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)

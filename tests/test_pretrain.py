@@ -96,6 +96,12 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
     from hashkd.models import load_artifact
 
     teacher = load_artifact(out)
+    import hashlib
+
+    # the teacher records what its initial backbone was, not only where
+    assert teacher.config.meta["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = json.loads((out / "run.json").read_text())
+    assert run["weights_sha256"] == teacher.config.meta["weights_sha256"]
     own = teacher.backbone.state_dict()
     assert set(saved) == set(own)  # every backbone tensor was written ...
     for k, v in saved.items():  # ... and loaded unchanged (the frozen backbone is not trained)
@@ -469,3 +475,69 @@ def test_simclr_gathered_negatives_equal_one_process_with_the_global_batch(tmp_p
     assert float(parts[0]["loss"]) == pytest.approx(float(ref.detach()), rel=1e-5)
     torch.testing.assert_close(torch.cat([p["ga"] for p in parts]), a.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.cat([p["gb"] for p in parts]), b.grad, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- held-out images
+
+
+def _held_out_ids(data) -> set[int]:
+    """Root-dataset ids of the validation images and queries (what pretraining must never see)."""
+    return {
+        int(i)
+        for split in (data.val, data.query)
+        for i in np.asarray(split.source.source_indices)[split.indices]
+    }
+
+
+def test_pretraining_on_data_without_groups_excludes_validation_and_queries():
+    from hashkd.data.splits import make_splits
+    from hashkd.training.pretrain import pretrain_pool
+
+    cfg = PretrainConfig(out="w.safetensors", data="digits", seed=3)
+    ds, idx, pool = pretrain_pool(cfg)
+    # oracle: the digits protocol's own splits, drawn independently with the same seed
+    splits = make_splits("digits", ds, 3)
+    held = set(splits.indices["val"].tolist()) | set(splits.indices["query"].tolist())
+    assert len(held) == 10 * (10 + 20)  # 10 classes x (10 val + 20 queries)
+    assert set(idx.tolist()) == set(range(len(ds))) - held
+    assert pool.excluded == len(held) and len(idx) == len(ds) - len(held)
+    # another seed draws other held-out images, and removes those
+    _, idx4, _ = pretrain_pool(PretrainConfig(out="w.safetensors", data="digits", seed=4))
+    assert set(idx4.tolist()) != set(idx.tolist()) and len(idx4) == len(idx)
+
+
+def test_pretraining_on_a_train_group_excludes_the_validation_images(tmp_path):
+    from hashkd.data.splits import Protocol
+    from hashkd.training.data_setup import prepare_data
+    from hashkd.training.pretrain import pretrain_pool
+    from tests.test_pool import CLASSES, _write_images
+
+    root = tmp_path / "c10"
+    _write_images(root / "train", per_class=6)
+    _write_images(root / "test", per_class=4, seed=1)
+    proto = Protocol(
+        name="tiny",
+        train=2,
+        val=1,
+        query=1,
+        database="rest+train",
+        pool_group="train",
+        query_group="test",
+    )
+    spec = f"cifar10:{root}"
+    ds, idx, pool = pretrain_pool(PretrainConfig(out="w.safetensors", data=spec, protocol=proto))
+    data = prepare_data(spec, None, proto, 0)
+    train_ids = set(ds.groups["train"].tolist())
+    assert set(idx.tolist()) == train_ids - _held_out_ids(data)
+    assert len(idx) == CLASSES * (6 - 1) and pool.excluded == CLASSES  # one val image per class
+    # --max-images draws its subset from what is left
+    sub = pretrain_pool(
+        PretrainConfig(out="w.safetensors", data=spec, protocol=proto, max_images=7)
+    )[1]
+    assert len(sub) == 7 and set(sub.tolist()) <= set(idx.tolist())
+
+
+def test_weights_description_records_the_removed_images(weights):
+    desc = json.loads(weights.with_name("w.safetensors.json").read_text())
+    assert desc["pool"]["excluded_val_query"] == 300  # digits: 100 val + 200 query images
+    assert desc["pool"]["size"] == desc["pool_images"] == 96

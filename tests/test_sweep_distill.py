@@ -51,8 +51,10 @@ def test_summary_ranks_settings_by_mean_validation_map():
     ]
     lines = sweep.summarise(rows).splitlines()
     # hand-worked: w=9 mean 0.35 (n=1) before w=1 mean 0.30, sample std 0.1414
-    assert lines[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 |"  # one seed: no spread shown
-    assert lines[3] == "| w=1 | 2 | 0.3000 ± 0.1414 | 1 | - |"
+    assert lines[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 | - |"  # one seed: no spread shown
+    assert lines[3] == "| w=1 | 2 | 0.3000 ± 0.1414 | 1 | - | - |"
+    rows[2]["brcd_k"] = 3
+    assert sweep.summarise(rows).splitlines()[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 | 3 |"
 
 
 def test_tiny_margin_sweep_records_validation_map_and_kept_bits(tmp_path):
@@ -66,10 +68,53 @@ def test_tiny_margin_sweep_records_validation_map_and_kept_bits(tmp_path):
     assert sweep.main(argv) == 0
     rows = json.loads((out / "results.json").read_text())
     assert [r["setting"] for r in rows] == ["brcd.margin=0.1 brcd.k=3", "brcd.margin=0.9 brcd.k=3"]
+    from hashkd.encoding import artifact_digest
+
     for r in rows:
         assert 0.0 <= r["val_map"] <= 1.0 and 0.0 <= r["kept_fraction"] <= 1.0
+        assert r["brcd_k"] == 3 and r["kd_inputs"] == "codes"
+        assert r["teacher_digest"] == artifact_digest(teacher) and r["code_version"]["hashkd"]
     # a higher margin keeps no more bits than a lower one
     assert rows[1]["kept_fraction"] <= rows[0]["kept_fraction"]
     assert (out / "results.md").read_text().count("| brcd.margin=") == 2
     assert sweep.main(argv) == 0  # a re-run trains nothing new
     assert len(json.loads((out / "results.json").read_text())) == 2
+
+
+def test_kd_inputs_is_a_grid_axis(tmp_path):
+    cfg = sweep.run_config(
+        sweep.argparse.Namespace(
+            teacher="t", student="s", loss="sp", data="digits", protocol=None, epochs=1,
+            view_bank=2, val_every=1, max_train=None,
+        ),
+        {"kd_inputs": "logits", "weight": "10"},
+        0,
+        tmp_path / "run",
+    )  # fmt: skip
+    assert cfg.kd_inputs == "logits" and cfg.weights == [10.0] and not cfg.resume
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    cfg = sweep.run_config(
+        sweep.argparse.Namespace(
+            teacher="t", student="s", loss="sp", data="digits", protocol=None, epochs=1,
+            view_bank=2, val_every=1, max_train=None,
+        ),
+        {"weight": "10"},
+        0,
+        tmp_path / "run",
+    )  # fmt: skip
+    assert cfg.resume and cfg.kd_inputs == "codes"  # an interrupted run continues
+
+
+def test_a_rerun_with_another_teacher_is_refused(tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    row = {"setting": "weight=1", "seed": 0, "val_map": 0.2, "val_collapsed": False,
+           "kept_fraction": None, "teacher_digest": "0" * 64}  # fmt: skip
+    (out / "results.json").write_text(json.dumps([row]))
+    argv = ["--teacher", str(teacher), "--loss", "sp", "--grid", "weight=1,2", "--out", str(out)]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another teacher" in err and "000000000000" in err
+    assert json.loads((out / "results.json").read_text()) == [row]  # nothing trained or lost

@@ -72,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="KD losses, comma-separated (default brcd); 'none' for CIBHash only",
     )
     p.add_argument(
+        "--kd-inputs",
+        choices=("codes", "logits"),  # hashkd.training.distill.KD_INPUTS (not imported: torch)
+        default="codes",
+        help="what the KD losses compare: both networks' ±1 codes (default) or their "
+        "continuous pre-sign logits (the embeddings sp, rkd, crd... distil in their papers)",
+    )
+    p.add_argument(
         "--weights",
         default=None,
         help="one weight per loss, comma-separated (default: each loss's documented default "
@@ -182,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         weights=_weights(args.weights),
         loss_options=parse_loss_options(args.loss_opt),
         student_cib=not args.no_cib,
+        kd_inputs=args.kd_inputs,
         bits=args.bits,
         img_size=args.img_size,
         head=args.head,

@@ -96,7 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(50%% train, 10%% val, 10%% query per class; database = rest + train)",
     )
     models.add_argument(
-        "--seed", type=int, default=0, help="seed of the split protocol (default 0, as in training)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split protocol, and of the database order with --database-data (default 0)",
     )
     models.add_argument(
         "--query-data", metavar="SPEC", help="every image of SPEC is a query (instead of --data)"

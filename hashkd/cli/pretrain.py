@@ -120,7 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="neighbours of the kNN classifier (default 20)",
     )
     p.add_argument(
-        "--protocol", default=None, help="split protocol of --knn-eval (default: the data's own)"
+        "--protocol",
+        default=None,
+        help="split protocol (default: the data's own): its validation images and queries, "
+        "drawn with --seed, are never trained on; also the splits of --knn-eval",
     )
     p.add_argument(
         "--checkpoint-every",

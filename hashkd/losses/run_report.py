@@ -3,7 +3,8 @@
 The trainer writes :func:`loss_setup` into the run's metadata (``run.json`` and the
 student artifact's ``config.json``) and prints it; :func:`epoch_log_fields` are repeated
 in every epoch's record of ``train_log.jsonl``, so a reader of the log alone sees them.
-:func:`recorded_losses`, :func:`recorded_weights` and :func:`brcd_kept_fraction` read them
+:func:`recorded_losses`, :func:`recorded_weights`, :func:`brcd_kept_fraction` and
+:func:`brcd_setup` read them
 back from a student's metadata (the benchmark and sweep scripts).
 """
 
@@ -58,4 +59,14 @@ def brcd_kept_fraction(meta: dict[str, Any]) -> float | None:
         for key in ("applied_mean_kept_fraction", "mean_kept_fraction"):
             if isinstance(report.get(key), (int, float)):
                 return float(report[key])
+    return None
+
+
+def brcd_setup(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """BRCD's cluster count ``k``, ``mask_mode`` and ``margin`` as a run recorded them (the
+    report of its ``losses`` row); None without BRCD."""
+    for row in recorded_losses(meta):
+        if row.get("loss") == "brcd":
+            report = row.get("report") or {}
+            return {key: report.get(key) for key in ("k", "mask_mode", "margin")}
     return None

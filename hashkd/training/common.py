@@ -53,6 +53,19 @@ def encode_split(
     num_workers: int = 0,
 ) -> np.ndarray:
     """Packed codes of every image of ``split`` under the deterministic ``transform``."""
+    return pack_codes(split_logits(model, split, transform, device, batch_size, num_workers))
+
+
+@torch.no_grad()
+def split_logits(
+    model: nn.Module,
+    split: Split,
+    transform: Callable,
+    device: torch.device,
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """The model's outputs (N x K, on the CPU) for every image of ``split`` under ``transform``."""
     was = model.training
     model.eval()
     loader = DataLoader(
@@ -63,7 +76,7 @@ def encode_split(
     )
     outs = [model(x.to(device)).cpu() for x, _ in loader]
     model.train(was)
-    return pack_codes(torch.cat(outs))
+    return torch.cat(outs)
 
 
 #: Subtracted from a collapsed epoch's selection score, so that it ranks below every

@@ -33,20 +33,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hashkd.codes import check_bits, codes_to_signs
+from hashkd.codes import check_bits, codes_to_signs, pack_codes
+from hashkd.encoding import model_digest
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
 from hashkd.losses.run_report import epoch_log_fields, loss_setup
 from hashkd.models import ModelConfig, build_model, load_artifact, model_cost
 from hashkd.models.hash_model import HashModel
+from hashkd.runtime.backends import file_sha256
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Timer,
     checkpoint_state,
-    encode_split,
     end_epoch,
     epoch_loader,
     resume_from,
     seed_everything,
+    split_logits,
     trainable_parameters,
     validation_map,
 )
@@ -62,6 +64,11 @@ from hashkd.training.run_dir import RunDir
 from hashkd.training.schedule import LR_SCHEDULES, StepSchedule
 from hashkd.training.views import PairIndexDataset, StreamedViewBank, TwoViewDataset, ViewBank
 
+#: what ``DistillConfig.kd_inputs`` may name
+KD_INPUTS = ("codes", "logits")
+#: losses defined on ±1 codes only (their clusters and masks are code statistics)
+CODE_ONLY_LOSSES = {"brcd"}
+
 
 @dataclass
 class DistillConfig:
@@ -75,6 +82,11 @@ class DistillConfig:
     weights: list[float] | None = None
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     student_cib: bool = True
+    #: what the KD losses compare: "codes" (the teacher's ±1 codes and the student's
+    #: straight-through codes) or "logits" (both networks' continuous pre-sign hash logits, the
+    #: embeddings the relational baselines' papers distil; the student's CIBHash term still
+    #: trains its codes)
+    kd_inputs: str = "codes"
     bits: int | None = None
     img_size: int | None = None
     head: str = "mlp"
@@ -115,6 +127,15 @@ class DistillConfig:
             )
         for name in self.losses:
             get_loss_class(name)  # unknown names raise with the list of known ones
+        if self.kd_inputs not in KD_INPUTS:
+            raise ValueError(
+                f"kd-inputs={self.kd_inputs!r} is not valid: expected one of {', '.join(KD_INPUTS)}"
+            )
+        if self.kd_inputs == "logits" and set(self.losses) & CODE_ONLY_LOSSES:
+            raise ValueError(
+                f"kd-inputs=logits is not valid with {', '.join(sorted(set(self.losses) & CODE_ONLY_LOSSES))}: "
+                "that loss is defined on ±1 codes; expected kd-inputs=codes"
+            )
         for name in ("epochs", "batch_size", "val_every"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(
@@ -227,20 +248,27 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         )
     if pool is not None:
         student.config.meta["pool"] = pool.describe()
+    # what the inputs were, not only where: the teacher's tensors and the initial weights' bytes
+    student.config.meta["teacher_digest"] = model_digest(teacher)
+    student.config.meta["kd_inputs"] = cfg.kd_inputs
     if cfg.student_weights:
         student.config.meta["student_weights"] = str(Path(cfg.student_weights).resolve())
+        student.config.meta["student_weights_sha256"] = file_sha256(cfg.student_weights)
     weights = resolve_weights(cfg.losses, cfg.weights)  # each loss's default_weight if None
     t_eval_tf = data.eval_transform(tcfg)
     s_eval_tf = data.eval_transform(scfg)
 
     # The teacher's codes of the training set or pool (deterministic views): the offline stage
-    # of BRCD (clusters), the LSH median bias, CRD's memory size.
-    teacher_train_codes = encode_split(
+    # of BRCD (clusters), the LSH median bias, CRD's memory size. With kd_inputs="logits" the
+    # losses see the teacher's logits, so they are fitted on its logits too.
+    teacher_train = split_logits(
         teacher, train_split, t_eval_tf, info.device, num_workers=cfg.num_workers
     )
+    if cfg.kd_inputs != "logits":
+        teacher_train = torch.from_numpy(codes_to_signs(pack_codes(teacher_train)))
     losses = build_losses(cfg, scfg.bits, tcfg.bits, len(train_split)).to(info.device)
     for loss in losses:
-        loss.fit(torch.from_numpy(codes_to_signs(teacher_train_codes)))
+        loss.fit(teacher_train)
 
     # what the losses run with (weights, their source, BRCD's bit masks): metadata + log
     losses_meta = loss_setup(cfg.losses, cfg.weights, list(losses))
@@ -272,6 +300,8 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             "splits": data.summary(),
             "teacher_config": tcfg.to_dict(),
             "losses": losses_meta,
+            "teacher_digest": student.config.meta["teacher_digest"],
+            "student_weights_sha256": student.config.meta.get("student_weights_sha256"),
             "pool": pool.describe() if pool is not None else None,
             "cost": {
                 "student": student.config.meta["cost"],
@@ -293,6 +323,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             num_workers=cfg.num_workers,
             progress=cfg.progress and info.is_main,
             desc="teacher codes of the pool's views",
+            keep_logits=cfg.kd_inputs == "logits",
         )
     elif use_bank:
         bank = ViewBank.build(
@@ -334,7 +365,11 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         for batch in bar:
             if streamed:
                 x1, x2, idx, a, b = batch
-                tu1, tu2 = bank.signs(idx, a).to(info.device), bank.signs(idx, b).to(info.device)
+                if cfg.kd_inputs == "logits":
+                    tu1, tu2 = bank.outputs(idx, a), bank.outputs(idx, b)
+                else:
+                    tu1, tu2 = bank.signs(idx, a), bank.signs(idx, b)
+                tu1, tu2 = tu1.to(info.device), tu2.to(info.device)
             elif use_bank:
                 idx, a, b = batch
                 x1 = bank.views[idx, a].float()
@@ -358,9 +393,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             u1, u2 = u.chunk(2)
             p1, p2 = torch.sigmoid(u1), torch.sigmoid(u2)
             b1, b2 = cib.binarize(p1), cib.binarize(p2)
-            t1 = torch.where(tu1 > 0, 1.0, -1.0)
-            t2 = torch.where(tu2 > 0, 1.0, -1.0)
-            kd_batch = DistillBatch(s1=b1, s2=b2, t1=t1, t2=t2, index=idx.long().to(info.device))
+            kd_batch = kd_inputs(cfg.kd_inputs, (u1, u2), (b1, b2), (tu1, tu2), idx.to(info.device))
             parts: dict[str, torch.Tensor] = {}
             if cfg.student_cib:
                 parts["cibhash"] = cib(u1, u2)
@@ -399,6 +432,24 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             },
         )
     return Path(cfg.out)
+
+
+def kd_inputs(
+    kind: str,
+    student_logits: tuple[torch.Tensor, torch.Tensor],
+    student_codes: tuple[torch.Tensor, torch.Tensor],
+    teacher_logits: tuple[torch.Tensor, torch.Tensor],
+    index: torch.Tensor,
+) -> DistillBatch:
+    """The batch the KD losses read. ``codes``: the student's straight-through ±1 codes against
+    the teacher's ±1 codes (the signs of its logits). ``logits``: the student's pre-sign logits
+    (with their gradient) against the teacher's, unchanged (detached inside every loss)."""
+    if kind == "logits":
+        (s1, s2), (t1, t2) = student_logits, teacher_logits
+    else:
+        s1, s2 = student_codes
+        t1, t2 = (torch.where(t > 0, 1.0, -1.0) for t in teacher_logits)
+    return DistillBatch(s1=s1, s2=s2, t1=t1, t2=t2, index=index.long())
 
 
 def _resume_schedule(run: RunDir, schedule: StepSchedule, expected_step: int) -> None:

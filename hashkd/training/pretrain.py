@@ -295,29 +295,34 @@ def knn_eval(backbone: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
 
 
 def pretrain_pool(cfg: PretrainConfig):
-    """``(dataset, indices)`` of the unlabeled images to pretrain on.
+    """``(dataset, indices, pool)`` of the unlabeled images to pretrain on.
 
     ``group`` picks a named part (e.g. CIFAR-10's ``train``); a data set with a ``train`` group
-    uses it by default so that test images are never seen. ``max_images`` keeps a seeded subset.
+    uses it by default so that test images are never seen; without one, every image is a
+    candidate. The validation images and the queries of ``protocol`` (seeded with ``seed``)
+    are always removed, by identity, exactly as ``hashkd distill --pool`` removes them
+    (:func:`hashkd.training.pool.select_pool`): checkpoints are chosen on the validation images
+    and the table is measured on the queries, so the backbone must never have seen them.
+    ``max_images`` then keeps a seeded subset. ``pool.describe()`` says how many were removed.
     """
-    from hashkd.data import load_dataset
+    from hashkd.training.data_setup import prepare_data
+    from hashkd.training.pool import select_pool
 
-    ds = load_dataset(cfg.data, root=cfg.root)
+    data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed)
+    ds = data.dataset
     groups = getattr(ds, "groups", None) or {}
     group = cfg.group or ("train" if "train" in groups else None)
-    if group is not None:
-        if group not in groups:
-            raise ValueError(
-                f"group={group!r} is not a part of {cfg.data!r}: expected one of {', '.join(groups) or '(none)'}"
-            )
-        idx = np.asarray(groups[group], dtype=np.int64)
-    else:
-        idx = np.arange(len(ds), dtype=np.int64)
+    if group is not None and group not in groups:
+        raise ValueError(
+            f"group={group!r} is not a part of {cfg.data!r}: expected one of {', '.join(groups) or '(none)'}"
+        )
+    pool = select_pool(group if group is not None else "all", data, cfg.data)
+    idx = np.asarray(pool.split.indices, dtype=np.int64)
     if cfg.max_images is not None and cfg.max_images < len(idx):
         rng = np.random.default_rng(cfg.seed)
         idx = np.sort(rng.choice(idx, size=cfg.max_images, replace=False))
     cfg.group = group
-    return ds, idx
+    return ds, idx, pool
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -406,7 +411,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     run = run_dir(cfg.out, is_main=info.is_main)
     weights = side_paths(cfg.out)["weights"]
     seed_everything(cfg.seed + info.rank)
-    ds, pool = pretrain_pool(cfg)
+    ds, pool, held_out = pretrain_pool(cfg)
     world_batch = cfg.batch_size * info.world_size
     if len(pool) < world_batch:
         raise ValueError(
@@ -444,7 +449,12 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         save_backbone(
             backbone,
             cfg,
-            {"steps": step, "epochs_done": step / steps_per_epoch, "pool_images": int(len(pool))},
+            {
+                "steps": step,
+                "epochs_done": step / steps_per_epoch,
+                "pool_images": int(len(pool)),
+                "pool": {**held_out.describe(), "size": int(len(pool))},
+            },
         )
 
     stop = False

@@ -27,6 +27,7 @@ from hashkd.codes import check_bits
 from hashkd.models import ModelConfig, build_model
 from hashkd.models.backbones import small_image_kwargs
 from hashkd.models.hash_model import HashModel
+from hashkd.runtime.backends import file_sha256
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Split,
@@ -139,6 +140,9 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
         "seed": cfg.seed,
         "protocol": data.protocol,
     }
+    if cfg.weights:  # what the initial backbone was, not only where
+        model.config.meta["weights"] = str(Path(cfg.weights).resolve())
+        model.config.meta["weights_sha256"] = file_sha256(cfg.weights)
     criterion = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
     optimizer = torch.optim.Adam(
         trainable_parameters([model]), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -151,7 +155,15 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             if info.is_main:
                 print(f"run in {cfg.out} already finished {start_epoch} epochs")
             return Path(cfg.out)
-    run.write_json("run.json", {"kind": "teacher", "config": asdict(cfg), "splits": data.summary()})
+    run.write_json(
+        "run.json",
+        {
+            "kind": "teacher",
+            "config": asdict(cfg),
+            "splits": data.summary(),
+            "weights_sha256": model.config.meta.get("weights_sha256"),
+        },
+    )
 
     eval_tf = data.eval_transform(mcfg)
     view_tf = data.view_transform(mcfg)

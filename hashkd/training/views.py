@@ -233,6 +233,7 @@ class StreamedViewBank:
         self.views = SeededViews(source, indices, view_transform, seed)
         self.num_views = int(num_views)
         self.codes: np.ndarray | None = None
+        self.logits: torch.Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -246,19 +247,27 @@ class StreamedViewBank:
         num_workers: int = 0,
         progress: bool = True,
         desc: str = "coding the view bank",
+        keep_logits: bool = False,
     ) -> np.ndarray:
-        """Run ``fn`` (views -> N x K logits) over every view once; keeps and returns the codes."""
+        """Run ``fn`` (views -> N x K logits) over every view once; keeps and returns the codes.
+
+        ``keep_logits`` also keeps the logits themselves, float32 ``(N, E, K)`` (50,000 images x
+        4 views x 64 bits: 51 MB), for losses that distil the teacher's continuous outputs
+        (:meth:`outputs`)."""
         loader = DataLoader(
             _AllViews(self.views, self.num_views),
             batch_size=max(1, batch_size // self.num_views),
             shuffle=False,
             num_workers=num_workers,
         )
-        rows = []
+        rows, kept = [], []
         for x, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            logits = fn(x.reshape(-1, *x.shape[2:]))
-            rows.append(pack_codes(logits.float()).reshape(x.shape[0], self.num_views, -1))
+            logits = fn(x.reshape(-1, *x.shape[2:])).float()
+            rows.append(pack_codes(logits).reshape(x.shape[0], self.num_views, -1))
+            if keep_logits:
+                kept.append(logits.cpu().reshape(x.shape[0], self.num_views, -1))
         self.codes = np.concatenate(rows)
+        self.logits = torch.cat(kept) if keep_logits else None
         return self.codes
 
     def pick_pairs(self, generator: torch.Generator) -> torch.Tensor:
@@ -273,3 +282,9 @@ class StreamedViewBank:
         if self.codes is None:
             raise RuntimeError("the view bank has no codes yet: call code() first")
         return torch.from_numpy(codes_to_signs(self.codes[index.numpy(), view.numpy()]))
+
+    def outputs(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The kept logits (B x K) of views ``view`` of images ``index`` (``code(keep_logits=True)``)."""
+        if self.logits is None:
+            raise RuntimeError("the view bank kept no logits: call code(keep_logits=True) first")
+        return self.logits[index.long(), view.long()]

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""The distillation tables of docs/bench-distill.md, rebuilt from the results files in the repository.
+
+A table in a Markdown file is a block between two markers naming its results file (a path
+relative to the repository) and, optionally, which rows to show::
+
+    <!-- distill-table: benchmarks/distill/table16.json bits=16 models=teacher|BRCD: + bit mask (full) -->
+    ...rebuilt by this script...
+    <!-- /distill-table -->
+
+A ``scripts/bench_distill.py`` results file (a dict with ``rows``) becomes its table
+(``bench_distill.table_lines``: mean ± std over seeds, the worst seed's code health, BRCD's k
+and mask); a ``scripts/sweep_distill.py`` results file (a list of runs) becomes the sweep's
+table (``sweep_distill.summarise``).
+
+    python scripts/distill_tables.py                 # rewrite the blocks of docs/bench-distill.md
+    python scripts/distill_tables.py --check         # exit 1 if a block differs from its file
+    python scripts/distill_tables.py --import RUN/results.json benchmarks/distill/NAME.json \\
+        --runs-root RUN_PARENT                       # copy a run's results into the repository
+
+``--import`` writes the results file with every absolute path made relative to
+``--runs-root`` (default: the folder above the results file's folder), prefixed ``runs/``,
+so no machine path is committed; digests and sha256 sums are kept as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BLOCK = re.compile(
+    r"(?P<open><!-- distill-table: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(?P<close><!-- /distill-table -->)",
+    re.S,
+)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parent / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"FILE bits=16 models=a|b"`` -> ``("FILE", {"bits": "16", "models": "a|b"})``; a value
+    runs to the next `` key=`` (model names hold spaces)."""
+    parts = re.split(r" (?=\w+=)", spec.strip())
+    path, filters = parts[0], {}
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key not in ("bits", "models"):
+            raise ValueError(
+                f"distill-table filter {key!r} is not known: expected bits= or models="
+            )
+        filters[key] = value.strip()
+    return path, filters
+
+
+def render(spec: str, root: Path | None = None) -> str:
+    """The Markdown of one block (without the markers); ``root``: the repository."""
+    root = ROOT if root is None else root
+    path, filters = parse_spec(spec)
+    data: Any = json.loads((root / path).read_text())
+    if isinstance(data, list):  # a sweep
+        return _script("sweep_distill").summarise(data) + "\n"
+    rows = data["rows"]
+    if "bits" in filters:
+        bits = {int(b) for b in filters["bits"].split(",")}
+        rows = [r for r in rows if r["bits"] in bits]
+    if "models" in filters:
+        models = filters["models"].split("|")
+        rows = [r for r in rows if r["model"] in models]
+    if not rows:
+        raise ValueError(f"distill-table {spec!r} selects no row of {path}")
+    bench = _script("bench_distill")
+    return "\n".join(bench.table_lines(rows, data["protocol"], data.get("topk", 1000))) + "\n"
+
+
+def rebuild(text: str, root: Path | None = None) -> str:
+    """``text`` with every block's body replaced by its rendered table."""
+    return BLOCK.sub(
+        lambda m: m["open"] + render(m["spec"], root) + m["close"],
+        text,
+    )
+
+
+def relative_paths(value: Any, runs_root: Path) -> Any:
+    """Every absolute path string of a JSON value made ``runs/<relative to runs_root>`` (or its
+    file name when it lies elsewhere)."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, runs_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, runs_root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        p = Path(value)
+        try:
+            return str(Path("runs") / p.relative_to(runs_root))
+        except ValueError:
+            return p.name
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("docs", nargs="*", default=["docs/bench-distill.md"])
+    ap.add_argument("--check", action="store_true", help="exit 1 if a block is out of date")
+    ap.add_argument("--import", dest="import_", nargs=2, metavar=("RESULTS", "DEST"))
+    ap.add_argument("--runs-root", default=None)
+    args = ap.parse_args(argv)
+    if args.import_:
+        src, dest = (Path(p) for p in args.import_)
+        if not src.is_file():
+            ap.error(f"--import {src}: no such results file")
+        runs_root = Path(args.runs_root or src.resolve().parent.parent).resolve()
+        data = relative_paths(json.loads(src.read_text()), runs_root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        print(f"wrote {dest}")
+        return 0
+    stale = []
+    for doc in args.docs:
+        path = Path(doc) if Path(doc).is_absolute() else ROOT / doc
+        text = path.read_text()
+        try:
+            new = rebuild(text)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"distill_tables: {doc}: {exc}", file=sys.stderr)
+            return 2
+        if new != text:
+            stale.append(doc)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"distill_tables: out of date: {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
