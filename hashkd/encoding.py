@@ -40,6 +40,7 @@ from hashkd.codes import (
     pack_codes,
     read_shard_marker,
     shard_dir_name,
+    source_paths,
     write_shard,
 )
 from hashkd.data import (
@@ -151,6 +152,24 @@ def _as_model(model_or_dir: HashModel | str | os.PathLike[str]) -> tuple[HashMod
     )
 
 
+def dataset_sources(dataset: ImageDataset) -> tuple[list[str] | None, dict[str, Any]]:
+    """Where each image of ``dataset`` came from, as a code set records it.
+
+    Returns the images' paths relative to the data root (the image folder, the CIFAR-10
+    folder or a list file's root; :func:`hashkd.codes.source_paths`) and the ``meta`` entry
+    naming that root (``{"path_root": ...}``), or ``(None, {})`` for in-memory data.
+    """
+    paths = dataset.paths
+    if paths is None:
+        return None, {}
+    root_dataset = getattr(dataset, "root", dataset)
+    root_dir = getattr(root_dataset, "root_dir", None)
+    if root_dir is None:
+        return source_paths(paths, None), {}
+    root = os.path.abspath(root_dir)
+    return source_paths(paths, root), {"path_root": Path(root).as_posix()}
+
+
 @torch.no_grad()
 def encode_dataset(
     model_or_dir: HashModel | str | os.PathLike[str],
@@ -190,12 +209,14 @@ def encode_dataset(
     finally:
         bar.close()
     codes = np.concatenate(chunks) if chunks else np.zeros((0, cfg.bits // 8), dtype=np.uint8)
-    info = {**model_meta(model, model_dir), "data": dataset.describe(), **(meta or {})}
+    paths, root = dataset_sources(dataset)
+    info = {**model_meta(model, model_dir), "data": dataset.describe(), **root, **(meta or {})}
     return CodeSet(
         codes=codes,
         ids=np.asarray(dataset.source_indices, dtype=np.int64),
         labels=dataset.labels,
         meta=info,
+        paths=paths,
     )
 
 
@@ -369,11 +390,13 @@ def encode_data(
     dataset, info = select_split(data, root=root, split=split, protocol=protocol, seed=seed)
     encoder, model_info = open_encoder(model, backend=backend, threads=threads)
     codes = encode_with_runtime(encoder, dataset, batch_size, num_workers, progress)
+    paths, root = dataset_sources(dataset)
     return CodeSet(
         codes=codes,
         ids=np.asarray(dataset.source_indices, dtype=np.int64),
         labels=dataset.labels,
-        meta={**model_info, "data": dataset.describe(), **info},
+        meta={**model_info, "data": dataset.describe(), **root, **info},
+        paths=paths,
     )
 
 
@@ -426,11 +449,13 @@ def encode_shard(
     codes = encode_with_runtime(
         encoder, part, batch_size, num_workers, progress, desc=f"encoding shard {shard}"
     )
+    paths, root = dataset_sources(part)
     codeset = CodeSet(
         codes=codes,
         ids=np.asarray(part.source_indices, dtype=np.int64),
         labels=part.labels,
-        meta={**model_info, "data": dataset.describe(), **info, "shard": shard_info},
+        meta={**model_info, "data": dataset.describe(), **root, **info, "shard": shard_info},
+        paths=paths,
     )
     write_shard(codeset, folder)
     return folder, True
