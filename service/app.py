@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.codeset_loader import load_settings_codeset
 from service.engine import Engine
 from service.errors import JsonErrorMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
@@ -46,6 +47,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = None
         engine = await run_in_threadpool(Engine, settings, metrics)
+        if settings.codes is not None:  # hashkd serve --codes: load before answering
+            try:
+                app.state.codeset = await run_in_threadpool(load_settings_codeset, engine, settings)
+            except BaseException as exc:
+                log.error("could not load the code set %s: %s", settings.codes, exc)
+                await run_in_threadpool(engine.close)
+                raise
         app.state.engine = engine
         try:
             yield
@@ -72,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = None
+    app.state.codeset = None
     install_error_handlers(app)
     # Body limits per router (inside the middleware stack, so JsonErrorMiddleware sees the 413).
     app.include_router(search.router, max_body_size=image_body)

@@ -14,31 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from hashkd.cli import main
 from hashkd.codes import CodeSet, CodeSetError, merge_shards, resolve_source, source_paths
 from hashkd.encoding import Shard, encode_data, encode_shard
 from tests.conftest import TINY_VIT
+from tests.photos import make_photos
 from tests.test_service_support import build_artifact, hamming
-
-CLASSES = {"cats": 5, "dogs": 4, "owls": 4}
-
-
-def make_photos(root: Path, classes: dict[str, int] = CLASSES, size: int = 40) -> list[str]:
-    """A folder of class sub-folders of small distinct JPEGs; their paths relative to
-    ``root`` in the order a folder dataset lists them (the id order)."""
-    rng = np.random.default_rng(7)
-    for name, count in classes.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            blocks = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
-            pixels = np.kron(blocks, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
-            Image.fromarray(pixels).save(root / name / f"img {i:02d}.jpg", quality=95)
-    listed = []
-    for name in sorted(os.listdir(root)):
-        listed += [f"{name}/{f}" for f in sorted(os.listdir(root / name))]
-    return listed
 
 
 @pytest.fixture(scope="module")
