@@ -700,7 +700,7 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
                         else hit_label
                     )
                     path = (h.get("metadata") or {}).get("path")
-                    name = Path(path).name if isinstance(path, str) else h["id"]
+                    name = path if isinstance(path, str) else h["id"]
                     shown.append(f"{name}(d={h['distance']},{hit_name}{mark})")
                 qname = class_names[label] if class_names else label
                 if query_paths is not None:

@@ -20,9 +20,8 @@ the images' order.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from hashkd.codes import (
@@ -52,18 +50,10 @@ from hashkd.data import (
     make_splits,
 )
 from hashkd.models import HashModel, ModelConfig, load_artifact
-from hashkd.models.artifact import WEIGHTS_NAME, read_config
+from hashkd.models.artifact import read_config
+from hashkd.runtime.digest import artifact_digest, tensor_digest
 
 SPLITS = ("all", "train", "val", "query", "database")
-
-
-def _tensor_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
-    """SHA-256 over ``(name, torch dtype name, shape, raw bytes)`` items, in name order."""
-    h = hashlib.sha256()
-    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
-        h.update(f"{name}|{dtype}|{shape}|".encode())
-        h.update(data)
-    return h.hexdigest()
 
 
 def model_digest(model: HashModel) -> str:
@@ -80,43 +70,7 @@ def model_digest(model: HashModel) -> str:
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             yield name, str(t.dtype), tuple(t.shape), data
 
-    return _tensor_digest(items())
-
-
-def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
-    """:func:`model_digest` of an artifact's model, read from ``model.safetensors`` directly.
-
-    The tensors are read as NumPy arrays (no model is built, no weights are loaded into
-    PyTorch); a file with a dtype NumPy lacks (bfloat16) falls back to loading the model.
-    """
-    path = Path(model_dir) / WEIGHTS_NAME
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            items = []
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                array = np.asarray(f.get_tensor(name))  # tobytes() is C order; 0-d stays 0-d
-                dtype = _TORCH_DTYPE_NAMES[array.dtype.name]
-                items.append((name, dtype, tuple(array.shape), array.tobytes()))
-    except (KeyError, TypeError, ValueError):  # a dtype without a NumPy twin
-        return model_digest(load_artifact(model_dir))
-    return _tensor_digest(items)
-
-
-#: NumPy dtype name -> the name ``str(torch dtype)`` gives, for :func:`artifact_digest`
-_TORCH_DTYPE_NAMES = {
-    name: f"torch.{name}"
-    for name in (
-        "float64",
-        "float32",
-        "float16",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "uint8",
-        "bool",
-    )
-}
+    return tensor_digest(items())
 
 
 def config_meta(

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.codes is not None:
         from service.codeset_loader import read_codeset
 
-        read_codeset(settings.codes, bits)  # a bad code set: one line before binding the port
+        read_codeset(settings.codes, bits, settings.db_model)  # one line before binding the port
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -15,6 +15,7 @@ same code and path is kept, an id stored with another code or path is refused at
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,8 @@ from PIL import Image
 
 from hashkd.codes import PATHS_NAME, CodeSet, CodeSetError, resolve_source
 from hashkd.io import atomic_write_text
+from hashkd.runtime.config import WEIGHTS_NAME
+from hashkd.runtime.digest import artifact_digest
 from hashkd.runtime.images import DEFAULT_MAX_PIXELS, load_image
 from service.engine import Engine, make_thumbnail
 from service.settings import Settings
@@ -67,14 +70,42 @@ class CodesetLoad:
         return asdict(self)
 
 
-def read_codeset(directory: str | os.PathLike[str], bits: int) -> CodeSet:
-    """The code set at ``directory``; refuses one whose codes are not ``bits`` long."""
+@functools.lru_cache(maxsize=4)
+def _weights_digest(model_dir: str, size: int, mtime_ns: int) -> str:
+    return artifact_digest(model_dir)
+
+
+def model_weights_digest(model_dir: str | os.PathLike[str]) -> str | None:
+    """The weights digest of a model artifact (as code sets record it), or None when it cannot
+    be computed here (no ``model.safetensors``, or no ``safetensors`` package)."""
+    weights = Path(model_dir) / WEIGHTS_NAME
+    try:
+        stat = weights.stat()
+        return _weights_digest(str(Path(model_dir).resolve()), stat.st_size, stat.st_mtime_ns)
+    except (ImportError, OSError):
+        return None
+
+
+def read_codeset(
+    directory: str | os.PathLike[str], bits: int, model_dir: str | os.PathLike[str] | None = None
+) -> CodeSet:
+    """The code set at ``directory``; refuses one whose codes are not ``bits`` long or, when
+    both digests are known, were made by another model than ``model_dir`` (the database model)."""
     codeset = CodeSet.load(directory)
     if codeset.bits != bits:
         raise CodeSetError(
             f"code set {str(directory)!r} holds {codeset.bits}-bit codes but the database model "
             f"makes {bits}-bit codes: expected codes made by the database model"
         )
+    made_by = codeset.meta.get("model_digest")
+    if model_dir is not None and made_by:
+        digest = model_weights_digest(model_dir)
+        if digest is not None and digest != made_by:
+            raise CodeSetError(
+                f"code set {str(directory)!r} was made by another model (weights digest "
+                f"{str(made_by)[:12]}) than the database model {str(model_dir)!r} ({digest[:12]}): "
+                f"expected codes of the database model (hashkd encode {model_dir} ...)"
+            )
     return codeset
 
 
@@ -179,6 +210,7 @@ def load_codeset(
     *,
     data_root: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
     thumbnail_px: int = 96,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     chunk: int = CHUNK,
@@ -187,7 +219,8 @@ def load_codeset(
     """Add the code set at ``directory`` to ``engine``'s items (see the module docstring).
 
     ``store`` is the folder that keeps the marker of loaded code sets (the embedded store;
-    None in cluster mode, where the ids already stored are checked instead).
+    None in cluster mode, where the ids already stored are checked instead); ``model_dir``,
+    the database model, is checked to have made the codes (:func:`read_codeset`).
     """
     source = str(directory)
     digest = codeset_digest(directory)
@@ -207,7 +240,7 @@ def load_codeset(
             done.get("path_root"),
             True,
         )
-    codeset = read_codeset(directory, engine.bits)
+    codeset = read_codeset(directory, engine.bits, model_dir)
     root = str(data_root) if data_root is not None else codeset.path_root
     files: list[str | None] | None = None
     if codeset.paths is not None and thumbnail_px > 0:
@@ -281,6 +314,7 @@ def load_settings_codeset(engine: Engine, settings: Settings) -> CodesetLoad | N
         settings.codes,
         data_root=settings.data_root,
         store=None if settings.cluster else settings.store,
+        model_dir=settings.db_model,
         thumbnail_px=settings.thumbnail_px,
         max_pixels=settings.max_image_pixels,
         chunk=CHUNK,

@@ -23,7 +23,7 @@ from hashkd.encoding import encode_data
 from hashkd.runtime import Encoder
 from service import Settings, create_app
 from service.codeset_loader import CodesetConflictError, thumbnail_of
-from tests.conftest import REPO, TINY_VIT
+from tests.conftest import REPO, TINY_CNN, TINY_VIT
 from tests.photos import make_photos
 from tests.test_service_support import build_artifact, hamming
 
@@ -176,3 +176,15 @@ def test_serve_refuses_a_bad_code_set_in_one_line_before_binding(model, tmp_path
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "holds 16-bit codes but the database model makes 32-bit codes" in done.stderr
+    # codes of another model of the same length: refused by the weights digest
+    other = build_artifact(tmp_path / "cnn32", TINY_CNN, 32, 1)
+    args = ["--model", str(other), "--store", str(tmp_path / "s"), "--codes", str(codeset_dir)]
+    done = _serve(*args)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "was made by another model (weights digest" in done.stderr
+    assert f"than the database model {str(other)!r}" in done.stderr
+    # the database model that made them is accepted with a query model of the same length
+    with TestClient(
+        create_app(_settings(other, tmp_path / "s2", codeset_dir, database_model=model))
+    ) as client:
+        assert client.get("/v1/info").json()["codes"]["added"] == len(CodeSet.load(codeset_dir))
