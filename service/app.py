@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         + settings.max_metadata_bytes
         + MULTIPART_SLACK
     )
-    codes_body = 3 * settings.max_codes_bytes + settings.max_metadata_bytes + MULTIPART_SLACK
+    codes_body = 4 * settings.max_codes_bytes  # codes, ids, labels, paths + settings.max_metadata_bytes + MULTIPART_SLACK
     app = FastAPI(
         title="hashkd image search",
         description=DESCRIPTION,

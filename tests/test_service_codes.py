@@ -188,3 +188,29 @@ def test_serve_refuses_a_bad_code_set_in_one_line_before_binding(model, tmp_path
         create_app(_settings(other, tmp_path / "s2", codeset_dir, database_model=model))
     ) as client:
         assert client.get("/v1/info").json()["codes"]["added"] == len(CodeSet.load(codeset_dir))
+
+
+def test_bulk_code_upload_takes_paths_json(model, photos, codeset_dir, tmp_path):
+    _, listed = photos
+    files = {
+        name.split(".")[0]: (name, (codeset_dir / name).read_bytes())
+        for name in ("codes.npy", "ids.npy", "labels.npy", "paths.json")
+    }
+    settings = Settings(model=model, store=tmp_path / "store", batching=False)
+    with TestClient(create_app(settings)) as client:
+        bad = {**files, "paths": ("paths.json", b'["only one"]')}
+        r = client.post("/v1/items/codes", files=bad)
+        assert (
+            r.status_code == 422
+            and f"paths has 1 entries for {len(listed)} codes" in r.json()["detail"]
+        )
+        r = client.post("/v1/items/codes", files={**files, "paths": ("p.json", b'{"a": 1}')})
+        assert r.status_code == 422 and "JSON list of strings" in r.json()["detail"]
+        assert client.get("/v1/info").json()["items"] == 0  # nothing added by a refused upload
+        r = client.post("/v1/items/codes", files=files)
+        assert r.status_code == 201
+        items = _items(client)
+        assert {i: it["metadata"]["path"] for i, it in items.items()} == dict(enumerate(listed))
+        assert all("labels" in it["metadata"] for it in items.values())
+        found = client.get("/v1/items/0/similar", params={"k": 3}).json()["results"]
+        assert [h["metadata"]["path"] for h in found] == [listed[h["id"]] for h in found]
