@@ -164,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
+    if settings.codes is not None:
+        from service.codeset_loader import quiet_load_errors
+
+        logging.getLogger("uvicorn.error").addFilter(quiet_load_errors)
     uvicorn.run(
         app,
         host=settings.host,

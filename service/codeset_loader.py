@@ -52,6 +52,20 @@ class CodesetConflictError(ValueError):
     """The store holds an id of the code set for another image: nothing more is loaded."""
 
 
+class CodesetLoadError(RuntimeError):
+    """The start-up load of ``--codes`` failed; the message is one sentence saying why.
+
+    Raised by the app's lifespan (after logging that sentence); ``hashkd serve`` keeps the
+    traceback of this exception out of the server's log (:func:`quiet_load_errors`).
+    """
+
+
+def quiet_load_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: drop the traceback uvicorn logs for a :class:`CodesetLoadError`
+    (the lifespan has already logged its one-line reason)."""
+    return CodesetLoadError.__name__ not in record.getMessage()
+
+
 @dataclass(frozen=True)
 class CodesetLoad:
     """What loading a code set did (``/v1/info`` shows it as ``codes``)."""

@@ -22,7 +22,7 @@ from hashkd.codes import CodeSet
 from hashkd.encoding import encode_data
 from hashkd.runtime import Encoder
 from service import Settings, create_app
-from service.codeset_loader import CodesetConflictError, thumbnail_of
+from service.codeset_loader import CodesetLoadError, thumbnail_of
 from tests.conftest import REPO, TINY_CNN, TINY_VIT
 from tests.photos import make_photos
 from tests.test_service_support import build_artifact, hamming
@@ -125,10 +125,16 @@ def test_a_load_cut_off_half_way_is_completed_and_a_conflict_refused(model, code
     other = CodeSet(full.codes, full.ids, full.labels, dict(full.meta), list(full.paths))
     other.paths[3], other.paths[4] = other.paths[4], other.paths[3]
     with (
-        pytest.raises(CodesetConflictError, match="already holds item 3 for another image"),
+        pytest.raises(CodesetLoadError, match="already holds item 3 for another image"),
         TestClient(create_app(_settings(model, store, other.save(tmp_path / "other")))),
     ):
         pass
+    # `hashkd serve` says so in one log line, without a traceback, and exits non-zero
+    args = ["--model", str(model), "--store", str(store), "--codes", str(tmp_path / "other")]
+    done = _serve(*args, "--port", "0")
+    assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "already holds item 3 for another image" in errors[0], errors
 
 
 def test_thumbnails_need_readable_files_and_data_root_points_at_them(
