@@ -45,6 +45,8 @@ log = logging.getLogger("service.codes")
 CHUNK = 5000
 #: The marker of the code sets loaded to the end, in the store folder.
 MARKER_NAME = "codesets.json"
+#: Unreadable files warned about one by one (the rest are only counted).
+MAX_WARNINGS = 10
 _FILES = ("codes.npy", "ids.npy", "labels.npy", PATHS_NAME)
 
 
@@ -136,19 +138,27 @@ def codeset_digest(directory: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def thumbnail_of(file: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
-    """The service's thumbnail of an image file (None when it cannot be read).
+def thumbnail_of(file: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The service's thumbnail of an image file; raises ``OSError``/``ValueError`` when the
+    file cannot be read as an image.
 
     JPEGs are decoded at a reduced scale no smaller than the thumbnail (Pillow's ``draft``),
     which makes a photo's thumbnail several times cheaper than a full decode.
     """
+    with Image.open(file) as img:
+        img.draft("RGB", (2 * size, 2 * size))
+        return make_thumbnail(load_image(img, max_pixels=max_pixels), size)
+
+
+def _try_thumbnail(file: str | None, size: int, max_pixels: int) -> tuple[bytes | None, str]:
+    """(thumbnail, "") or (None, why not); (None, "") when there is no local file."""
+    if file is None:
+        return None, ""
     try:
-        with Image.open(file) as img:
-            img.draft("RGB", (2 * size, 2 * size))
-            return make_thumbnail(load_image(img, max_pixels=max_pixels), size)
+        return thumbnail_of(file, size, max_pixels), ""
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        log.warning("no thumbnail for %s: %s", file, str(exc).splitlines()[0] if str(exc) else exc)
-        return None
+        text = str(exc).strip()
+        return None, f"{file}: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def _metadata(codeset: CodeSet) -> list[dict[str, Any]]:
@@ -260,10 +270,12 @@ def load_codeset(
     if codeset.paths is not None and thumbnail_px > 0:
         if root is not None and not Path(root).is_dir():
             log.warning(
-                "the data root %s of code set %s is not readable here: no thumbnails (--data-root)",
+                "the data root %s of code set %s is not a readable folder here: no thumbnails "
+                "for its relative paths (--data-root names another)",
                 root,
                 source,
             )
+            root = None
         files = [resolve_source(p, root) for p in codeset.paths]
     meta = _metadata(codeset)
     check = len(engine.catalog) > 0  # a fresh store cannot hold any of the ids
@@ -284,20 +296,17 @@ def load_codeset(
             chunk_thumbs: list[bytes | None] | None = None
             if files is not None:
                 wanted = [files[start + int(j)] for j in sel]
-                chunk_thumbs = list(
-                    pool.map(
-                        lambda f: thumbnail_of(f, thumbnail_px, max_pixels) if f else None,
-                        wanted,
-                    )
-                )
-                made = sum(t is not None for t in chunk_thumbs)
-                thumbs += made
-                unreadable += sum(
-                    1 for f, t in zip(wanted, chunk_thumbs, strict=True) if f and t is None
-                )
+                made = list(pool.map(lambda f: _try_thumbnail(f, thumbnail_px, max_pixels), wanted))
+                chunk_thumbs = [thumb for thumb, _ in made]
+                thumbs += sum(t is not None for t in chunk_thumbs)
+                for _, why in made:
+                    if why:
+                        unreadable += 1
+                        if unreadable <= MAX_WARNINGS:
+                            log.warning("no thumbnail for %s", why)
             try:
                 _add(engine, codes[sel], ids[sel].tolist(), [rows[j] for j in sel], chunk_thumbs)
-            except DuplicateItemError as exc:  # stored meanwhile: check them, add the rest
+            except DuplicateItemError as exc:  # another writer stored them meanwhile
                 raise CodesetConflictError(
                     f"ids of code set {source!r} were stored while it was loading ({exc})"
                 ) from None

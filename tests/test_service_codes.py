@@ -150,6 +150,7 @@ def test_thumbnails_need_readable_files_and_data_root_points_at_them(
     with TestClient(create_app(_settings(model, tmp_path / "s1", unreadable))) as client:
         info = client.get("/v1/info").json()
         assert info["items"] == len(listed) and info["codes"]["thumbnails"] == 0
+        assert info["codes"]["unreadable"] == 0  # a missing root: no file is even tried
         assert not any(it["has_thumbnail"] for it in _items(client).values())
         assert _items(client)[0]["metadata"]["path"] == listed[0]
     settings = _settings(model, tmp_path / "s2", unreadable, data_root=moved)
