@@ -221,3 +221,23 @@ def test_bulk_code_upload_takes_paths_json(model, photos, codeset_dir, tmp_path)
         assert all("labels" in it["metadata"] for it in items.values())
         found = client.get("/v1/items/0/similar", params={"k": 3}).json()["results"]
         assert [h["metadata"]["path"] for h in found] == [listed[h["id"]] for h in found]
+
+
+def test_cluster_mode_loads_the_codes_once_checking_the_stored_ids(
+    model, photos, codeset_dir, tmp_path
+):
+    """No store folder to keep a marker in: every start checks which ids Milvus holds."""
+    pytest.importorskip("milvus_lite")
+    _, listed = photos
+    uri = str(tmp_path / "items.db")
+    settings = Settings(
+        model=model, cluster=True, index_spec=f"milvus:{uri}", codes=codeset_dir, batching=False
+    )
+    for run in (1, 2):
+        with TestClient(create_app(settings)) as client:
+            info = client.get("/v1/info").json()
+            assert info["items"] == len(listed)
+            assert info["codes"]["added"] == (len(listed) if run == 1 else 0)
+            assert info["codes"]["already_stored"] == (0 if run == 1 else len(listed))
+            item = client.get("/v1/items/4").json()
+            assert item["metadata"]["path"] == listed[4] and item["has_thumbnail"]
