@@ -18,9 +18,11 @@ a server that cannot be reached raises :class:`ClientError`. Both are ``ValueErr
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,9 @@ import numpy as np
 
 ImageInput = str | os.PathLike[str] | bytes | Any  # a path, encoded bytes or a PIL image
 CodesInput = str | Sequence[str] | bytes | np.ndarray
+#: Paths per filtered search of :meth:`Client.stored_paths` (the server takes 1,024 values).
+STORED_PATHS_CHUNK = 256
+STORED_PATHS_BYTES = 48 * 1024  # the server reads filters of up to 64 KiB
 
 
 class ClientError(ValueError):
@@ -40,10 +45,19 @@ class ClientError(ValueError):
 class ApiError(ClientError):
     """The server answered with an error: its HTTP status and its one-sentence ``detail``."""
 
-    def __init__(self, status_code: int, detail: str, method: str = "", path: str = "") -> None:
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         self.status_code = int(status_code)
         self.detail = detail
         self.method, self.path = method, path
+        #: Seconds the server asked to wait before retrying (its ``Retry-After``), if it said.
+        self.retry_after = retry_after
         where = f" on {method} {path}" if method else ""
         super().__init__(f"{detail} (HTTP {self.status_code}{where})")
 
@@ -101,6 +115,66 @@ class ItemPage:
 
     items: list[Item]
     next_after: int | None
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Client.add_folder` did: files added (with their new ids), files skipped
+    because an item with their ``path`` was already stored, and files the server refused."""
+
+    added: dict[str, int] = field(default_factory=dict)  # recorded path -> new id
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # recorded path -> why
+
+    def summary(self) -> str:
+        text = f"added {len(self.added)} images, skipped {len(self.skipped)} already stored"
+        return text + (f", {len(self.failed)} refused" if self.failed else "")
+
+
+def image_sources(
+    sources: Sequence[str | os.PathLike[str]],
+) -> list[tuple[Path, str]]:
+    """``(file, recorded path)`` of every image named by ``sources``, in order.
+
+    A folder gives its image files (recursively, sorted, hidden files and folders skipped,
+    the extensions of :data:`hashkd.runtime.images.IMG_EXTENSIONS`), each recorded relative to
+    that folder (``cats/001.jpg``) -- as ``hashkd encode`` records the files of its data
+    folder, so that a folder served from its code set and then added to is not added twice.
+    A file is recorded as given (``/`` separators). A missing source raises ``ClientError``.
+    """
+    from hashkd.runtime.images import is_image_name
+
+    out: list[tuple[Path, str]] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if is_image_name(name):
+                        file = Path(dirpath) / name
+                        out.append((file, file.relative_to(path).as_posix()))
+        elif path.is_file():
+            out.append((path, path.as_posix()))
+        else:
+            raise ClientError(f"{str(source)!r} does not exist: expected an image file or a folder")
+    return out
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (a number or an HTTP date), None when absent."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _hits(rows: list[dict[str, Any]]) -> list[Hit]:
@@ -202,7 +276,9 @@ class Client:
                 detail = str(response.json()["detail"])
             except (ValueError, KeyError, TypeError):
                 detail = response.text.strip()[:200] or response.reason_phrase
-            raise ApiError(response.status_code, detail, method, path)
+            raise ApiError(
+                response.status_code, detail, method, path, retry_after=_retry_after(response)
+            )
         try:
             return response.json()
         except ValueError:
@@ -346,6 +422,151 @@ class Client:
     def info(self) -> dict[str, Any]:
         """Models, protocol, bits, index and limits (``GET /v1/info``)."""
         return self._request("GET", "/v1/info")
+
+    # -- adding a folder --------------------------------------------------------------------------
+    def stored_paths(self, paths: Sequence[str]) -> dict[str, int]:
+        """Which of ``paths`` a stored item has as its metadata ``path``: path -> item id.
+
+        Asked with filtered searches (``{"path": [...]}``, any code as the query), so the cost
+        is that of the matching items, not of the collection.
+        """
+        if not paths:
+            return {}
+        info = self.info()
+        code = "00" * (int(info["bits"]) // 8)
+        max_k = int(info.get("limits", {}).get("max_k", 1000))
+        found: dict[str, int] = {}
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for p in dict.fromkeys(str(p) for p in paths):
+            cost = len(json.dumps(p)) + 2
+            if len(chunks[-1]) >= STORED_PATHS_CHUNK or size + cost > STORED_PATHS_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(p)
+            size += cost
+        for chunk in chunks:
+            flt = {"path": chunk}
+            offset = 0
+            while True:
+                (result,) = self.search_codes(code, k=max_k, filter=flt, offset=offset)
+                for hit in result:
+                    found.setdefault(str(hit.metadata.get("path")), hit.id)
+                if len(result) < max_k:
+                    break
+                offset += max_k
+        return found
+
+    def add_folder(
+        self,
+        sources: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        batch_size: int = 32,
+        progress: bool = False,
+        retries: int = 8,
+        max_wait_s: float = 60.0,
+    ) -> AddReport:
+        """Add every image of folders and files (:func:`image_sources`) that is not stored yet.
+
+        Each item gets metadata ``{"path": recorded path}``; a file whose path some stored item
+        already has is skipped, so a second call (or one after an interruption) adds only
+        what is missing. Images go in batches of ``batch_size`` (at most the server's
+        ``max_images``); a batch answered 503, or cut off by a lost connection, is retried up
+        to ``retries`` times after the server's ``Retry-After`` (else 1, 2, 4 ... s, at most
+        ``max_wait_s``), re-checking first which of its files were stored meanwhile. A file
+        the server refuses (not an image, too large) is reported in ``failed`` and the rest
+        are added. ``progress`` shows a tqdm progress bar.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        files = image_sources(sources)
+        limits = self.info().get("limits", {})
+        batch = max(1, min(int(batch_size), int(limits.get("max_images", batch_size))))
+        max_bytes = int(limits.get("max_upload_bytes", 0)) or None
+        report = AddReport()
+        unique: list[tuple[Path, str]] = []
+        seen: set[str] = set()
+        for file, rec in files:
+            if rec in seen:
+                report.skipped.append(rec)  # the same recorded path twice in this call
+            else:
+                seen.add(rec)
+                unique.append((file, rec))
+        with tqdm(total=len(unique), desc="adding", unit="img", disable=not progress) as bar:
+            for start in range(0, len(unique), batch):
+                part = unique[start : start + batch]
+                self._add_batch(part, report, max_bytes, retries, max_wait_s)
+                bar.update(len(part))
+                bar.set_postfix(added=len(report.added), skipped=len(report.skipped))
+        return report
+
+    def _add_batch(
+        self,
+        part: list[tuple[Path, str]],
+        report: AddReport,
+        max_bytes: int | None,
+        retries: int,
+        max_wait_s: float,
+    ) -> None:
+        attempts = 0
+        tried: set[str] = set()
+        while True:
+            stored = self.stored_paths([rec for _, rec in part])
+            todo: list[tuple[Path, str]] = []
+            for file, rec in part:
+                if rec in stored:
+                    if rec in tried:  # stored by an attempt whose answer was lost
+                        report.added[rec] = stored[rec]
+                    else:
+                        report.skipped.append(rec)
+                    continue
+                try:
+                    size = file.stat().st_size
+                except OSError as exc:
+                    report.failed[rec] = f"cannot be read: {exc.strerror or exc}"
+                    continue
+                if max_bytes is not None and size > max_bytes:
+                    report.failed[rec] = (
+                        f"is {size} bytes: over the server's limit of {max_bytes} bytes per image"
+                    )
+                    continue
+                todo.append((file, rec))
+            if not todo:
+                return
+            tried.update(rec for _, rec in todo)
+            try:
+                ids = self.add([file for file, _ in todo], metadata=[{"path": r} for _, r in todo])
+            except ApiError as exc:
+                if exc.status_code == 503 and attempts < retries:
+                    attempts += 1
+                    wait = exc.retry_after if exc.retry_after is not None else 2.0 ** (attempts - 1)
+                    time.sleep(min(max_wait_s, wait))
+                    continue
+                if exc.status_code in (413, 415, 422):
+                    if len(todo) == 1:
+                        report.failed[todo[0][1]] = exc.detail
+                    else:  # find the file(s) refused: one by one
+                        for one in todo:
+                            self._add_batch([one], report, max_bytes, retries, max_wait_s)
+                    return
+                raise
+            except ClientError:
+                if attempts >= retries:
+                    raise
+                attempts += 1
+                time.sleep(min(max_wait_s, 2.0 ** (attempts - 1)))
+                continue
+            except OSError as exc:  # a file vanished or cannot be read: one by one
+                if len(todo) == 1:
+                    report.failed[todo[0][1]] = f"cannot be read: {exc.strerror or exc}"
+                else:
+                    for one in todo:
+                        self._add_batch([one], report, max_bytes, retries, max_wait_s)
+                return
+            for (_, rec), item_id in zip(todo, ids, strict=True):
+                report.added[rec] = item_id
+            return
 
 
 # -- helpers of ``hashkd query`` --------------------------------------------------------------------

@@ -5,7 +5,9 @@ packed with ``numpy.packbits`` along the bit axis, most significant bit first, s
 code is K/8 uint8 bytes -- the layout FAISS binary indexes use.
 
 A code set is a directory holding ``codes.npy`` (uint8, n x K/8), ``ids.npy`` (int64, n),
-optionally ``labels.npy`` (uint8, n x C multi-hot) and ``meta.json``.
+optionally ``labels.npy`` (uint8, n x C multi-hot), ``paths.json`` (where each code came from:
+a JSON list of n strings, file paths relative to ``meta.json``'s ``path_root`` or URIs) and
+``meta.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 from hashkd.io import atomic_write, atomic_write_bytes
 
 CODESET_FORMAT_VERSION = 1
+#: The file of a code set that says where each code came from (see :func:`source_paths`).
+PATHS_NAME = "paths.json"
 #: The file a finished shard of ``hashkd encode --shard`` ends with (written last, atomically).
 SHARD_MARKER = "complete.json"
 #: Meta entries every shard of one encode must share to be merged.
@@ -111,14 +115,51 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     return out
 
 
+def source_paths(
+    paths: Sequence[str | os.PathLike[str]], root: str | os.PathLike[str] | None
+) -> list[str]:
+    """Where each image came from, as a code set records it.
+
+    A path inside ``root`` becomes relative to it (``/`` separators: ``cats/001.jpg``); a path
+    outside ``root`` (or every path, when ``root`` is None) stays absolute; a URI
+    (``scheme://...``) is kept as it is.
+    """
+    base = os.path.abspath(root) if root is not None else None
+    out: list[str] = []
+    for p in paths:
+        text = os.fspath(p)
+        if "://" in text:
+            out.append(text)
+            continue
+        full = os.path.abspath(text)
+        if base is not None and (full == base or full.startswith(base.rstrip(os.sep) + os.sep)):
+            out.append(Path(os.path.relpath(full, base)).as_posix())
+        else:
+            out.append(Path(full).as_posix())
+    return out
+
+
+def resolve_source(path: str, root: str | os.PathLike[str] | None) -> str | None:
+    """The local file a code set's ``path`` names (joined to ``root`` when relative), or None
+    for a URI or a relative path without a root."""
+    if "://" in path:
+        return None
+    if os.path.isabs(path):
+        return path
+    return None if root is None else os.path.join(os.fspath(root), path)
+
+
 @dataclass
 class CodeSet:
-    """Packed codes with the caller's int64 ids, optional multi-hot labels and metadata."""
+    """Packed codes with the caller's int64 ids, optional multi-hot labels, optional source
+    paths (one per code, see :func:`source_paths`; ``meta["path_root"]`` is their root) and
+    metadata."""
 
     codes: np.ndarray
     ids: np.ndarray
     labels: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    paths: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.codes = as_codes(self.codes)
@@ -133,6 +174,20 @@ class CodeSet:
                 raise CodeSetError(
                     f"labels must be n x C with n={self.codes.shape[0]}, got shape {self.labels.shape}"
                 )
+        if self.paths is not None:
+            if not isinstance(self.paths, (list, tuple)) or not all(
+                isinstance(p, str) for p in self.paths
+            ):
+                raise CodeSetError("paths must be a list of strings, one per code")
+            self.paths = list(self.paths)
+            if len(self.paths) != self.codes.shape[0]:
+                raise CodeSetError(f"{self.codes.shape[0]} codes but {len(self.paths)} paths")
+
+    @property
+    def path_root(self) -> str | None:
+        """The folder the relative ``paths`` are relative to (``meta["path_root"]``), or None."""
+        root = self.meta.get("path_root")
+        return str(root) if root else None
 
     @property
     def bits(self) -> int:
@@ -151,6 +206,10 @@ class CodeSet:
             _save_npy(path / "labels.npy", self.labels)
         elif (path / "labels.npy").exists():
             (path / "labels.npy").unlink()
+        if self.paths is not None:
+            atomic_write_bytes(path / PATHS_NAME, json.dumps(self.paths).encode())
+        elif (path / PATHS_NAME).exists():
+            (path / PATHS_NAME).unlink()
         meta = {
             "format_version": CODESET_FORMAT_VERSION,
             "bits": self.bits,
@@ -194,9 +253,22 @@ class CodeSet:
             raise CodeSetError(
                 f"{str(path / 'codes.npy')!r} must hold uint8 n x K/8 codes, got {codes.dtype} {codes.shape}"
             )
+        paths = None
+        if (path / PATHS_NAME).is_file():
+            try:
+                paths = json.loads((path / PATHS_NAME).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CodeSetError(f"{str(path / PATHS_NAME)!r} is not valid JSON: {exc}") from None
+            if not isinstance(paths, list):
+                raise CodeSetError(
+                    f"{str(path / PATHS_NAME)!r} must hold a JSON list of strings, one per code"
+                )
         for key in ("format_version", "bits", "count"):
             meta.pop(key, None)
-        return cls(codes=codes, ids=ids, labels=labels, meta=meta)
+        try:
+            return cls(codes=codes, ids=ids, labels=labels, meta=meta, paths=paths)
+        except CodeSetError as exc:
+            raise CodeSetError(f"code set {str(path)!r} is not consistent: {exc}") from None
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -336,10 +408,14 @@ def merge_shards(parts: Sequence[str | os.PathLike[str]]) -> CodeSet:
     has_labels = {c.labels is not None for c in ordered}
     if len(has_labels) != 1:
         raise CodeSetError("some shards have labels and others not: expected shards of one run")
+    has_paths = {c.paths is not None for c in ordered}
+    if len(has_paths) != 1:
+        raise CodeSetError("some shards have paths and others not: expected shards of one run")
     meta = {k: v for k, v in first.meta.items() if k != "shard"}
     return CodeSet(
         codes=np.concatenate([c.codes for c in ordered]),
         ids=all_ids,
         labels=np.concatenate([c.labels for c in ordered]) if has_labels == {True} else None,
         meta=meta,
+        paths=[p for c in ordered for p in c.paths or ()] if has_paths == {True} else None,
     )

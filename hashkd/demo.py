@@ -10,8 +10,9 @@ reproduces it by hand:
 3. distil the student with BRCD                           -> student_brcd/
 4. export the BRCD student to ONNX                        -> student_brcd_onnx/
 5. encode the database with the teacher (asymmetric)      -> codes/db_teacher/ (+ the others for the table)
-6. build a FAISS index of the teacher codes               -> index.faiss
-7. start the REST service (student queries, teacher database) on store/, POST query images
+6. build a FAISS index of the teacher codes and search it offline -> index.faiss
+7. start the REST service (student queries) on store/, loading the teacher-coded database
+   (codes, labels, file paths, thumbnails) from codes/db_teacher/; POST query images
 8. a symmetric service with the student: images added by upload are found at distance 0
 9. print the hits and the results table; stop the servers.
 
@@ -20,8 +21,8 @@ through :mod:`hashkd.pipeline` (typed stage configs, the printed command rendere
 config), the evaluation through :mod:`hashkd.evaluation`; ``hashkd index build`` and
 ``hashkd serve`` run as child processes, since ``hashkd`` never imports ``indexes`` or
 ``service`` (docs/ARCHITECTURE.md). A second run in the same work directory reuses the trained
-artifacts and the store when it already holds exactly the teacher-coded database, and rebuilds
-the store otherwise. A failing stage raises :class:`DemoError` (one sentence naming the stage).
+artifacts and the store when it already holds exactly the teacher-coded database (the service
+loads the code set idempotently), and rebuilds the store otherwise. A failing stage raises :class:`DemoError` (one sentence naming the stage).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -326,106 +327,83 @@ class StorePlan:
     reason: str
 
 
-def plan_store(
-    stored_items: int,
-    expected: Mapping[int, str],
-    stored_code: Callable[[int], str | None],
-) -> StorePlan:
-    """Decide whether the store can serve as the teacher-coded database.
+def plan_store(expected: int, stored_items: int, loaded: Mapping[str, Any] | None) -> StorePlan:
+    """Decide, after the service started with ``--codes``, whether its store is the database.
 
-    ``stored_items`` is the store's item count (``/v1/info`` ``items``), ``expected`` maps each
-    database id to its code (hex), ``stored_code(id)`` gives the code the store holds for an id
-    (None when it has none). The store is reused only when it holds exactly the database: the same
-    number of items and, for every database id, the same code (asked id by id, stopping at the
-    first difference). An empty store gets the codes added; any other store is rebuilt.
+    ``expected`` is the number of database codes, ``stored_items`` the store's item count
+    (``/v1/info`` ``items``) and ``loaded`` what the service's start-up load of the code set
+    did (``/v1/info`` ``codes``: ``added``, ``already_stored``). The service itself refuses a
+    store holding a database id for another image; a store holding more items than the
+    database (or fewer: items deleted since) is rebuilt.
     """
-    n = len(expected)
-    if stored_items == 0:
-        return StorePlan("add", f"the store is empty: adding the {n} teacher-coded database items")
-    if stored_items != n:
+    if stored_items != expected:
         return StorePlan(
             "rebuild",
-            f"the store holds {stored_items} items, not the {n} of the database: rebuilding it",
+            f"the store holds {stored_items} items, not the {expected} of the database: rebuilding it",
         )
-    for item_id, code in expected.items():
-        got = stored_code(item_id)
-        if got is None:
-            return StorePlan(
-                "rebuild", f"the store has no item {item_id} of the database: rebuilding it"
-            )
-        if got != code:
-            return StorePlan(
-                "rebuild",
-                f"item {item_id} of the store has another code than the teacher gives it "
-                "(the teacher changed): rebuilding the store",
-            )
-    return StorePlan("reuse", f"reusing the store: it holds exactly the {n} database items")
+    added = int((loaded or {}).get("added", 0))
+    if added == 0:
+        return StorePlan(
+            "reuse", f"reusing the store: it holds exactly the {expected} database items"
+        )
+    if added == expected:
+        return StorePlan(
+            "add",
+            f"the service loaded the {expected} teacher-coded database items (codes, labels, "
+            "file paths, thumbnails) from the code set at start-up",
+        )
+    return StorePlan("add", f"the service added the {added} database items the store was missing")
 
 
-def _stored_code_lookup(client) -> Callable[[int], str | None]:
-    def stored_code(item_id: int) -> str | None:
-        r = client.get(f"/v1/items/{item_id}")
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        return str(r.json()["code"])
-
-    return stored_code
-
-
-def _add_codes(url: str, db: Path) -> None:
-    import httpx
-
-    files = {
-        "codes": ("codes.npy", (db / "codes.npy").read_bytes()),
-        "ids": ("ids.npy", (db / "ids.npy").read_bytes()),
-    }
-    if (db / "labels.npy").is_file():
-        files["labels"] = ("labels.npy", (db / "labels.npy").read_bytes())
-    _say(
-        f"$ curl -F codes=@{db}/codes.npy -F ids=@{db}/ids.npy -F labels=@{db}/labels.npy "
-        f"{url}/v1/items/codes"
-    )
-    r = httpx.post(url + "/v1/items/codes", files=files, timeout=120)
-    r.raise_for_status()
-    _say(f"added {len(r.json()['ids'])} teacher codes")
+def database_server_args(
+    query_model: Path, database_model: Path, store: Path, codes: Path
+) -> list[str]:
+    """The ``hashkd serve`` arguments of the demo's service: student queries, a teacher-coded
+    database loaded from the code set ``codes`` at start-up (with paths and thumbnails)."""
+    return [
+        "--model",
+        str(query_model),
+        "--database-model",
+        str(database_model),
+        "--store",
+        str(store),
+        "--codes",
+        str(codes),
+    ]
 
 
-def _serve_database(
+def serve_database(
     args: list[str], port: int, log: Path, store: Path, db_dir: Path
 ) -> tuple[Server, StorePlan]:
-    """Start the service on ``store`` and make it hold exactly the code set in ``db_dir``."""
+    """Start ``hashkd serve ARGS`` (which load the code set ``db_dir``) on ``store`` and make
+    sure it holds exactly that code set: a store the service cannot open or load the codes
+    into, or one with other items, is rebuilt."""
     import httpx
 
-    db = CodeSet.load(db_dir)
-
+    expected = len(CodeSet.load(db_dir))
     existed = store.exists()
     try:
         server = _start(args, port, log)
     except DemoError as exc:
         if not existed:
             raise
-        _say(f"the service could not open the existing store ({exc}): rebuilding it")
+        _say(f"the service could not use the existing store ({exc}): rebuilding it")
         shutil.rmtree(store)
-        return _serve_database(args, port, log, store, db_dir)
+        return serve_database(args, port, log, store, db_dir)
     try:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            info = client.get("/v1/info").json()
-            expected = {int(i): bytes(c).hex() for i, c in zip(db.ids, db.codes, strict=True)}
-            plan = plan_store(int(info["items"]), expected, _stored_code_lookup(client))
+        info = httpx.get(server.url + "/v1/info", timeout=10).json()
+        plan = plan_store(expected, int(info["items"]), info.get("codes"))
         _say(plan.reason)
         if plan.action == "rebuild":
             server.stop()
             shutil.rmtree(store)
             server = _start(args, port, log)
-        if plan.action != "reuse":
-            _add_codes(server.url, db_dir)
-        info = httpx.get(server.url + "/v1/info", timeout=10).json()
+            info = httpx.get(server.url + "/v1/info", timeout=10).json()
         _say(f"store: {info['items']} items; index: {info['index']['size']} codes")
-        if info["items"] != len(db) or info["index"]["size"] != len(db):
+        if info["items"] != expected or info["index"]["size"] != expected:
             raise DemoError(
                 f"the service holds {info['items']} items and indexes {info['index']['size']} "
-                f"codes: expected the {len(db)} database codes"
+                f"codes: expected the {expected} database codes"
             )
     except BaseException:
         server.stop()
@@ -652,7 +630,9 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
             for line in collapse_warnings(result, names[key]):
                 _warn(line)
 
-    with _stage(6, "build the FAISS index of the teacher-coded database", stage_s):
+    with _stage(
+        6, "build a FAISS index of the teacher-coded database and search it offline", stage_s
+    ):
         _run_child(
             [
                 "index",
@@ -664,18 +644,24 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
                 str(w / "index.faiss"),
             ]
         )
+        _run_child(
+            [
+                "index",
+                "search",
+                str(w / "index.faiss"),
+                "--query",
+                str(codes / "q_brcd"),
+                "--k",
+                "5",
+                "--json",
+                str(w / "index_hits.json"),
+            ]
+        )
 
     hits_out: list[dict[str, Any]] = []
     with _stage(7, "serve: student queries against the teacher-coded database over REST", stage_s):
-        server, store_plan = _serve_database(
-            [
-                "--model",
-                str(onnx_dir),
-                "--database-model",
-                str(teacher),
-                "--store",
-                str(w / "store"),
-            ],
+        server, store_plan = serve_database(
+            database_server_args(onnx_dir, teacher, w / "store", codes / "db_teacher"),
             cfg.port or _free_port(),
             w / "service.log",
             w / "store",
@@ -683,6 +669,7 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
         )
         try:
             class_names = getattr(query_ds, "class_names", None)
+            query_paths = sets["q_teacher"].paths
             for i in range(min(cfg.queries_to_show, len(query_ds))):
                 img = query_ds.load_image(i)
                 label = int(np.argmax(query_ds.labels[i]))
@@ -712,8 +699,12 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
                         if class_names and isinstance(hit_label, int)
                         else hit_label
                     )
-                    shown.append(f"{h['id']}(d={h['distance']},{hit_name}{mark})")
+                    path = (h.get("metadata") or {}).get("path")
+                    name = path if isinstance(path, str) else h["id"]
+                    shown.append(f"{name}(d={h['distance']},{hit_name}{mark})")
                 qname = class_names[label] if class_names else label
+                if query_paths is not None:
+                    qname = f"{query_paths[i]}, {qname}"
                 _say(
                     f"query {i} [{qname}] -> " + "  ".join(shown) + f"   ({res['took_ms']:.1f} ms)"
                 )

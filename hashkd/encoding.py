@@ -20,9 +20,8 @@ the images' order.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from hashkd.codes import (
@@ -40,6 +38,7 @@ from hashkd.codes import (
     pack_codes,
     read_shard_marker,
     shard_dir_name,
+    source_paths,
     write_shard,
 )
 from hashkd.data import (
@@ -51,18 +50,10 @@ from hashkd.data import (
     make_splits,
 )
 from hashkd.models import HashModel, ModelConfig, load_artifact
-from hashkd.models.artifact import WEIGHTS_NAME, read_config
+from hashkd.models.artifact import read_config
+from hashkd.runtime.digest import artifact_digest, tensor_digest
 
 SPLITS = ("all", "train", "val", "query", "database")
-
-
-def _tensor_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
-    """SHA-256 over ``(name, torch dtype name, shape, raw bytes)`` items, in name order."""
-    h = hashlib.sha256()
-    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
-        h.update(f"{name}|{dtype}|{shape}|".encode())
-        h.update(data)
-    return h.hexdigest()
 
 
 def model_digest(model: HashModel) -> str:
@@ -79,43 +70,7 @@ def model_digest(model: HashModel) -> str:
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             yield name, str(t.dtype), tuple(t.shape), data
 
-    return _tensor_digest(items())
-
-
-def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
-    """:func:`model_digest` of an artifact's model, read from ``model.safetensors`` directly.
-
-    The tensors are read as NumPy arrays (no model is built, no weights are loaded into
-    PyTorch); a file with a dtype NumPy lacks (bfloat16) falls back to loading the model.
-    """
-    path = Path(model_dir) / WEIGHTS_NAME
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            items = []
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                array = np.asarray(f.get_tensor(name))  # tobytes() is C order; 0-d stays 0-d
-                dtype = _TORCH_DTYPE_NAMES[array.dtype.name]
-                items.append((name, dtype, tuple(array.shape), array.tobytes()))
-    except (KeyError, TypeError, ValueError):  # a dtype without a NumPy twin
-        return model_digest(load_artifact(model_dir))
-    return _tensor_digest(items)
-
-
-#: NumPy dtype name -> the name ``str(torch dtype)`` gives, for :func:`artifact_digest`
-_TORCH_DTYPE_NAMES = {
-    name: f"torch.{name}"
-    for name in (
-        "float64",
-        "float32",
-        "float16",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "uint8",
-        "bool",
-    )
-}
+    return tensor_digest(items())
 
 
 def config_meta(
@@ -149,6 +104,24 @@ def _as_model(model_or_dir: HashModel | str | os.PathLike[str]) -> tuple[HashMod
     raise ValueError(
         f"model {type(model_or_dir).__name__} is not valid: expected a HashModel or a model artifact directory"
     )
+
+
+def dataset_sources(dataset: ImageDataset) -> tuple[list[str] | None, dict[str, Any]]:
+    """Where each image of ``dataset`` came from, as a code set records it.
+
+    Returns the images' paths relative to the data root (the image folder, the CIFAR-10
+    folder or a list file's root; :func:`hashkd.codes.source_paths`) and the ``meta`` entry
+    naming that root (``{"path_root": ...}``), or ``(None, {})`` for in-memory data.
+    """
+    paths = dataset.paths
+    if paths is None:
+        return None, {}
+    root_dataset = getattr(dataset, "root", dataset)
+    root_dir = getattr(root_dataset, "root_dir", None)
+    if root_dir is None:
+        return source_paths(paths, None), {}
+    root = os.path.abspath(root_dir)
+    return source_paths(paths, root), {"path_root": Path(root).as_posix()}
 
 
 @torch.no_grad()
@@ -190,12 +163,14 @@ def encode_dataset(
     finally:
         bar.close()
     codes = np.concatenate(chunks) if chunks else np.zeros((0, cfg.bits // 8), dtype=np.uint8)
-    info = {**model_meta(model, model_dir), "data": dataset.describe(), **(meta or {})}
+    paths, root = dataset_sources(dataset)
+    info = {**model_meta(model, model_dir), "data": dataset.describe(), **root, **(meta or {})}
     return CodeSet(
         codes=codes,
         ids=np.asarray(dataset.source_indices, dtype=np.int64),
         labels=dataset.labels,
         meta=info,
+        paths=paths,
     )
 
 
@@ -369,11 +344,13 @@ def encode_data(
     dataset, info = select_split(data, root=root, split=split, protocol=protocol, seed=seed)
     encoder, model_info = open_encoder(model, backend=backend, threads=threads)
     codes = encode_with_runtime(encoder, dataset, batch_size, num_workers, progress)
+    paths, root = dataset_sources(dataset)
     return CodeSet(
         codes=codes,
         ids=np.asarray(dataset.source_indices, dtype=np.int64),
         labels=dataset.labels,
-        meta={**model_info, "data": dataset.describe(), **info},
+        meta={**model_info, "data": dataset.describe(), **root, **info},
+        paths=paths,
     )
 
 
@@ -426,11 +403,13 @@ def encode_shard(
     codes = encode_with_runtime(
         encoder, part, batch_size, num_workers, progress, desc=f"encoding shard {shard}"
     )
+    paths, root = dataset_sources(part)
     codeset = CodeSet(
         codes=codes,
         ids=np.asarray(part.source_indices, dtype=np.int64),
         labels=part.labels,
-        meta={**model_info, "data": dataset.describe(), **info, "shard": shard_info},
+        meta={**model_info, "data": dataset.describe(), **root, **info, "shard": shard_info},
+        paths=paths,
     )
     write_shard(codeset, folder)
     return folder, True

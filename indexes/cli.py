@@ -2,7 +2,7 @@
 
 Loaded by ``hashkd.cli`` through the ``hashkd.commands`` entry point (``indexes.cli:register``);
 this module reads code sets directly with numpy (``codes.npy`` uint8 n x K/8, ``ids.npy``
-int64) and imports nothing from ``hashkd``.
+int64, ``paths.json`` the images' paths) and imports nothing from ``hashkd``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,33 @@ def read_codeset(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     return codes, ids.astype(np.int64)
 
 
+def read_paths(directory: str | os.PathLike[str], count: int) -> list[str] | None:
+    """The source path of every code of a code set (``paths.json``), or None without one."""
+    path = Path(directory) / "paths.json"
+    if not path.is_file():
+        return None
+    try:
+        paths = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(paths, list) or len(paths) != count:
+        raise ValueError(f"{str(path)!r} must hold a JSON list of {count} paths, one per code")
+    return [str(p) for p in paths]
+
+
+def _database_paths(args: argparse.Namespace, index: Any) -> dict[int, str] | None:
+    """id -> source path of the indexed code set (--database, else the one the index was built
+    from, when it is still there), or None when no paths are known."""
+    folder = args.database or index.metadata.get("source")
+    if not folder or not (Path(folder) / "codes.npy").is_file():
+        if args.database:
+            raise ValueError(f"--database {args.database!r} is not a code set: no codes.npy")
+        return None
+    codes, ids = read_codeset(folder)
+    paths = read_paths(folder, len(ids))
+    return None if paths is None else dict(zip(ids.tolist(), paths, strict=True))
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for name in ("nprobe", "ef_search", "collection"):
@@ -84,9 +111,25 @@ def run_search(args: argparse.Namespace) -> int:
         rows = [(d[i >= 0], i[i >= 0]) for d, i in zip(dist, ids, strict=True)]
     else:
         rows = index.range_search(queries, args.radius)
-    out = {"ids": [i.tolist() for _, i in rows], "distances": [d.tolist() for d, _ in rows]}
+    out: dict[str, Any] = {
+        "ids": [i.tolist() for _, i in rows],
+        "distances": [d.tolist() for d, _ in rows],
+    }
+    sources = _database_paths(args, index)
+    if sources is not None:
+        out["paths"] = [[sources.get(int(j)) for j in i] for _, i in rows]
+    query_paths = read_paths(args.query, len(queries))
+    if query_paths is not None:
+        out["query_paths"] = query_paths
     Path(args.json).write_text(json.dumps(out))
     print(f"searched {len(rows)} queries; results written to {args.json}")
+    for q in range(min(len(rows), 3)):  # a glance at the first queries' nearest hits
+        name = query_paths[q] if query_paths is not None else f"query {q}"
+        hits = [
+            f"{sources.get(int(j), j) if sources is not None else j} (d={int(d)})"
+            for d, j in zip(rows[q][0][:5], rows[q][1][:5], strict=True)
+        ]
+        print(f"{name}: " + ", ".join(hits))
     return 0
 
 
@@ -148,7 +191,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="search an index file with the codes of a query code set",
         description="Search FILE with every code of --query; write {'ids': [[...]], 'distances': [[...]]} "
-        "to --json, one list per query in query order, nearest first, ties by ascending id.",
+        "to --json, one list per query in query order, nearest first, ties by ascending id; with "
+        "'paths' (each hit's source file) when the indexed code set has paths.json, and "
+        "'query_paths' when the query code set has.",
     )
     search.add_argument("index", metavar="FILE", help="index file written by 'hashkd index build'")
     search.add_argument(
@@ -168,5 +213,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     search.add_argument(
         "--json", required=True, metavar="OUT", help="JSON file to write the results to"
+    )
+    search.add_argument(
+        "--database",
+        default=None,
+        metavar="CODESET_DIR",
+        help="the indexed code set, to name each hit's source file (paths.json); default: the "
+        "code set the index was built from, when it is still there",
     )
     search.set_defaults(func=run_search)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.codeset_loader import CodesetLoadError, load_settings_codeset
 from service.engine import Engine
 from service.errors import JsonErrorMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
@@ -46,6 +47,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = None
         engine = await run_in_threadpool(Engine, settings, metrics)
+        if settings.codes is not None:  # hashkd serve --codes: load before answering
+            try:
+                app.state.codeset = await run_in_threadpool(load_settings_codeset, engine, settings)
+            except ValueError as exc:  # a bad or conflicting code set: one line, no traceback
+                log.error("could not load the code set %s: %s", settings.codes, exc)
+                await run_in_threadpool(engine.close)
+                raise CodesetLoadError(str(exc)) from None
+            except BaseException:
+                await run_in_threadpool(engine.close)
+                raise
         app.state.engine = engine
         try:
             yield
@@ -58,7 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
         + settings.max_metadata_bytes
         + MULTIPART_SLACK
     )
-    codes_body = 3 * settings.max_codes_bytes + settings.max_metadata_bytes + MULTIPART_SLACK
+    codes_body = (
+        4 * settings.max_codes_bytes
+    )  # codes, ids, labels, paths + settings.max_metadata_bytes + MULTIPART_SLACK
     app = FastAPI(
         title="hashkd image search",
         description=DESCRIPTION,
@@ -72,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = None
+    app.state.codeset = None
     install_error_handlers(app)
     # Body limits per router (inside the middleware stack, so JsonErrorMiddleware sees the 413).
     app.include_router(search.router, max_body_size=image_body)

@@ -19,6 +19,8 @@ _FIELDS = (
     "database_model",
     "store",
     "index_spec",
+    "codes",
+    "data_root",
     "cluster",
     "collection",
     "milvus_timeout_s",
@@ -62,6 +64,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not used with --cluster",
     )
     p.add_argument("--index-spec", help="index spec for stored codes (default flat; e.g. ivf:1024)")
+    p.add_argument(
+        "--codes",
+        metavar="DIR",
+        help="a code set (hashkd encode, by the database model) to load into the store at "
+        "start-up: ids, codes, labels, paths, and thumbnails from the files; idempotent",
+    )
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="folder the code set's paths are relative to (default: the one recorded by encode)",
+    )
     p.add_argument(
         "--cluster",
         action=argparse.BooleanOptionalAction,
@@ -142,11 +155,19 @@ def run(args: argparse.Namespace) -> int:
     from service.engine import check_models
 
     settings = settings_from_args(args)
-    check_models(settings)  # refuse mismatched code lengths before binding the port
+    bits = check_models(settings)  # refuse mismatched code lengths before binding the port
+    if settings.codes is not None:
+        from service.codeset_loader import read_codeset
+
+        read_codeset(settings.codes, bits, settings.db_model)  # one line before binding the port
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
+    if settings.codes is not None:
+        from service.codeset_loader import quiet_load_errors
+
+        logging.getLogger("uvicorn.error").addFilter(quiet_load_errors)
     uvicorn.run(
         app,
         host=settings.host,

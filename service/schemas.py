@@ -172,6 +172,18 @@ class BatchingInfo(BaseModel):
     max_wait_ms: float
 
 
+class CodesetInfo(BaseModel):
+    source: str = Field(description="The code set loaded at start-up (hashkd serve --codes).")
+    digest: str = Field(description="SHA-256 of its files.")
+    count: int = Field(description="Codes in the code set.")
+    added: int = Field(description="Items added by this start-up.")
+    already_stored: int = Field(description="Codes that were stored before this start-up.")
+    thumbnails: int = Field(description="Thumbnails made from the files by this start-up.")
+    unreadable: int = Field(description="Files that could not be read for a thumbnail.")
+    path_root: str | None = Field(description="Folder the paths are relative to.")
+    skipped: bool = Field(description="True when the code set was loaded before: nothing read.")
+
+
 class InfoResponse(BaseModel):
     version: str
     api: str = API_VERSION
@@ -187,6 +199,9 @@ class InfoResponse(BaseModel):
     batching: BatchingInfo
     auth: bool = Field(description="True when writes need the X-API-Key header.")
     limits: dict[str, int]
+    codes: CodesetInfo | None = Field(
+        None, description="The code set loaded at start-up (hashkd serve --codes), if any."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     index_spec: str = Field(
         "flat", description="Index spec for indexes.create_index (flat, ivf:1024, ...)."
     )
+    codes: Path | None = Field(
+        None,
+        description="A code set directory (hashkd encode, made by the database model) loaded "
+        "into the store at start-up; a restart does not add it twice.",
+    )
+    data_root: Path | None = Field(
+        None,
+        description="Folder the code set's relative paths are under (thumbnails are made from "
+        "those files); default: the folder recorded in the code set (meta.json path_root).",
+    )
 
     # Cluster mode.
     cluster: bool = Field(
@@ -130,6 +140,16 @@ class Settings(BaseSettings):
         if value is not None and not (value / "config.json").is_file():
             raise ValueError(
                 f"{str(value)!r} is not a model artifact: expected a directory with config.json"
+            )
+        return value
+
+    @field_validator("codes")
+    @classmethod
+    def _codeset_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "codes.npy").is_file():
+            raise ValueError(
+                f"{str(value)!r} is not a code set: expected a directory with codes.npy "
+                "(written by hashkd encode)"
             )
         return value
 

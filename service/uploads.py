@@ -90,6 +90,21 @@ def parse_metadata(text: str | bytes | None, count: int, limit: int) -> list[dic
     return value
 
 
+def paths_metadata(text: str | bytes, count: int, limit: int) -> list[dict[str, Any]]:
+    """Per-item metadata ``{"path": ...}`` from a code set's paths.json (a JSON list of
+    ``count`` strings); size and depth bounded."""
+    if len(text) > limit:
+        raise ApiError(413, f"paths is larger than the {limit}-byte limit")
+    value = loads_bounded(text, "paths", limit)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(422, "paths must be a JSON list of strings, one per code (paths.json)")
+    if len(value) != count:
+        raise ApiError(
+            422, f"paths has {len(value)} entries for {count} codes: expected one per code"
+        )
+    return [{"path": p} for p in value]
+
+
 def parse_metadata_object(text: str | None, limit: int) -> dict[str, Any] | None:
     """One item's metadata: a JSON object (None when not given); size and depth bounded."""
     if text is None or not text.strip():

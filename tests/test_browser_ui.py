@@ -184,3 +184,60 @@ def test_search_page_shows_the_indexed_image_first_and_api_errors(tmp_path, driv
         )
     finally:
         stop_server(proc)
+
+
+def test_demo_page_shows_the_photos_it_found_with_their_file_names(tmp_path, driver, monkeypatch):
+    """The demo's serving stage (``hashkd.demo.serve_database`` with the demo's own ``serve``
+    arguments) on a generated photo folder, tiny random-init models standing in for the trained
+    ones: every hit on the page shows its photo and its file name, none a placeholder."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from hashkd.demo import database_server_args, serve_database
+    from hashkd.encoding import encode_data
+    from tests.conftest import REPO, TINY_CNN
+    from tests.photos import make_photos
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    root = tmp_path / "photos"
+    listed = make_photos(root, size=64)
+    teacher = build_artifact(tmp_path / "teacher", TINY_VIT, 32, 0)
+    student = build_artifact(tmp_path / "student", TINY_CNN, 32, 1)
+    db = encode_data(teacher, str(root), progress=False).save(tmp_path / "codes" / "db_teacher")
+    store = tmp_path / "store"
+    args = database_server_args(student, teacher, store, db)
+    server, plan = serve_database(args, free_port(), tmp_path / "service.log", store, db)
+    try:
+        assert plan.action == "add"
+        driver.get(f"{server.url}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'dd[data-key="items"]'))
+        assert driver.find_element(By.CSS_SELECTOR, 'dd[data-key="items"]').text == str(len(listed))
+        driver.find_element(By.ID, "file").send_keys(str(root / listed[4]))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#grid li.hit")))
+        # every thumbnail loaded (a decoded image, not the placeholder that replaces a failed one)
+        wait.until(
+            lambda d: d.execute_script(
+                "const imgs = [...document.querySelectorAll('#grid li.hit img.thumb')];"
+                "return imgs.length === 10 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+            )
+        )
+        assert driver.find_elements(By.CSS_SELECTOR, "#grid .placeholder") == []
+        assert "no image" not in driver.find_element(By.ID, "grid").text
+        hits = driver.find_elements(By.CSS_SELECTOR, "#grid li.hit")
+        assert len(hits) == 10
+        for hit in hits:
+            item_id = int(hit.get_attribute("data-id"))
+            name = hit.find_element(By.CSS_SELECTOR, ".path")
+            # the file name (with its folder) under the photo
+            assert name.text == "/".join(listed[item_id].split("/")[-2:])
+            assert name.get_attribute("title") == listed[item_id]  # the whole path on hover
+            img = hit.find_element(By.CSS_SELECTOR, "img.thumb")
+            assert img.get_attribute("alt") == listed[item_id]
+            # the photo shown is the item's stored thumbnail, made from that very file
+            assert img.get_attribute("src").endswith(f"/v1/items/{item_id}/thumbnail")
+        driver.save_screenshot(str(tmp_path / "demo-page.png"))
+        shutil.copy(tmp_path / "demo-page.png", SCREENSHOT_COPY.with_name("hashkd-demo-page.png"))
+    finally:
+        server.stop()

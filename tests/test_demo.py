@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from hashkd.cli import main
-from hashkd.demo import DemoConfig, DemoError, StorePlan, _stage, plan_store
+from hashkd.demo import (
+    DemoConfig,
+    DemoError,
+    StorePlan,
+    _stage,
+    database_server_args,
+    plan_store,
+)
 from hashkd.demo_budget import (
     OVERHEAD_S,
     Rates,
@@ -37,49 +44,39 @@ def _env() -> dict[str, str]:
 # ----------------------------------------------------------------------------- store decision
 
 
-class Lookups:
-    """A store's codes by id, counting the look-ups the decision makes."""
-
-    def __init__(self, stored: dict[int, str]) -> None:
-        self.stored, self.asked = stored, []
-
-    def __call__(self, item_id: int) -> str | None:
-        self.asked.append(item_id)
-        return self.stored.get(item_id)
+def test_a_store_the_service_just_filled_from_the_codes_is_an_add():
+    plan = plan_store(3, 3, {"added": 3, "already_stored": 0})
+    assert plan.action == "add" and "loaded the 3 teacher-coded" in plan.reason
+    plan = plan_store(3, 3, {"added": 1, "already_stored": 2})  # a load cut off earlier
+    assert plan == StorePlan("add", "the service added the 1 database items the store was missing")
 
 
-DB = {3: "00ff", 7: "0f0f", 9: "ffff"}
-
-
-def test_empty_store_gets_the_codes_added():
-    store = Lookups({})
-    plan = plan_store(0, DB, store)
-    assert plan.action == "add" and "3 teacher-coded" in plan.reason
-    assert store.asked == []
-
-
-def test_store_with_exactly_the_database_is_reused():
-    store = Lookups(dict(DB))
-    assert plan_store(3, DB, store) == StorePlan(
-        "reuse", "reusing the store: it holds exactly the 3 database items"
-    )
-    assert store.asked == [3, 7, 9]  # every id was checked
+def test_a_store_that_already_held_exactly_the_database_is_reused():
+    for loaded in ({"added": 0, "already_stored": 3}, {"added": 0, "skipped": True}):
+        assert plan_store(3, 3, loaded) == StorePlan(
+            "reuse", "reusing the store: it holds exactly the 3 database items"
+        )
 
 
 @pytest.mark.parametrize(
-    ("count", "stored", "needle", "asked"),
+    ("stored", "loaded", "needle"),
     [
-        (4, {**DB, 11: "0000"}, "holds 4 items, not the 3", []),  # an extra item
-        (2, {3: "00ff", 7: "0f0f"}, "holds 2 items, not the 3", []),  # one missing
-        (3, {3: "00ff", 8: "0f0f", 9: "ffff"}, "no item 7", [3, 7]),  # same count, other id
-        (3, {3: "00ff", 7: "f0f0", 9: "ffff"}, "item 7 of the store has another code", [3, 7]),
+        (4, {"added": 0}, "holds 4 items, not the 3"),  # an extra item
+        (2, {"added": 0}, "holds 2 items, not the 3"),  # one deleted since
+        (5, {"added": 3}, "holds 5 items, not the 3"),  # other items before the load
     ],
 )
-def test_any_other_store_is_rebuilt(count, stored, needle, asked):
-    store = Lookups(stored)
-    plan = plan_store(count, DB, store)
+def test_any_other_store_is_rebuilt(stored, loaded, needle):
+    plan = plan_store(3, stored, loaded)
     assert plan.action == "rebuild" and needle in plan.reason, plan
-    assert store.asked == asked  # stops at the first difference
+
+
+def test_the_demo_serves_its_database_from_the_code_set():
+    args = database_server_args(Path("s"), Path("t"), Path("store"), Path("codes/db"))
+    assert args[args.index("--codes") + 1] == str(Path("codes/db"))
+    assert (
+        args[args.index("--model") + 1] == "s" and args[args.index("--database-model") + 1] == "t"
+    )
 
 
 # ----------------------------------------------------------------------------- failures

@@ -29,6 +29,7 @@ _BUILTIN = (
     "hashkd.cli.export",
     "hashkd.cli.demo",
     "hashkd.cli.query",
+    "hashkd.cli.add",
 )
 
 EXIT_USAGE = 2

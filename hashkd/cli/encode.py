@@ -1,4 +1,4 @@
-"""``hashkd encode``: images -> a code set (codes.npy, ids.npy, labels.npy, meta.json)."""
+"""``hashkd encode``: images -> a code set (codes.npy, ids.npy, labels.npy, paths.json, meta.json)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "encode",
         help="encode images into a code set with a model artifact",
         description="Encode images with a model artifact into a code set directory: codes.npy (uint8, "
-        "n x K/8, packed bits), ids.npy (int64), labels.npy (multi-hot, when the data has labels) and "
-        "meta.json (model, bits, data, split, seed). Runs the fast runtime (ONNX Runtime when the "
+        "n x K/8, packed bits), ids.npy (int64), labels.npy (multi-hot, when the data has labels), "
+        "paths.json (each image's file path relative to the data folder, when the images are files) "
+        "and meta.json (model, bits, data, split, seed, path_root). Runs the fast runtime (ONNX Runtime when the "
         "artifact has a current ONNX export). With --shard I/N (or under torchrun: RANK of "
         "WORLD_SIZE) it encodes the I-th contiguous 1/N of the images into OUT/shard-I-of-N/, "
         "skips a shard already finished, and `hashkd codes merge OUT --out DIR` joins the shards.",

@@ -29,9 +29,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from hashkd.data.cache import DataOptions, decode_once, logger, resolve_options
-from hashkd.runtime.images import load_image
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+from hashkd.runtime.images import IMG_EXTENSIONS, is_image_name, load_image
 
 Transform = Callable[[Image.Image], Any]
 
@@ -291,8 +289,7 @@ class FileDataset(ImageDataset):
         return {**super().describe(), "unreadable_skipped": len(self.skipped)}
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+_is_image = is_image_name
 
 
 def _scan_folder(root: Path, strict: bool = False) -> tuple[list[str], list[str], list[int]]:

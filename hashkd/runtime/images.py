@@ -31,6 +31,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Default decompression-bomb limit: 64 megapixels (e.g. 8000 x 8000), ~192 MB as RGB.
 DEFAULT_MAX_PIXELS = 64_000_000
+#: File name endings (any letter case) read as images by the datasets and ``hashkd add``.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def is_image_name(name: str) -> bool:
+    """True for a file name with an image extension that is not hidden (``.name``)."""
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)

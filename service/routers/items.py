@@ -28,6 +28,7 @@ from service.uploads import (
     parse_ids,
     parse_metadata,
     parse_metadata_object,
+    paths_metadata,
     read_capped,
 )
 
@@ -92,6 +93,10 @@ async def add_codes(
     metadata: Annotated[
         UploadFile | None, File(description="A JSON file: a list with one object per code.")
     ] = None,
+    paths: Annotated[
+        UploadFile | None,
+        File(description="paths.json: each code's source file; stored as metadata {'path': ...}."),
+    ] = None,
 ) -> AddResponse:
     """Bulk-add codes computed offline; items added this way have no thumbnail.
 
@@ -113,6 +118,10 @@ async def add_codes(
     label_arr = None
     if labels is not None:
         label_arr = check_labels(load_npy(await read_capped(labels, cap, "labels"), "labels"), n)
+    if paths is not None:
+        cap_json = settings.max_codes_bytes
+        where = paths_metadata(await read_capped(paths, cap_json, "paths"), n, cap_json)
+        meta = [{**m, **w} for m, w in zip(meta, where, strict=True)] if meta is not None else where
     new_ids = await run_in_threadpool(engine.import_codes, code_arr, item_ids, meta, label_arr)
     return AddResponse(ids=new_ids)
 

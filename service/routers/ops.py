@@ -20,8 +20,10 @@ router = APIRouter(tags=["ops"])
     responses=error_responses(503),
     summary="Models, protocol and index",
 )
-def info(engine: EngineDep) -> InfoResponse:
-    return InfoResponse(version=hashkd.__version__, **engine.info())
+def info(engine: EngineDep, request: Request) -> InfoResponse:
+    loaded = request.app.state.codeset  # hashkd serve --codes
+    codes = loaded.as_dict() if loaded is not None else None
+    return InfoResponse(version=hashkd.__version__, codes=codes, **engine.info())
 
 
 @router.get(

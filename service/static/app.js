@@ -23,8 +23,13 @@ function labelText(metadata) {
   if (!metadata || typeof metadata !== "object") return "";
   if (typeof metadata.label === "string" || typeof metadata.label === "number") return String(metadata.label);
   if (Array.isArray(metadata.labels)) return "labels " + metadata.labels.join(", ");
-  const keys = Object.keys(metadata);
-  return keys.length ? JSON.stringify(metadata) : "";
+  const keys = Object.keys(metadata).filter((k) => k !== "path");
+  return keys.length ? JSON.stringify(Object.fromEntries(keys.map((k) => [k, metadata[k]]))) : "";
+}
+
+function sourcePath(metadata) {
+  // Where the item came from (code sets and `hashkd add` record it as metadata `path`).
+  return metadata && typeof metadata.path === "string" ? metadata.path : "";
 }
 
 function hitElement(hit) {
@@ -32,9 +37,10 @@ function hitElement(hit) {
   li.className = "hit";
   li.dataset.id = hit.id;
   li.dataset.distance = hit.distance;
+  const path = sourcePath(hit.metadata);
   const img = document.createElement("img");
   img.className = "thumb";
-  img.alt = `item ${hit.id}`;
+  img.alt = path || `item ${hit.id}`;
   img.loading = "lazy";
   img.src = `/v1/items/${encodeURIComponent(hit.id)}/thumbnail`;
   img.addEventListener("error", () => {
@@ -53,7 +59,15 @@ function hitElement(hit) {
   id.className = "labels";
   const label = labelText(hit.metadata);
   id.textContent = `#${hit.id}` + (label ? ` · ${label}` : "");
-  meta.append(dist, id);
+  meta.append(dist);
+  if (path) {
+    const name = document.createElement("div");
+    name.className = "path";
+    name.textContent = path.split("/").slice(-2).join("/"); // the file and its folder
+    name.title = path;
+    meta.append(name);
+  }
+  meta.append(id);
   li.append(img, meta);
   return li;
 }
