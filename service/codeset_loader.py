@@ -161,15 +161,15 @@ def _try_thumbnail(file: str | None, size: int, max_pixels: int) -> tuple[bytes 
         return None, f"{file}: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
-def _metadata(codeset: CodeSet) -> list[dict[str, Any]]:
-    n = len(codeset)
-    meta: list[dict[str, Any]] = [{} for _ in range(n)]
+def _metadata(codeset: CodeSet, start: int, stop: int) -> list[dict[str, Any]]:
+    """The metadata of rows ``start:stop`` (built chunk by chunk: no object per item of the
+    whole code set)."""
+    meta: list[dict[str, Any]] = [{} for _ in range(stop - start)]
     if codeset.paths is not None:
-        meta = [{"path": p} for p in codeset.paths]
+        meta = [{"path": p} for p in codeset.paths[start:stop]]
     if codeset.labels is not None:
-        meta = [
-            {**m, **lab} for m, lab in zip(meta, labels_metadata(codeset.labels, n), strict=True)
-        ]
+        labels = labels_metadata(codeset.labels[start:stop], stop - start)
+        meta = [{**m, **lab} for m, lab in zip(meta, labels, strict=True)]
     return meta
 
 
@@ -195,7 +195,14 @@ def _check_stored(
 ) -> np.ndarray:
     """Which rows are stored already (same code and path); raises for a conflicting one."""
     kept = np.zeros(len(ids), dtype=bool)
-    for j, item_id in enumerate(ids.tolist()):
+    index = getattr(engine.catalog, "index", None)
+    if index is not None:  # embedded: one vectorised lookup, then only the stored rows
+        present = np.isin(ids, index.get_known(ids)[0])
+        candidates = np.flatnonzero(present).tolist()
+    else:
+        candidates = range(len(ids))
+    for j in candidates:
+        item_id = int(ids[j])
         item = _stored(engine, item_id)
         if item is None:
             continue
@@ -221,11 +228,9 @@ def _add(
     metadata: list[dict[str, Any]],
     thumbnails: list[bytes | None] | None,
 ) -> None:
-    if thumbnails is None or not any(t is not None for t in thumbnails):
-        engine.add_codes(codes, ids, metadata)
-        return
-    # Engine.add_codes takes no thumbnails: the catalog's own add (both modes) stores them.
-    engine.catalog.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
+    if thumbnails is not None and not any(t is not None for t in thumbnails):
+        thumbnails = None
+    engine.add_codes(codes, ids, metadata, thumbnails=thumbnails)
 
 
 def load_codeset(
@@ -266,18 +271,17 @@ def load_codeset(
         )
     codeset = read_codeset(directory, engine.bits, model_dir)
     root = str(data_root) if data_root is not None else codeset.path_root
-    files: list[str | None] | None = None
-    if codeset.paths is not None and thumbnail_px > 0:
-        if root is not None and not Path(root).is_dir():
-            log.warning(
-                "the data root %s of code set %s is not a readable folder here: no thumbnails "
-                "for its relative paths (--data-root names another)",
-                root,
-                source,
-            )
-            root = None
-        files = [resolve_source(p, root) for p in codeset.paths]
-    meta = _metadata(codeset)
+    making_thumbnails = codeset.paths is not None and thumbnail_px > 0
+    if making_thumbnails and root is not None and not Path(root).is_dir():
+        log.warning(
+            "the data root %s of code set %s is not a readable folder here: no thumbnails "
+            "for its relative paths (--data-root names another)",
+            root,
+            source,
+        )
+        root = None
+    if not making_thumbnails and chunk == CHUNK:  # bare codes: the engine's bulk chunk
+        chunk = engine.IMPORT_CHUNK
     check = len(engine.catalog) > 0  # a fresh store cannot hold any of the ids
     added = already = thumbs = unreadable = 0
     n = len(codeset)
@@ -285,7 +289,7 @@ def load_codeset(
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             ids, codes = codeset.ids[start:stop], codeset.codes[start:stop]
-            rows = meta[start:stop]
+            rows = _metadata(codeset, start, stop)
             todo = np.ones(stop - start, dtype=bool)
             if check:
                 todo = ~_check_stored(engine, ids, codes, rows, source)
@@ -294,8 +298,8 @@ def load_codeset(
             if not len(sel):
                 continue
             chunk_thumbs: list[bytes | None] | None = None
-            if files is not None:
-                wanted = [files[start + int(j)] for j in sel]
+            if making_thumbnails:
+                wanted = [resolve_source(codeset.paths[start + int(j)], root) for j in sel]
                 made = list(pool.map(lambda f: _try_thumbnail(f, thumbnail_px, max_pixels), wanted))
                 chunk_thumbs = [thumb for thumb, _ in made]
                 thumbs += sum(t is not None for t in chunk_thumbs)

@@ -412,8 +412,10 @@ class Engine:
         codes: np.ndarray,
         ids: Sequence[int] | None,
         metadata: Sequence[dict[str, Any]] | None,
+        thumbnails: Sequence[bytes | None] | None = None,
     ) -> list[int]:
-        return self.catalog.add(codes, ids=ids, metadata=metadata)
+        """Add precomputed codes (one transaction); ``thumbnails`` optional JPEGs."""
+        return self.catalog.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
 
     #: Codes added per transaction by :meth:`import_codes`.
     IMPORT_CHUNK = 100_000
