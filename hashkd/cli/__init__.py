@@ -6,6 +6,9 @@ Commands of the training side are listed in ``_BUILTIN``; the ``indexes`` and ``
 packages add theirs through the ``hashkd.commands`` entry-point group, so that ``hashkd``
 never imports them (the import rule of docs/ARCHITECTURE.md).
 
+Flags follow one vocabulary across the commands (:mod:`hashkd.cli.vocabulary`, docs/cli.md);
+the previous release's names still work as hidden aliases that print a warning.
+
 Bad input is reported as one sentence on stderr with a non-zero exit code, no traceback:
 every user-facing error in the project subclasses ``ValueError`` (or is an ``OSError``).
 """
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in _registrars():
         register(sub)
+    from hashkd.cli.vocabulary import add_deprecated_aliases, sub_commands
+
+    for command, sub_parser in sub_commands(parser).items():
+        add_deprecated_aliases(sub_parser, command)
     return parser
 
 
