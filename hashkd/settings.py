@@ -222,6 +222,12 @@ class _Field:
     def is_bool(self) -> bool:
         return self.kind is bool
 
+    @property
+    def is_scalar(self) -> bool:
+        """int, float or str: parsed by argparse; lists and mappings are parsed by :func:`resolve`
+        (so that a bad one is reported as one sentence, not a usage error)."""
+        return typing.get_origin(self.kind) not in (list, dict) and not self.meta.append
+
     def parse_text(self, text: Any) -> Any:
         """Command-line text (or a list of texts for ``append``) -> the field's value."""
         if self.meta.parse is not None:
@@ -358,7 +364,7 @@ def add_arguments(
         else:
             parser.add_argument(
                 f.flag,
-                type=str if f.meta.choices else _ParseText(f),
+                type=_ParseText(f) if f.is_scalar and not f.meta.choices else str,
                 choices=f.meta.choices,
                 metavar=None if f.meta.choices else metavar,
                 **common,
@@ -385,7 +391,7 @@ def resolve(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
     for f in fields_of(cls):
         if hasattr(args, f.field.name):
             value = getattr(args, f.field.name)
-            if f.meta.append:
+            if not f.is_scalar:
                 value = f.parse_text(value)
             values[f.field.name] = value
     values.update(fixed)

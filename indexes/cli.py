@@ -102,7 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--threads",
+        "--index-threads",
+        dest="threads",
         type=int,
         default=None,
         help="OpenMP threads FAISS may use (default: all cores)",
@@ -134,7 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "codeset", metavar="CODESET_DIR", help="code set directory holding codes.npy and ids.npy"
     )
     build.add_argument(
-        "--spec",
+        "--index-spec",
+        dest="spec",
         default="flat",
         help="index kind: flat (exact, default), flat:gpu, ivf[:NLIST], hnsw[:M], hash[:B], multihash[:NxB], milvus:URI",
     )
@@ -148,7 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="search an index file with the codes of a query code set",
         description="Search FILE with every code of --query; write {'ids': [[...]], 'distances': [[...]]} "
-        "to --json, one list per query in query order, nearest first, ties by ascending id.",
+        "to --json-out, one list per query in query order, nearest first, ties by ascending id.",
     )
     search.add_argument("index", metavar="FILE", help="index file written by 'hashkd index build'")
     search.add_argument(
@@ -167,6 +169,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="return every code within R bits, inclusive (distance <= R)",
     )
     search.add_argument(
-        "--json", required=True, metavar="OUT", help="JSON file to write the results to"
+        "--json-out",
+        dest="json",
+        required=True,
+        metavar="FILE",
+        help="JSON file to write the results to",
     )
     search.set_defaults(func=run_search)

@@ -110,7 +110,10 @@ def test_all_switches_off_equals_nt_xent_at_alpha_zero():
     loss = build_loss("brcd", alpha=0.0, tau=TAU, **OFF)
     rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2))
     np.testing.assert_allclose(
-        rows.detach().numpy(), nt_xent_oracle(s1.detach().numpy(), t2.numpy()), rtol=1e-10, atol=1e-12
+        rows.detach().numpy(),
+        nt_xent_oracle(s1.detach().numpy(), t2.numpy()),
+        rtol=1e-10,
+        atol=1e-12,
     )
 
 

@@ -242,7 +242,11 @@ def add_deprecated_aliases(parser: argparse.ArgumentParser, command: str) -> Non
         target = parser._option_string_actions.get(alias.new)
         if target is None or alias.old in parser._option_string_actions:
             continue  # the command does not have the new flag (yet), or keeps the old name
-        parser.add_argument(alias.old, action=DeprecatedAlias, target=target, alias=alias)
+        old = parser.add_argument(alias.old, action=DeprecatedAlias, target=target, alias=alias)
+        if target.required:  # either name satisfies it (argparse names only the visible one)
+            target.required = False
+            group = parser.add_mutually_exclusive_group(required=True)
+            group._group_actions.extend([target, old])
 
 
 def sub_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, Any]:

@@ -337,7 +337,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def _stop_requested(cfg: PretrainConfig, timer: Timer, info: DistInfo) -> bool:
-    """Whether ``--time-limit`` has passed (the same answer on every rank)."""
+    """Whether ``--time-limit-minutes`` has passed (the same answer on every rank)."""
     over = cfg.time_limit_min is not None and timer.elapsed() > 60 * cfg.time_limit_min
     if info.enabled:
         flag = torch.tensor([1.0 if over else 0.0])
