@@ -50,9 +50,33 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     for ep in sorted(entry_points(group="hashkd.commands"), key=lambda e: e.name):
         try:
             out.append(ep.load())
-        except ModuleNotFoundError:
-            continue
+        except ModuleNotFoundError as exc:  # e.g. `index` without FAISS: say what to install
+            out.append(_unavailable(ep.name, exc.name or str(exc)))
     return out
+
+
+#: what to install for a package a command needs (pyproject.toml's extras)
+_INSTALL_HINTS = {
+    "faiss": "pip install 'hashkd[cpu]' (or 'hashkd[gpu]' for CUDA FAISS)",
+    "pymilvus": "pip install 'hashkd[milvus]'",
+    "torch": "pip install 'hashkd[train]'",
+}
+
+
+def _unavailable(name: str, missing: str) -> Callable[[argparse._SubParsersAction], None]:
+    """A stand-in for command ``name`` whose module needs the missing package ``missing``."""
+
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser(name, help=f"(unavailable: {missing} is not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+        def run(args: argparse.Namespace) -> int:
+            hint = _INSTALL_HINTS.get(missing.split(".")[0], f"pip install {missing}")
+            raise ValueError(f"hashkd {name} needs {missing!r}, which is not installed: {hint}")
+
+        p.set_defaults(func=run)
+
+    return register
 
 
 def build_parser() -> argparse.ArgumentParser:

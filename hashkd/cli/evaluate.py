@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hashkd.cli._common import add_file_arguments, positive_int
+from hashkd.cli._common import add_file_arguments
 from hashkd.cli.vocabulary import add_deprecated_aliases
 from hashkd.evaluation import (
     PROTOCOLS,
@@ -111,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--root", default=None, help="root folder of list-file paths (for list-file specs)"
     )
     models.add_argument(
-        "--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)"
+        "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
     )
     models.add_argument(
         "--save-codes",
@@ -131,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--k",
         dest="topk",
-        type=positive_int,
+        type=int,
         default=1000,
         help="K of mAP@K (default 1000: CIFAR-10 convention; 5000 for NUS-WIDE / MS-COCO); "
         "clipped to the database size",
