@@ -142,7 +142,9 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write(
         paths["weights"],
-        lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}),
+        # one metadata key: safetensors writes several in hash-map order, which would make the
+        # same weights two different files (the method is in the JSON description)
+        lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
     )
     desc = {
         "backbone": cfg.backbone,
