@@ -318,7 +318,7 @@ def _main(argv: list[str] | None = None) -> int:
         "--student-weights",
         default=None,
         metavar="PATH.safetensors",
-        help="start every student from `hashkd pretrain` backbone weights (hashkd distill --student-weights)",
+        help="start every student from `hashkd pretrain` backbone weights (hashkd distill --pretrain-weights)",
     )
     ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--warmup-epochs", type=float, default=0.0)

@@ -2,7 +2,7 @@
 """Images/s of ``hashkd encode`` in 1 process vs N processes (``--shard I/N``), and a bit check.
 
 For each process count P of ``--processes`` (default ``1 2``) the script starts P processes
-``python -m hashkd encode MODEL --data DATA --shard I/P --threads T --workers W`` at once
+``python -m hashkd encode MODEL --data DATA --shard I/P --threads T --num-workers W`` at once
 (``T`` = ``--threads``, default the machine's cores // P), waits for all of them and records
 the wall time from the first start to the last exit (process start, model loading, image
 decoding and encoding: what a user waits for). It then merges the shards with
@@ -48,7 +48,7 @@ def run_processes(args: argparse.Namespace, count: int, out: Path) -> float:
     env.pop("WORLD_SIZE", None)
     base = [sys.executable, "-m", "hashkd", "encode", str(args.model), "--data", args.data]
     base += ["--split", args.split, "--batch-size", str(args.batch_size), "--no-progress"]
-    base += ["--threads", str(threads), "--workers", str(args.workers), "--out", str(out)]
+    base += ["--threads", str(threads), "--num-workers", str(args.workers), "--out", str(out)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen([*base, "--shard", f"{i}/{count}"], env=env, stderr=subprocess.PIPE)

@@ -195,3 +195,14 @@ def test_old_names_still_run_a_command_end_to_end(tmp_path, capsys):
     assert code == 2
     assert err[0] == "hashkd: warning: --topk is deprecated and goes in the next release: use --k"
     assert err[1].startswith("hashkd: error: query code set directory") and str(missing) in err[1]
+
+
+def test_docs_list_every_flag_and_every_old_name():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    rows = set(re.findall(r"^\| `(--[\w-]+)[`/]", text, re.M))
+    assert rows >= set(MEANINGS), sorted(set(MEANINGS) - rows)
+    for command, aliases in DEPRECATED.items():
+        for alias in aliases:
+            assert f"| {command} | `{alias.old}` | `{alias.new}`" in text, (command, alias)
