@@ -39,7 +39,6 @@ __all__ = [
     "add_arguments",
     "add_config_argument",
     "command_args",
-    "flag_of",
     "non_negative_int",
     "parse_kwargs",
     "parse_loss_options",
@@ -291,14 +290,6 @@ def fields_of(cls: type) -> list[_Field]:
     return out
 
 
-def flag_of(cls: type, field_name: str) -> str:
-    """The flag of field ``field_name`` of ``cls`` (e.g. ``--split-protocol`` for ``protocol``)."""
-    for f in fields_of(cls):
-        if f.field.name == field_name:
-            return f.flag
-    raise KeyError(f"{cls.__name__} has no setting {field_name!r}")
-
-
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -382,7 +373,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+def resolve(cls: type, args: argparse.Namespace) -> Any:
     """Dataclass ``cls`` from its defaults < ``args.config`` (YAML) < the flags in ``args``."""
     values: dict[str, Any] = {}
     config = getattr(args, "config", None)
@@ -394,7 +385,6 @@ def resolve(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
             if not f.is_scalar:
                 value = f.parse_text(value)
             values[f.field.name] = value
-    values.update(fixed)
     for f in fields_of(cls):
         if f.required and f.field.name not in values:
             raise ValueError(
