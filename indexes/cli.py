@@ -104,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument(
         "--index-threads",
         dest="threads",
+        metavar="N",
         type=int,
         default=None,
         help="OpenMP threads FAISS may use (default: all cores)",

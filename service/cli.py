@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--milvus-timeout-seconds",
         dest="milvus_timeout_s",
+        metavar="SECONDS",
         type=float,
         help="seconds a Milvus call may take before the request answers 503 (default 10)",
     )
@@ -96,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--index-threads",
         dest="search_threads",
+        metavar="N",
         type=int,
         help="FAISS OpenMP threads per search (default 1)",
     )
@@ -108,6 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, help="most images per micro-batch (default 32)")
     p.add_argument(
         "--max-wait-seconds",
+        metavar="SECONDS",
         type=float,
         help="longest micro-batch wait in seconds (default 0.002)",
     )
@@ -118,6 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-request-images",
         dest="max_images",
+        metavar="N",
         type=int,
         help="most images per batch request (default 64)",
     )

@@ -207,3 +207,20 @@ def test_docs_list_every_flag_and_every_old_name():
     for command, aliases in DEPRECATED.items():
         for alias in aliases:
             assert f"| {command} | `{alias.old}` | `{alias.new}`" in text, (command, alias)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--max-wait-seconds", "0.004"], ["--max-wait-ms", "4"]],
+    ids=["seconds", "old-ms"],
+)
+def test_serve_takes_the_wait_in_seconds_and_keeps_its_setting_in_ms(flags, tmp_path, capsys):
+    from service.cli import settings_from_args
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = ["serve", "--model", str(model), "--store", str(tmp_path / "s"), *flags]
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert settings.max_wait_ms == pytest.approx(4.0, abs=1e-9)
+    capsys.readouterr()
