@@ -9,7 +9,7 @@ decoding and encoding: what a user waits for). It then merges the shards with
 ``hashkd codes merge`` and checks that the merged code set equals the one of the first
 process count bit for bit (codes, ids, labels). Run it on an idle machine::
 
-    python scripts/bench_encode_shards.py MODEL_DIR --data cifar10 --processes 1 2 --json out.json
+    python scripts/bench_encode_shards.py MODEL_DIR --data cifar10 --processes 1 2 --json-out out.json
 
 Without a MODEL_DIR (``--tiny``) it builds a small random ViT artifact (img 32) to time.
 """
@@ -68,9 +68,14 @@ def main() -> int:
     parser.add_argument("--split", default="all")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=None, help="per process")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
+    parser.add_argument(
+        "--num-workers", dest="workers", type=int, default=0, help="DataLoader workers per process"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--json-out", dest="json", default=None, help="write the results here")
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(parser, "scripts/bench_encode_shards.py")
     args = parser.parse_args()
     from hashkd.codes import merge_shards
 

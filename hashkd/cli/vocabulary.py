@@ -199,6 +199,40 @@ DEPRECATED: dict[str, tuple[Alias, ...]] = {
 }
 
 
+#: the scripts' own parsers follow the vocabulary too (scripts/*.py); their old names.
+SCRIPT_DEPRECATED: dict[str, tuple[Alias, ...]] = {
+    "scripts/bench_data.py": (Alias("--workers", "--num-workers"),),
+    "scripts/bench_distill.py": (
+        Alias("--student", "--backbone"),
+        Alias("--protocol", "--split-protocol"),
+        Alias("--student-weights", "--pretrain-weights"),
+        Alias("--topk", "--k"),
+    ),
+    "scripts/bench_encode.py": (Alias("--json", "--json-out"),),
+    "scripts/bench_encode_shards.py": (
+        Alias("--workers", "--num-workers"),
+        Alias("--json", "--json-out"),
+    ),
+    "scripts/bench_metrics.py": (Alias("--topk", "--k"),),
+    "scripts/bench_search.py": (
+        Alias("--threads", "--index-threads"),
+        Alias("--json", "--json-out"),
+    ),
+    "scripts/bench_service.py": (Alias("--max-wait-ms", "--max-wait-seconds", scale=0.001),),
+    "scripts/bench_student_cost.py": (Alias("--json", "--json-out"),),
+    "scripts/bench_teacher.py": (
+        Alias("--protocol", "--split-protocol"),
+        Alias("--topk", "--k"),
+        Alias("--json", "--json-out"),
+    ),
+    "scripts/eval_int8.py": (Alias("--topk", "--k"), Alias("--json", "--json-out")),
+    "scripts/sweep_distill.py": (
+        Alias("--student", "--backbone"),
+        Alias("--protocol", "--split-protocol"),
+    ),
+}
+
+
 def warn_deprecated(old: str, new: str) -> None:
     """The one warning of a deprecated name (stderr)."""
     print(
@@ -237,8 +271,9 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_deprecated_aliases(parser: argparse.ArgumentParser, command: str) -> None:
-    """Add the hidden old names of ``command`` (a key of :data:`DEPRECATED`) to its ``parser``."""
-    for alias in DEPRECATED.get(command, ()):
+    """Add the hidden old names of ``command`` (a key of :data:`DEPRECATED` or
+    :data:`SCRIPT_DEPRECATED`) to its ``parser``."""
+    for alias in DEPRECATED.get(command) or SCRIPT_DEPRECATED.get(command, ()):
         target = parser._option_string_actions.get(alias.new)
         if target is None or alias.old in parser._option_string_actions:
             continue  # the command does not have the new flag (yet), or keeps the old name
