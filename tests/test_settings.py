@@ -266,3 +266,13 @@ def test_pretrain_config_round_trip_gives_the_same_weights(tmp_path, capsys):
     )
     assert settings["max_images"] == 64
     capsys.readouterr()
+
+
+def test_the_export_formats_of_the_flags_are_the_exporters():
+    """hashkd.pipeline keeps the format names without importing torch; they must be the real ones."""
+    from hashkd.export import EXPORT_FORMATS
+    from hashkd.pipeline import EXPORT_FORMATS as FLAG_FORMATS
+
+    assert tuple(EXPORT_FORMATS) == FLAG_FORMATS
+    args = build_parser().parse_args(["export", "m", "--format", "all", "--format", "onnx"])
+    assert resolve(ExportConfig, args).formats == list(EXPORT_FORMATS)
