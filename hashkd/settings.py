@@ -449,7 +449,7 @@ def _coerce(f: _Field, value: Any, where: str) -> Any:
         raise ValueError(
             f"{where}: {f.name}={value!r} is not valid: expected one of {', '.join(f.meta.choices)}"
         )
-    parsed = f.parse_text(str(value)) if not f.meta.append else value
+    parsed = f.parse_text(str(value))  # the flag's own checks (e.g. a positive integer)
     if f.kind is float and isinstance(value, int | float):
         return float(value)  # exact: no text round trip
     return parsed

@@ -276,3 +276,12 @@ def test_the_export_formats_of_the_flags_are_the_exporters():
     assert tuple(EXPORT_FORMATS) == FLAG_FORMATS
     args = build_parser().parse_args(["export", "m", "--format", "all", "--format", "onnx"])
     assert resolve(ExportConfig, args).formats == list(EXPORT_FORMATS)
+
+
+def test_a_config_value_gets_the_checks_of_its_flag(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tau: -0.5\n")
+    with pytest.raises(ValueError, match="'-0.5' must be a positive number"):
+        read_config(path, TeacherConfig)
+    path.write_text("tau: 0.25\nlr: 3\n")
+    assert read_config(path, TeacherConfig) == {"tau": 0.25, "lr": 3.0}
