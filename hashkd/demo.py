@@ -638,7 +638,7 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
                 "index",
                 "build",
                 str(codes / "db_teacher"),
-                "--spec",
+                "--index-spec",
                 "flat",
                 "--out",
                 str(w / "index.faiss"),

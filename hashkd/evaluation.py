@@ -79,7 +79,7 @@ class EvaluationInputs:
     def mode(self) -> str:
         """Validate the combination of inputs; return ``"codes"`` or ``"models"``."""
         if self.topk <= 0:
-            raise ValueError(f"--topk {self.topk} is not valid: expected a positive integer")
+            raise ValueError(f"--k {self.topk} is not valid: expected a positive integer")
         if self.radius < 0:
             raise ValueError(f"--radius {self.radius} is not valid: expected an integer >= 0")
         if self.batch_size <= 0:
@@ -92,7 +92,7 @@ class EvaluationInputs:
             )
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ValueError(
-                f"--protocol {self.protocol!r} is not valid: expected one of {', '.join(PROTOCOLS)}"
+                f"--retrieval-protocol {self.protocol!r} is not valid: expected one of {', '.join(PROTOCOLS)}"
             )
         code_mode = self.query is not None or self.database is not None
         model_opts = (

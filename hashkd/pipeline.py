@@ -5,9 +5,10 @@ A stage is one of :class:`hashkd.training.teacher.TeacherConfig` (``hashkd train
 (``hashkd export``) and :class:`EncodeConfig` (``hashkd encode``). :func:`run_stage` runs it
 by calling the library function directly (no command-line round trip, no import of
 ``hashkd.cli``); :func:`command_line` renders the ``hashkd`` command that runs the same stage by
-hand. That rendering is the one place that maps config fields to command-line flags: only fields
-that differ from the config's defaults are written, a field without a flag is refused when it is
-not at its default, and the tests parse every rendered command back with the real parser.
+hand. The flags of every stage's command are generated from the same dataclass field metadata
+(:mod:`hashkd.settings`), so there is no hand-written field-to-flag table: only fields that differ
+from the config's defaults are written, and the tests parse every rendered command back with the
+real parser.
 
 Used by the demo (hashkd/demo.py) and the named recipes (hashkd/recipes.py); the layers are
 described in docs/ARCHITECTURE.md.
@@ -15,15 +16,12 @@ described in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from hashkd.training.distill import DistillConfig
-from hashkd.training.teacher import TeacherConfig
+from hashkd.settings import command_args, non_negative_int, positive_int, setting
+from hashkd.training.config import DistillConfig, TeacherConfig
 
 __all__ = [
     "EncodeConfig",
@@ -35,38 +33,163 @@ __all__ = [
 ]
 
 
+def _formats(items: list[str]) -> list[str]:
+    """``--format`` texts (repeatable, comma-separated) -> format names; ``all`` is every one."""
+    out: list[str] = []
+    for item in items:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if name == "all":
+                out.extend(EXPORT_FORMATS)
+            elif name in EXPORT_FORMATS:
+                out.append(name)
+            else:
+                raise ValueError(
+                    f"--format {name!r} is not supported: expected onnx, torchscript or all"
+                )
+    return list(dict.fromkeys(out))
+
+
+#: the formats of ``hashkd export`` (hashkd.export.EXPORT_FORMATS, without importing torch)
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
 @dataclass
 class ExportConfig:
     """``hashkd export``: the artifact ``model_dir`` as ONNX / TorchScript into ``out``."""
 
-    model_dir: str
-    out: str | None = None  # None: export in place
-    formats: list[str] = field(default_factory=lambda: ["onnx"])
-    check_images: int = 64
-    seed: int = 0
-    opset: int | None = None
-    onnx_exporter: str = "auto"
-    threads: int | None = None
+    model_dir: str = field(
+        metadata=setting(
+            "model artifact directory (config.json + model.safetensors)",
+            positional=True,
+            metavar="MODEL_DIR",
+        )
+    )
+    out: str | None = field(
+        default=None,
+        metadata=setting(
+            "output directory (default: MODEL_DIR, exporting in place)", metavar="DIR"
+        ),
+    )
+    formats: list[str] = field(
+        default_factory=lambda: ["onnx"],
+        metadata=setting(
+            "onnx, torchscript or all (repeatable or comma-separated)",
+            name="format",
+            metavar="FORMAT",
+            append=True,
+            parse=_formats,
+            render=lambda value: list(value),
+        ),
+    )
+    check_images: int = field(
+        default=64,
+        metadata=setting("random images in the agreement check", parse=positive_int),
+    )
+    seed: int = field(default=0, metadata=setting("seed of the check images"))
+    opset: int | None = field(
+        default=None, metadata=setting("ONNX opset (default 18 dynamo, 17 legacy)")
+    )
+    onnx_exporter: str = field(
+        default="auto",
+        metadata=setting(
+            "torch.onnx exporter: dynamo (torch.export), legacy (TorchScript-based) or auto "
+            "(dynamo, falling back to legacy)",
+            choices=("auto", "dynamo", "legacy"),
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=setting("CPU threads of the check run (default: all)", parse=positive_int),
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata=setting(
+            "also write an int8 ONNX graph (model.int8.onnx, ONNX Runtime quantization), "
+            "refused below 99% bit agreement with the PyTorch model on held-out images",
+            choices=("int8",),
+        ),
+    )
+    data: str | None = field(
+        default=None,
+        metadata=setting(
+            "images for --quantize: static calibration on --calibration-images of them and the "
+            "check on --check-images others ('digits', 'cifar10[:PATH]', a folder or a list "
+            "file); without it, dynamic quantization checked on random images",
+            metavar="SPEC",
+        ),
+    )
+    quantize_method: str = field(
+        default="auto",
+        metadata=setting(
+            "auto: static with --data, falling back to dynamic when static fails its check; "
+            "static or dynamic force one",
+            choices=("auto", "static", "dynamic"),
+        ),
+    )
+    calibration_images: int = field(
+        default=128,
+        metadata=setting("calibration images for static quantization", parse=positive_int),
+    )
 
 
 @dataclass
 class EncodeConfig:
     """``hashkd encode``: the images of ``data`` (or one split) into the code set ``out``."""
 
-    model: str
-    data: str
-    out: str
-    root: str | None = None
-    split: str = "all"
-    protocol: str | None = None
-    seed: int = 0
-    batch_size: int = 256
-    progress: bool = True
+    model: str = field(
+        metadata=setting(
+            "model artifact directory (config.json + model.safetensors)",
+            positional=True,
+            metavar="MODEL_DIR",
+        )
+    )
+    data: str = field(
+        metadata=setting(
+            "a class folder, a DeepHash list file (with --root), 'digits' or 'cifar10[:PATH]'"
+        )
+    )
+    out: str = field(metadata=setting("output code set directory", metavar="DIR"))
+    root: str | None = field(
+        default=None, metadata=setting("root folder of a list file's relative paths")
+    )
+    split: str = field(
+        default="all",
+        metadata=setting(
+            "encode one split of the data's split protocol instead of every image",
+            choices=("all", "train", "val", "query", "database"),
+        ),
+    )
+    protocol: str | None = field(
+        default=None,
+        metadata=setting(
+            "split protocol for --split (see train-teacher --help)", name="split_protocol"
+        ),
+    )
+    seed: int = field(default=0, metadata=setting("seed of the split protocol"))
+    batch_size: int = field(default=256, metadata=setting("images per batch", parse=positive_int))
+    num_workers: int = field(
+        default=0,
+        metadata=setting(
+            "DataLoader processes decoding and resizing images (0: in this process)",
+            parse=non_negative_int,
+        ),
+    )
+    backend: str = field(
+        default="auto",
+        metadata=setting(
+            "runtime backend (default auto: onnx when exported, else torch)",
+            choices=("auto", "torch", "torchscript", "onnx"),
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=setting("threads of the backend (default: all)", parse=positive_int),
+    )
+    progress: bool = field(default=True, metadata=setting("show the progress bar"))
 
 
 StageConfig = TeacherConfig | DistillConfig | ExportConfig | EncodeConfig
-
-# ----------------------------------------------------------------------------- field -> flag
 
 #: The sub-command of each stage config.
 COMMANDS: dict[type, str] = {
@@ -75,93 +198,14 @@ COMMANDS: dict[type, str] = {
     ExportConfig: "export",
     EncodeConfig: "encode",
 }
-#: Fields given as the positional argument of the command.
-_POSITIONAL = {ExportConfig: "model_dir", EncodeConfig: "model"}
-#: Fields whose flag is not ``--field-name``.
-_RENAMED: dict[type, dict[str, str]] = {
-    TeacherConfig: {"feature_cache_views": "--feature-cache"},
-    DistillConfig: {"losses": "--loss", "loss_options": "--loss-opt"},
-    ExportConfig: {"formats": "--format"},
-}
-#: Boolean fields that default to True and are switched off by a flag.
-_NEGATED = {"progress": "--no-progress", "student_cib": "--no-cib"}
-#: Fields the command line has no option for (they must stay at their default).
-_NO_FLAG: dict[type, set[str]] = {TeacherConfig: {"weight_decay"}}
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING  # a required field: always written
-
-
-def _reads_back_as(text: str, value: Any) -> bool:
-    """True when ``parse_kwargs``' JSON reading of ``text`` gives ``value`` back."""
-    try:
-        return json.loads(text) == value
-    except json.JSONDecodeError:
-        return isinstance(value, str) and text == value
-
-
-def _scalar_text(value: Any) -> str:
-    """A scalar as ``key=value`` text that the command line reads back as the same value."""
-    if isinstance(value, str) and _reads_back_as(value, value) and value == value.strip():
-        return value
-    return json.dumps(value)
-
-
-def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, bool | int | float):
-        return True
-    return isinstance(value, str) and "," not in value
-
-
-def _kwargs_text(values: dict[str, Any]) -> str:
-    """``{"depth": 6, "global_pool": "avg"}`` -> ``depth=6,global_pool=avg`` (JSON if need be)."""
-    if all(_plain(v) and "," not in k and "=" not in k for k, v in values.items()):
-        return ",".join(f"{k}={_scalar_text(v)}" for k, v in values.items())
-    return json.dumps(values)
-
-
-def _loss_option_flags(options: dict[str, dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for loss, opts in options.items():
-        for key, value in opts.items():
-            if not _plain(value) or "=" in key:
-                raise ValueError(
-                    f"loss option {loss}.{key}={value!r} cannot be written as --loss-opt: "
-                    "expected a number, a boolean or a string without commas"
-                )
-            out += ["--loss-opt", f"{loss}.{key}={_scalar_text(value)}"]
-    return out
-
-
-def _flags(kind: type, name: str, value: Any) -> list[str]:
-    if name in _NEGATED:
-        return [] if value else [_NEGATED[name]]
-    flag = _RENAMED.get(kind, {}).get(name, "--" + name.replace("_", "-"))
-    if name == "losses":
-        return [flag, ",".join(value) if value else "none"]
-    if name == "loss_options":
-        return _loss_option_flags(value)
-    if name == "formats":
-        return [part for fmt in value for part in (flag, str(fmt))]
-    if isinstance(value, bool):
-        return [flag] if value else []
-    if isinstance(value, dict):
-        return [flag, _kwargs_text(value)]
-    if isinstance(value, list | tuple):
-        return [flag, ",".join(map(str, value))]
-    return [flag, str(value)]
 
 
 def command_line(cfg: StageConfig) -> list[str]:
     """The ``hashkd`` command (an argv list, starting with ``"hashkd"``) that runs stage ``cfg``.
 
-    Fields at their default are left out (the command's defaults are the config's); ``out``
-    comes last. Raises ``ValueError`` for a field the command has no option for.
+    The flags come from the config's field metadata (:func:`hashkd.settings.command_args`):
+    settings at their default are left out (the command's defaults are the config's) and ``--out``
+    comes last.
     """
     kind = type(cfg)
     if kind not in COMMANDS:
@@ -169,24 +213,8 @@ def command_line(cfg: StageConfig) -> list[str]:
             f"stage config {kind.__name__} is not known: expected one of "
             + ", ".join(k.__name__ for k in COMMANDS)
         )
-    argv = ["hashkd", COMMANDS[kind]]
-    positional = _POSITIONAL.get(kind)
-    if positional:
-        argv.append(str(getattr(cfg, positional)))
-    tail: list[str] = []
-    for f in dataclasses.fields(cfg):
-        value, default = getattr(cfg, f.name), _default(f)
-        if f.name == positional or (default is not dataclasses.MISSING and value == default):
-            continue
-        if f.name in _NO_FLAG.get(kind, ()):
-            raise ValueError(
-                f"{kind.__name__}.{f.name}={value!r} has no 'hashkd {COMMANDS[kind]}' option: "
-                f"expected its default {default!r}"
-            )
-        if value is None:
-            continue
-        (tail if f.name == "out" else argv).extend(_flags(kind, f.name, value))
-    return argv + tail
+    positional, flags = command_args(cfg)
+    return ["hashkd", COMMANDS[kind], *positional, *flags]
 
 
 def shell_command(cfg: StageConfig) -> str:
@@ -221,6 +249,10 @@ def run_stage(cfg: StageConfig) -> Path:
                 exporter=cfg.onnx_exporter,
                 opset=cfg.opset,
                 threads=cfg.threads,
+                quantize=cfg.quantize if fmt == "onnx" else None,
+                data=cfg.data,
+                quantize_method=cfg.quantize_method,
+                calibration_images=cfg.calibration_images,
             )
         return Path(out)
     if isinstance(cfg, EncodeConfig):
@@ -235,6 +267,9 @@ def run_stage(cfg: StageConfig) -> Path:
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             progress=cfg.progress,
+            num_workers=cfg.num_workers,
+            backend=cfg.backend,
+            threads=cfg.threads,
         )
         return codes.save(cfg.out)
     raise ValueError(

@@ -145,7 +145,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--threads",
+        "--index-threads",
+        dest="threads",
+        metavar="N",
         type=int,
         default=None,
         help="OpenMP threads FAISS may use (default: all cores)",
@@ -177,7 +179,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "codeset", metavar="CODESET_DIR", help="code set directory holding codes.npy and ids.npy"
     )
     build.add_argument(
-        "--spec",
+        "--index-spec",
+        dest="spec",
         default="flat",
         help="index kind: flat (exact, default), flat:gpu, ivf[:NLIST], hnsw[:M], hash[:B], multihash[:NxB], milvus:URI",
     )
@@ -191,7 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="search an index file with the codes of a query code set",
         description="Search FILE with every code of --query; write {'ids': [[...]], 'distances': [[...]]} "
-        "to --json, one list per query in query order, nearest first, ties by ascending id; with "
+        "to --json-out, one list per query in query order, nearest first, ties by ascending id; with "
         "'paths' (each hit's source file) when the indexed code set has paths.json, and "
         "'query_paths' when the query code set has.",
     )
@@ -212,7 +215,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="return every code within R bits, inclusive (distance <= R)",
     )
     search.add_argument(
-        "--json", required=True, metavar="OUT", help="JSON file to write the results to"
+        "--json-out",
+        dest="json",
+        required=True,
+        metavar="FILE",
+        help="JSON file to write the results to",
     )
     search.add_argument(
         "--database",

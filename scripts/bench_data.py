@@ -44,8 +44,11 @@ def main() -> None:
     )
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--num-workers", dest="workers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(ap, "scripts/bench_data.py")
     args = ap.parse_args()
     torch.set_num_threads(1)
 

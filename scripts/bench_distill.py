@@ -14,14 +14,14 @@ largest bucket; a warning when collapsed); the loss weight used; the BRCD kept-b
 parameters and encode throughput.
 
     python scripts/bench_distill.py --teacher 64=runs/teacher_vit6_64 --data cifar10 \
-        --protocol cifar10-cpu --epochs 10 --seeds 0,1,2 --out runs/distill_grid
+        --split-protocol cifar10-cpu --epochs 10 --seeds 0,1,2 --out runs/distill_grid
 
 ``--pool SPEC`` distils every row on an unlabeled pool instead of the training split (e.g.
 ``train``: CIFAR-10's 50,000 training images minus the validation images and queries), and
 ``--lr-schedule cosine --warmup-epochs N`` sets the students' learning-rate curve; both are
 written to ``results.json`` with the other settings of the run.
 
-``--student-weights PATH.safetensors`` starts every student from ``hashkd pretrain`` backbone
+``--pretrain-weights PATH.safetensors`` starts every student from ``hashkd pretrain`` backbone
 weights (self-supervised, e.g. on the same pool). ``--loss-opt LOSS.OPTION=VALUE`` (repeatable, as in ``hashkd distill``) sets a loss option on
 the rows that use that loss, e.g. ``--loss-opt brcd.margin=0.2`` for the three BRCD rows; the
 options are written to ``results.json`` (``loss_options``) and each BRCD run's mask report.
@@ -361,9 +361,9 @@ def _main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"comma-separated row names to run (default: all); known: {', '.join(VARIANTS)}",
     )
-    ap.add_argument("--student", default="mobilenetv3_small_100")
+    ap.add_argument("--backbone", dest="student", default="mobilenetv3_small_100")
     ap.add_argument("--data", default="cifar10")
-    ap.add_argument("--protocol", default=None)
+    ap.add_argument("--split-protocol", dest="protocol", default=None)
     ap.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
     ap.add_argument(
         "--seeds",
@@ -382,10 +382,11 @@ def _main(argv: list[str] | None = None) -> int:
         help="distil on an unlabeled pool (hashkd distill --pool), e.g. train; default: the training split",
     )
     ap.add_argument(
-        "--student-weights",
+        "--pretrain-weights",
+        dest="student_weights",
         default=None,
         metavar="PATH.safetensors",
-        help="start every student from `hashkd pretrain` backbone weights (hashkd distill --student-weights)",
+        help="start every student from `hashkd pretrain` backbone weights (hashkd distill --pretrain-weights)",
     )
     ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--warmup-epochs", type=float, default=0.0)
@@ -398,7 +399,7 @@ def _main(argv: list[str] | None = None) -> int:
         metavar="LOSS.OPTION=VALUE",
         help="a loss option for the rows that use that loss, repeatable (e.g. brcd.margin=0.2)",
     )
-    ap.add_argument("--topk", type=int, default=1000)
+    ap.add_argument("--k", dest="topk", type=int, default=1000)
     ap.add_argument(
         "--speed-seconds",
         type=float,
@@ -420,6 +421,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", required=True, help="directory for students, results.json and results.md"
     )
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(ap, "scripts/bench_distill.py")
     args = ap.parse_args(argv)
     teachers = {}
     for item in args.teacher:

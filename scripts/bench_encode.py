@@ -31,9 +31,9 @@ backend. The mAP change of int8 codes on real data is measured by ``scripts/eval
 
 Example (the recorded run, docs/bench-encode.md)::
 
-    python scripts/bench_encode.py --threads 2 --seconds 2 --json bench-encode.json
+    python scripts/bench_encode.py --threads 2 --seconds 2 --json-out bench-encode.json
     python scripts/bench_encode.py --sizes 224 --precision fp32,int8 --calibration-data cifar10 \
-        --threads 2 --json bench-encode-int8.json
+        --threads 2 --json-out bench-encode-int8.json
 """
 
 from __future__ import annotations
@@ -345,7 +345,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--workdir", default=None, help="where artifacts are written (default: a temp dir)"
     )
-    p.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    p.add_argument(
+        "--json-out", dest="json", default=None, help="also write all figures to this JSON file"
+    )
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(p, "scripts/bench_encode.py")
     args = p.parse_args(argv)
     args.sizes = _csv(int, args.sizes)
     args.batches = _csv(int, args.batches)

@@ -2,14 +2,14 @@
 """Images/s of ``hashkd encode`` in 1 process vs N processes (``--shard I/N``), and a bit check.
 
 For each process count P of ``--processes`` (default ``1 2``) the script starts P processes
-``python -m hashkd encode MODEL --data DATA --shard I/P --threads T --workers W`` at once
+``python -m hashkd encode MODEL --data DATA --shard I/P --threads T --num-workers W`` at once
 (``T`` = ``--threads``, default the machine's cores // P), waits for all of them and records
 the wall time from the first start to the last exit (process start, model loading, image
 decoding and encoding: what a user waits for). It then merges the shards with
 ``hashkd codes merge`` and checks that the merged code set equals the one of the first
 process count bit for bit (codes, ids, labels). Run it on an idle machine::
 
-    python scripts/bench_encode_shards.py MODEL_DIR --data cifar10 --processes 1 2 --json out.json
+    python scripts/bench_encode_shards.py MODEL_DIR --data cifar10 --processes 1 2 --json-out out.json
 
 Without a MODEL_DIR (``--tiny``) it builds a small random ViT artifact (img 32) to time.
 """
@@ -48,7 +48,7 @@ def run_processes(args: argparse.Namespace, count: int, out: Path) -> float:
     env.pop("WORLD_SIZE", None)
     base = [sys.executable, "-m", "hashkd", "encode", str(args.model), "--data", args.data]
     base += ["--split", args.split, "--batch-size", str(args.batch_size), "--no-progress"]
-    base += ["--threads", str(threads), "--workers", str(args.workers), "--out", str(out)]
+    base += ["--threads", str(threads), "--num-workers", str(args.workers), "--out", str(out)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen([*base, "--shard", f"{i}/{count}"], env=env, stderr=subprocess.PIPE)
@@ -68,9 +68,14 @@ def main() -> int:
     parser.add_argument("--split", default="all")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=None, help="per process")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
+    parser.add_argument(
+        "--num-workers", dest="workers", type=int, default=0, help="DataLoader workers per process"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--json-out", dest="json", default=None, help="write the results here")
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(parser, "scripts/bench_encode_shards.py")
     args = parser.parse_args()
     from hashkd.codes import merge_shards
 

@@ -46,12 +46,15 @@ def main() -> None:
     p.add_argument("--database", type=int, default=50_000)
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--topk", type=int, default=1000)
+    p.add_argument("--k", dest="topk", type=int, default=1000)
     p.add_argument("--radius", type=int, default=2)
     p.add_argument(
         "--loop-queries", type=int, default=200, help="queries evaluated by the loop baseline"
     )
     p.add_argument("--seed", type=int, default=0)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(p, "scripts/bench_metrics.py")
     args = p.parse_args()
 
     rng = np.random.default_rng(args.seed)

@@ -15,7 +15,7 @@ also the ground truth. Then the three goals of issue 5:
 recall@10 is tie-aware: |returned with d < d10| + min(#returned at d10, #true at d10), over 10,
 where d10 is the true 10th distance (any tie-break among equal distances is right).
 
-    OMP_NUM_THREADS=1 python scripts/bench_search.py --json bench.json
+    OMP_NUM_THREADS=1 python scripts/bench_search.py --json-out bench.json
     python scripts/bench_search.py --sizes 20000 --bits 64 --queries 20 --skip-goals   # smoke
 """
 
@@ -374,7 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also run on a code set directory (codes.npy, ids.npy); repeatable",
     )
-    p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
+    p.add_argument(
+        "--index-threads",
+        dest="threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads (default 1)",
+    )
     p.add_argument(
         "--radius-n",
         type=int,
@@ -395,8 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip-goals", action="store_true", help="only the QPS/recall grid")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--json", default=None, help="write all figures to this JSON file")
+    p.add_argument(
+        "--json-out", dest="json", default=None, help="write all figures to this JSON file"
+    )
     p.add_argument("--memory-probe", choices=MEMORY_PROBES, default=None, help=argparse.SUPPRESS)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(p, "scripts/bench_search.py")
     args = p.parse_args(argv)
     if args.memory_probe:  # internal: one RSS measurement in a fresh process
         set_threads(args.threads)

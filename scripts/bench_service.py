@@ -266,7 +266,7 @@ def cluster_bench(args: argparse.Namespace, model: Path, images: list[bytes], wo
     server_args = [
         *("--model", str(model), "--cluster", "--index-spec", f"milvus:{args.milvus}"),
         *("--collection", collection, "--max-batch", str(args.max_batch)),
-        *("--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"),
+        *("--max-wait-seconds", str(args.max_wait_seconds), "--log-level", "warning"),
     ]
     results = []
     for count in sorted({1, args.replicas}):
@@ -334,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--client-procs", type=int, default=4, help="load-generator processes")
     ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-wait-seconds", type=float, default=0.002)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument(
         "--milvus", metavar="URI", help="cluster mode: benchmark replicas over this Milvus server"
     )
     ap.add_argument("--replicas", type=int, default=2, help="replicas to compare with one")
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(ap, "scripts/bench_service.py")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -382,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             str(store),
             "--max-batch",
             str(args.max_batch),
-            "--max-wait-ms",
-            str(args.max_wait_ms),
+            "--max-wait-seconds",
+            str(args.max_wait_seconds),
             "--batching" if batching else "--no-batching",
             "--log-level",
             "warning",

@@ -6,7 +6,7 @@ or read from a model artifact, at its own input size. Measured side by side, int
 ``--rounds`` rounds so that a change of machine load hits every model alike: encode throughput
 (eval mode, no autograd, batch ``--batch``) and training throughput (forward + backward + Adam
 step on the codes' straight-through output, batch ``--batch``). Prints a table with each
-model's ratio to the first one (the teacher) and writes it as JSON with ``--json``.
+model's ratio to the first one (the teacher) and writes it as JSON with ``--json-out``.
 
     python scripts/bench_student_cost.py --threads 1 \
         --model teacher=vitc_tiny:linear:patch_size=8 \
@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json-out", dest="json", default=None)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(ap, "scripts/bench_student_cost.py")
     args = ap.parse_args(argv)
     if min(args.batch, args.threads, args.rounds) < 1 or args.seconds <= 0:
         ap.error("--batch, --threads, --rounds and --seconds must be positive")

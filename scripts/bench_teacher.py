@@ -9,7 +9,7 @@ position-broken value beside it, precision within Hamming radius 2, and the heal
 database codes (distinct codes, bit balance, largest bucket; a warning when collapsed).
 
     python scripts/bench_teacher.py --teacher runs/teacher_vit6_64 --data cifar10 \
-        --protocol cifar10-cpu --json runs/bench_teacher.json
+        --split-protocol cifar10-cpu --json-out runs/bench_teacher.json
 """
 
 from __future__ import annotations
@@ -73,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         help="teacher artifact directories (same code length)",
     )
     ap.add_argument("--data", default="cifar10")
-    ap.add_argument("--protocol", default=None)
+    ap.add_argument("--split-protocol", dest="protocol", default=None)
     ap.add_argument("--seed", type=int, default=0, help="split seed (must be the teacher's)")
-    ap.add_argument("--topk", type=int, default=1000)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--k", dest="topk", type=int, default=1000)
+    ap.add_argument("--json-out", dest="json", default=None)
     ap.add_argument("--markdown", default=None)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(ap, "scripts/bench_teacher.py")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     data = prepare_data(args.data, None, args.protocol, args.seed)

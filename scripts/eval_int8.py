@@ -12,7 +12,7 @@ encoding throughput of each (indicative only, unless the machine is idle).
 
 Example (issue 17's goal: the int8 student within 0.5 mAP point of the fp32 student)::
 
-    python scripts/eval_int8.py runs/student-export --data cifar10 --threads 2 --json int8-map.json
+    python scripts/eval_int8.py runs/student-export --data cifar10 --threads 2 --json-out int8-map.json
 """
 
 from __future__ import annotations
@@ -101,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="data spec: digits, cifar10[:PATH], a folder ...")
     p.add_argument("--split-protocol", default=None, help="named split protocol (default: data's)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--topk", type=int, default=1000, help="K of mAP@K (default 1000)")
+    p.add_argument("--k", dest="topk", type=int, default=1000, help="K of mAP@K (default 1000)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument(
+        "--json-out", dest="json", default=None, help="also write the figures to this JSON file"
+    )
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(p, "scripts/eval_int8.py")
     args = p.parse_args(argv)
     try:
         res = compare_precisions(

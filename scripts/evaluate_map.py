@@ -4,7 +4,7 @@
 The same program as ``hashkd evaluate``: the options of hashkd/cli/evaluate.py, the evaluation of
 :func:`hashkd.evaluation.evaluate`; run with --help for the options.
 
-    python scripts/evaluate_map.py --query codes/query --database codes/db --topk 1000 --json out.json
+    python scripts/evaluate_map.py --query codes/query --database codes/db --k 1000 --json-out out.json
 """
 
 import sys

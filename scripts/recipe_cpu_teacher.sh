@@ -49,19 +49,19 @@ say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 if [[ "$BUDGET" == quick ]]; then
   BACKBONE=vit_tiny_r_s16_p8_224
   KW="patch_size=2,depth=4,embed_dim=96,num_heads=3"
-  PRE=(--max-images 10000 --epochs 2 --warmup-epochs 0.2 --batch-size 128 --time-limit 30 --checkpoint-every 20)
+  PRE=(--max-train 10000 --epochs 2 --warmup-epochs 0.2 --batch-size 128 --time-limit-minutes 30 --checkpoint-every 20)
   HEAD_EPOCHS=30; CACHE_VIEWS=2
 else
   # vitc_tiny (hashkd's conv-stem ViT-Tiny: 192-d, depth 6, 3 heads) with 8x8 patches on the 32 px
   # input = 16 tokens: ~316 views/s on an idle 2-core machine (docs/bench-pretrain.md), so 10 epochs
-  # over all 50,000 images (1M views) take about 55 min idle; --time-limit keeps pretraining
+  # over all 50,000 images (1M views) take about 55 min idle; --time-limit-minutes keeps pretraining
   # inside 150 min whatever the load (the run then ends early, before the cosine schedule ends).
   BACKBONE=vitc_tiny
   KW="patch_size=8"
-  PRE=(--epochs 10 --warmup-epochs 1 --batch-size 256 --time-limit 150 --checkpoint-every 50 --keep-every 2)
+  PRE=(--epochs 10 --warmup-epochs 1 --batch-size 256 --time-limit-minutes 150 --checkpoint-every 50 --keep-every 2)
   HEAD_EPOCHS=100; CACHE_VIEWS=5
 fi
-W="$OUT/backbone.safetensors"
+W="$OUT/backbone"  # the pretraining run folder (backbone.safetensors, checkpoint.pt, ...)
 timed() {  # timed NAME cmd...: run, append the wall time to summary.jsonl
   local name="$1"; shift
   local t0=$SECONDS
@@ -72,26 +72,26 @@ timed() {  # timed NAME cmd...: run, append the wall time to summary.jsonl
 say "budget=$BUDGET out=$OUT backbone=$BACKBONE kwargs=$KW"
 
 # 1. self-supervised pretraining (SimCLR), labels unused; kNN accuracy as the sanity figure.
-RESUME=(); [[ -f "$W.ckpt.pt" ]] && RESUME=(--resume)  # a finished run returns at once
+RESUME=(); [[ -f "$W/checkpoint.pt" ]] && RESUME=(--resume)  # a finished run returns at once
 say "pretrain -> $W ${RESUME[*]}"
 timed pretrain "${HASHKD[@]}" pretrain --data cifar10 --group train --backbone "$BACKBONE" --backbone-kwargs "$KW" \
-  --method simclr "${PRE[@]}" --knn-eval --knn-every 1 --protocol cifar10-cpu --no-progress --seed 0 \
+  --method simclr "${PRE[@]}" --knn-eval --knn-every 1 --split-protocol cifar10-cpu --no-progress --seed 0 \
   --out "$W" "${RESUME[@]}"
 
 # 2. hash heads on the frozen backbone: pretrained at 64/32/16 bits, untrained at 64 bits.
-hash_head() {  # hash_head NAME BITS [--weights W]
+hash_head() {  # hash_head NAME BITS [--backbone-weights W]
   local name="$1" bits="$2"; shift 2
   local dir="$OUT/teacher_$name"
   if [[ ! -f "$dir/model.safetensors" ]]; then
     say "train-teacher $name ($bits bits)"
-    timed "teacher_$name" "${HASHKD[@]}" train-teacher --data cifar10 --protocol cifar10-cpu --backbone "$BACKBONE" \
+    timed "teacher_$name" "${HASHKD[@]}" train-teacher --data cifar10 --split-protocol cifar10-cpu --backbone "$BACKBONE" \
       --backbone-kwargs "$KW" --bits "$bits" --freeze-backbone --feature-cache "$CACHE_VIEWS" --epochs "$HEAD_EPOCHS" \
       --val-every "$HEAD_EPOCHS" --batch-size 64 --lr 1e-3 --seed 0 --no-progress --out "$dir" "$@"
   fi
   if [[ ! -f "$dir/eval.json" ]]; then
     say "evaluate $name"
     timed "evaluate_$name" "${HASHKD[@]}" evaluate --query-model "$dir" --data cifar10 --split-protocol cifar10-cpu \
-      --topk 1000 --no-progress --json "$dir/eval.json"
+      --k 1000 --no-progress --json-out "$dir/eval.json"
     "$PY" - "$dir/eval.json" "$name" "$bits" >>"$SUMMARY" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -131,16 +131,16 @@ EOF
   "$PY" -c "import json,sys; [print(json.dumps({'model': 'lsh_pixels', 'bits': int(b), **m})) for b, m in json.load(open('$OUT/lsh_pixels.json')).items()]" >>"$SUMMARY"
 }
 
-hash_head pretrained_64 64 --weights "$W"
+hash_head pretrained_64 64 --backbone-weights "$W"
 hash_head untrained_64 64
 lsh
-hash_head pretrained_32 32 --weights "$W"
-hash_head pretrained_16 16 --weights "$W"
+hash_head pretrained_32 32 --backbone-weights "$W"
+hash_head pretrained_16 16 --backbone-weights "$W"
 # 4. the curve of hashing mAP against pretraining time: a 64-bit head on each kept epoch's weights
-#    (--keep-every; the wall time of each epoch is in backbone.safetensors.log.jsonl).
-for snap in "$OUT"/backbone-epoch*.safetensors; do
+#    (--keep-every; the wall time of each epoch is in backbone/train_log.jsonl).
+for snap in "$W"/backbone-epoch*.safetensors; do
   [[ -f "$snap" ]] || continue
   e="${snap##*-epoch}"; e="${e%.safetensors}"
-  hash_head "curve_epoch$e" 64 --weights "$snap"
+  hash_head "curve_epoch$e" 64 --backbone-weights "$snap"
 done
 say "done; figures in $SUMMARY"

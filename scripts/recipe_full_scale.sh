@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference BRCD setting (recipe "full-scale" of hashkd/recipes.py) for a machine with a GPU
+# The reference BRCD setting (recipe "full-scale": configs/full-scale/*.yaml) for a machine with a GPU
 # and internet access:
 # ImageNet-pretrained ViT-B/16 teacher (frozen, linear CIBHash head, 200 epochs on cached
 # features) -> ImageNet-pretrained EfficientNet-B0 student with an MLP head, BRCD, 400 epochs,
@@ -22,4 +22,4 @@ for cmd in "${cmds[@]}"; do
   eval "$cmd"
 done
 hashkd evaluate --query-model "$workdir/student" --database-model "$workdir/teacher" \
-  --query-data "$data" --database-data "$data" --json "$workdir/asymmetric.json"
+  --query-data "$data" --database-data "$data" --json-out "$workdir/asymmetric.json"

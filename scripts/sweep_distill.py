@@ -13,7 +13,7 @@ compares, ``hashkd distill``'s option)::
 
     python scripts/sweep_distill.py --teacher runs/digits/teacher64 --data digits --loss brcd \\
         --grid "brcd.margin=0.1,0.2,0.3,0.5;brcd.mask_mode=anchor,own" --seeds 0,1 \\
-        --epochs 20 --student mobilenetv3_small_050 --out runs/sweep_brcd_mask
+        --epochs 20 --backbone mobilenetv3_small_050 --out runs/sweep_brcd_mask
 
 Results: ``OUT/results.json`` (one row per run, with BRCD's cluster count k, the teacher's
 digest and the code version; a re-run skips finished runs and resumes an interrupted one from
@@ -149,14 +149,17 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", required=True, help="the one KD loss whose settings are swept")
     p.add_argument("--grid", required=True)
     p.add_argument("--seeds", default="0")
-    p.add_argument("--student", default="mobilenetv3_small_100")
+    p.add_argument("--backbone", dest="student", default="mobilenetv3_small_100")
     p.add_argument("--data", default="digits")
-    p.add_argument("--protocol", default=None)
+    p.add_argument("--split-protocol", dest="protocol", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--view-bank", type=int, default=4)
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--out", required=True)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(p, "scripts/sweep_distill.py")
     args = p.parse_args(argv)
     try:
         grid = parse_grid(args.grid)

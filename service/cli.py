@@ -33,7 +33,6 @@ _FIELDS = (
     "search_threads",
     "batching",
     "max_batch",
-    "max_wait_ms",
     "max_upload_bytes",
     "max_image_pixels",
     "max_images",
@@ -86,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--collection", help="Milvus collection of the items in cluster mode (default hashkd_items)"
     )
     p.add_argument(
-        "--milvus-timeout-s",
+        "--milvus-timeout-seconds",
+        dest="milvus_timeout_s",
+        metavar="SECONDS",
         type=float,
         help="seconds a Milvus call may take before the request answers 503 (default 10)",
     )
@@ -106,7 +107,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX graph to run: the int8 one when the artifact has it (auto, the default), fp32 or int8",
     )
     p.add_argument("--threads", type=int, help="encoder threads")
-    p.add_argument("--search-threads", type=int, help="FAISS OpenMP threads per search (default 1)")
+    p.add_argument(
+        "--index-threads",
+        dest="search_threads",
+        metavar="N",
+        type=int,
+        help="FAISS OpenMP threads per search (default 1)",
+    )
     p.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
@@ -114,12 +121,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="micro-batch concurrent search requests (default on)",
     )
     p.add_argument("--max-batch", type=int, help="most images per micro-batch (default 32)")
-    p.add_argument("--max-wait-ms", type=float, help="longest micro-batch wait in ms (default 2)")
+    p.add_argument(
+        "--max-wait-seconds",
+        metavar="SECONDS",
+        type=float,
+        help="longest micro-batch wait in seconds (default 0.002)",
+    )
     p.add_argument("--max-upload-bytes", type=int, help="largest image upload (default 10 MiB)")
     p.add_argument(
         "--max-image-pixels", type=int, help="largest decoded image in pixels (default 40M)"
     )
-    p.add_argument("--max-images", type=int, help="most images per batch request (default 64)")
+    p.add_argument(
+        "--max-request-images",
+        dest="max_images",
+        metavar="N",
+        type=int,
+        help="most images per batch request (default 64)",
+    )
     p.add_argument("--thumbnail-px", type=int, help="stored thumbnail size (default 96; 0: none)")
     p.add_argument(
         "--snapshot-every", type=int, help="index snapshot after this many changes (default 1000)"
@@ -142,6 +160,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from service.settings import Settings, settings_error_message
 
     given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    if (
+        getattr(args, "max_wait_seconds", None) is not None
+    ):  # the flag is in seconds, the setting ms
+        given["max_wait_ms"] = args.max_wait_seconds * 1000.0
     try:
         return Settings(**given)
     except ValidationError as exc:

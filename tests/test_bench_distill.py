@@ -40,7 +40,7 @@ def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
         f"16={teacher}",
         "--data",
         "digits",
-        "--student",
+        "--student",  # the previous release's names still run (hashkd/cli/vocabulary.py)
         TINY_CNN["backbone"],
         "--epochs",
         "1",
@@ -64,7 +64,9 @@ def test_grid_with_two_seeds_two_jobs_then_resume(tmp_path):
         f"{NO_KD},{BRCD}",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=1500)
+    proc = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=1500)
+    for old, new in (("--student", "--backbone"), ("--topk", "--k")):
+        assert f"{old} is deprecated and goes in the next release: use {new}" in proc.stderr
     result = json.loads((out / "results.json").read_text())
     rows = result["rows"]
     assert result["seeds"] == [0, 1]
@@ -246,8 +248,8 @@ def test_pooled_cosine_row_then_resume_of_an_interrupted_student(tmp_path):
     teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "pooled"
     argv = [
-        "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
-        "--epochs", "2", "--view-bank", "2", "--topk", "100", "--speed-seconds", "0.1",
+        "--teacher", f"16={teacher}", "--data", "digits", "--backbone", TINY_CNN["backbone"],
+        "--epochs", "2", "--view-bank", "2", "--k", "100", "--speed-seconds", "0.1",
         "--threads", "1", "--pool", "all", "--lr-schedule", "cosine", "--warmup-epochs", "0.5",
         "--val-every", "2", "--variants", BRCD, "--loss-opt", "brcd.margin=0.2", "--out", str(out),
     ]  # fmt: skip
@@ -343,10 +345,10 @@ def test_students_start_from_pretrain_weights(tmp_path):
     teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "pre"
     argv = [
-        "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
-        "--epochs", "1", "--max-train", "50", "--view-bank", "2", "--topk", "100",
+        "--teacher", f"16={teacher}", "--data", "digits", "--backbone", TINY_CNN["backbone"],
+        "--epochs", "1", "--max-train", "50", "--view-bank", "2", "--k", "100",
         "--speed-seconds", "0.1", "--threads", "1", "--variants", NO_KD,
-        "--student-weights", str(weights), "--out", str(out),
+        "--pretrain-weights", str(weights), "--out", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
     result = json.loads((out / "results.json").read_text())

@@ -25,7 +25,7 @@ def test_an_artifact_and_an_architecture_side_by_side(tmp_path):
     argv = [
         "--model", f"teacher={teacher}", "--model", "student=resnet10t:linear",
         "--bits", "16", "--img-size", "16", "--batch", "4", "--seconds", "0.05",
-        "--rounds", "2", "--json", str(out),
+        "--rounds", "2", "--json-out", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}

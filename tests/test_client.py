@@ -149,7 +149,7 @@ def test_hashkd_query_prints_the_hits(filled, capsys):
 
     url, encoder, ids, codes, paths = filled
     q = encoder.encode([image_bytes(s) for s in (2, 5)])
-    assert main(["query", url, str(paths[2]), str(paths[5]), "--k", "3", "--json"]) == 0
+    assert main(["query", url, str(paths[2]), str(paths[5]), "--k", "3", "--print-json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [d["image"] for d in out] == [str(paths[2]), str(paths[5])]
     for row, doc in enumerate(out):

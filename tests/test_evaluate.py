@@ -76,11 +76,11 @@ def test_json_equals_function_output_and_files_are_written(tmp_path, code_dirs, 
             str(q),
             "--database",
             str(d),
-            "--topk",
+            "--k",
             "50",
             "--radius",
             "1",
-            "--json",
+            "--json-out",
             str(out),
             "--markdown",
             str(md),
@@ -126,7 +126,7 @@ def test_protocol_from_meta_and_override(tmp_path, rng, capsys):
     q = _codeset(rng, 10, 16, model="student").save(tmp_path / "q")
     d = _codeset(rng, 40, 16, model="teacher").save(tmp_path / "d")
     out = tmp_path / "r.json"
-    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(out)]) == 0
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json-out", str(out)]) == 0
     assert json.loads(out.read_text())["protocol"] == "asymmetric"
     assert (
         main(
@@ -136,9 +136,9 @@ def test_protocol_from_meta_and_override(tmp_path, rng, capsys):
                 str(q),
                 "--database",
                 str(d),
-                "--json",
+                "--json-out",
                 str(out),
-                "--protocol",
+                "--retrieval-protocol",
                 "symmetric",
             ]
         )
@@ -163,8 +163,8 @@ def test_retrieval_protocol_rules():
 def test_script_is_the_same_program(tmp_path, code_dirs, capsys):
     q, d = code_dirs
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json", str(a)]) == 0
-    assert script_main(["--query", str(q), "--database", str(d), "--json", str(b)]) == 0
+    assert main(["evaluate", "--query", str(q), "--database", str(d), "--json-out", str(a)]) == 0
+    assert script_main(["--query", str(q), "--database", str(d), "--json-out", str(b)]) == 0
     assert json.loads(a.read_text()) == json.loads(b.read_text())
     assert script_main(["--query", str(q), "--database", str(tmp_path / "nope")]) == 2
     assert "nope" in _one_error_line(capsys)
@@ -173,8 +173,8 @@ def test_script_is_the_same_program(tmp_path, code_dirs, capsys):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--topk", "0"], "--topk 0"),
-        (["--topk", "-5"], "--topk -5"),
+        (["--k", "0"], "--k 0"),
+        (["--k", "-5"], "--k -5"),
         (["--radius", "-1"], "--radius -1"),
         (["--pn", "0,10"], "--pn '0,10'"),
     ],
@@ -266,7 +266,9 @@ def test_code_health_of_both_sides_and_collapse_warning(tmp_path, rng, capsys):
     d.codes[:] = d.codes[0]  # every database item has the same code
     qd, dd = q.save(tmp_path / "q"), d.save(tmp_path / "d")
     out = tmp_path / "r.json"
-    assert main(["evaluate", "--query", str(qd), "--database", str(dd), "--json", str(out)]) == 0
+    assert (
+        main(["evaluate", "--query", str(qd), "--database", str(dd), "--json-out", str(out)]) == 0
+    )
     got = json.loads(out.read_text())
     assert got["code_health"] == {"query": code_health(q.codes), "database": code_health(d.codes)}
     assert got["code_health"]["query"]["distinct_codes"] == _distinct_rows(q.codes)
@@ -319,9 +321,9 @@ def test_library_entry_equals_the_command_line(tmp_path, code_dirs):
                 str(q),
                 "--database",
                 str(d),
-                "--topk",
+                "--k",
                 "20",
-                "--json",
+                "--json-out",
                 str(out),
             ]
         )
@@ -329,9 +331,9 @@ def test_library_entry_equals_the_command_line(tmp_path, code_dirs):
     )
     lib = evaluate(EvaluationInputs(query=str(q), database=str(d), topk=20))
     assert json.loads(out.read_text()) == json.loads(json.dumps(lib))
-    with pytest.raises(ValueError, match="--topk 0"):
+    with pytest.raises(ValueError, match="--k 0"):
         evaluate(EvaluationInputs(query=str(q), database=str(d), topk=0))
-    with pytest.raises(ValueError, match="--protocol 'mixed'"):
+    with pytest.raises(ValueError, match="--retrieval-protocol 'mixed'"):
         evaluate(EvaluationInputs(query=str(q), database=str(d), protocol="mixed"))
 
 
@@ -398,10 +400,10 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
             str(image_folder),
             "--database-data",
             str(image_folder),
-            "--topk",
+            "--k",
             "6",
             "--no-progress",
-            "--json",
+            "--json-out",
             str(out),
         ]
     )
@@ -431,10 +433,10 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
             str(image_folder),
             "--database-data",
             str(image_folder),
-            "--topk",
+            "--k",
             "6",
             "--no-progress",
-            "--json",
+            "--json-out",
             str(out),
             "--save-codes",
             str(saved),
@@ -455,9 +457,9 @@ def test_models_and_data_symmetric_then_asymmetric(tmp_path, image_folder, capsy
                 str(saved / "query"),
                 "--database",
                 str(saved / "database"),
-                "--topk",
+                "--k",
                 "6",
-                "--json",
+                "--json-out",
                 str(again),
             ]
         )
@@ -481,10 +483,10 @@ def test_named_protocol_splits(tmp_path, capsys):
             "digits",
             "--seed",
             "5",
-            "--topk",
+            "--k",
             "100",
             "--no-progress",
-            "--json",
+            "--json-out",
             str(out),
         ]
     )
@@ -589,8 +591,8 @@ def test_unreadable_files_are_skipped_and_counted_or_stop_with_strict(
     cache = tmp_path / "cache"
     argv = ["evaluate", "--query-model", str(small), "--database-model", str(large)]
     argv += ["--query-data", str(image_folder), "--database-data", str(image_folder)]
-    argv += ["--topk", "5", "--no-progress", "--cache", "disk", "--cache-dir", str(cache)]
-    assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    argv += ["--k", "5", "--no-progress", "--cache", "disk", "--cache-dir", str(cache)]
+    assert main([*argv, "--json-out", str(tmp_path / "r.json")]) == 0
     err = capsys.readouterr().err
     assert "skipped 1 unreadable image file " in err
     result = json.loads((tmp_path / "r.json").read_text())

@@ -160,7 +160,7 @@ def test_bench_search_smoke_exact_backends_have_full_recall(tmp_path):
             "--backends",
             "numpy,faiss_bflat,flat,multihash",
             "--skip-goals",
-            "--json",
+            "--json-out",
             str(out),
         ],
         check=True,

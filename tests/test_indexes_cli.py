@@ -58,11 +58,25 @@ def test_build_then_knn_search_matches_oracle(spec, sets, tmp_path):
     db, ids, q, dbdir, qdir = sets
     out, res = tmp_path / "i.idx", tmp_path / "r.json"
     assert (
-        main(["index", "build", str(dbdir), "--spec", spec, "--out", str(out), "--threads", "1"])
+        main(
+            [
+                "index",
+                "build",
+                str(dbdir),
+                "--index-spec",
+                spec,
+                "--out",
+                str(out),
+                "--index-threads",
+                "1",
+            ]
+        )
         == 0
     )
     assert (
-        main(["index", "search", str(out), "--query", str(qdir), "--k", "7", "--json", str(res)])
+        main(
+            ["index", "search", str(out), "--query", str(qdir), "--k", "7", "--json-out", str(res)]
+        )
         == 0
     )
     got = json.loads(res.read_text())
@@ -76,10 +90,20 @@ def test_build_then_knn_search_matches_oracle(spec, sets, tmp_path):
 def test_range_search_json_matches_oracle(sets, tmp_path):
     db, ids, q, dbdir, qdir = sets
     out, res = tmp_path / "i.idx", tmp_path / "r.json"
-    main(["index", "build", str(dbdir), "--spec", "multihash", "--out", str(out)])
+    main(["index", "build", str(dbdir), "--index-spec", "multihash", "--out", str(out)])
     assert (
         main(
-            ["index", "search", str(out), "--query", str(qdir), "--radius", "3", "--json", str(res)]
+            [
+                "index",
+                "search",
+                str(out),
+                "--query",
+                str(qdir),
+                "--radius",
+                "3",
+                "--json-out",
+                str(res),
+            ]
         )
         == 0
     )
@@ -106,7 +130,7 @@ def test_k_larger_than_index_gives_short_lists(tmp_path):
             str(dbdir),
             "--k",
             "5",
-            "--json",
+            "--json-out",
             str(tmp_path / "r.json"),
         ]
     )
@@ -124,14 +148,20 @@ def test_bad_values_give_one_line_errors(sets, tmp_path, capsys):
     js = str(tmp_path / "r.json")
     cases = [
         (["index", "build", str(tmp_path / "nope"), "--out", str(out)], "does not exist"),
-        (["index", "build", str(dbdir), "--spec", "bogus", "--out", str(out)], "bogus"),
-        (["index", "search", str(out), "--query", str(qdir), "--k", "0", "--json", js], "--k 0"),
+        (["index", "build", str(dbdir), "--index-spec", "bogus", "--out", str(out)], "bogus"),
         (
-            ["index", "search", str(out), "--query", str(qdir), "--radius", "-1", "--json", js],
+            ["index", "search", str(out), "--query", str(qdir), "--k", "0", "--json-out", js],
+            "--k 0",
+        ),
+        (
+            ["index", "search", str(out), "--query", str(qdir), "--radius", "-1", "--json-out", js],
             "--radius -1",
         ),
-        (["index", "search", str(out), "--query", str(other), "--k", "3", "--json", js], "64 bits"),
-        (["index", "search", str(out), "--query", str(qdir), "--json", js], "exactly one"),
+        (
+            ["index", "search", str(out), "--query", str(other), "--k", "3", "--json-out", js],
+            "64 bits",
+        ),
+        (["index", "search", str(out), "--query", str(qdir), "--json-out", js], "exactly one"),
         (
             [
                 "index",
@@ -141,7 +171,7 @@ def test_bad_values_give_one_line_errors(sets, tmp_path, capsys):
                 str(qdir),
                 "--k",
                 "1",
-                "--json",
+                "--json-out",
                 js,
             ],
             "does not exist",
@@ -160,6 +190,6 @@ def test_every_option_has_help(capsys):
         with pytest.raises(SystemExit):
             main(["index", sub, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        for opt in ("--threads", "--nprobe", "--ef-search", "--collection"):
+        for opt in ("--index-threads", "--nprobe", "--ef-search", "--collection"):
             assert opt in text
     assert "ties by ascending id" in text and "distance <= R" in text

@@ -530,7 +530,11 @@ def test_resolve_weights_and_weight_table():
     table = weight_table(["sp", "align"])
     assert [r["weight"] for r in table] == [3000.0, 1.0]
     assert "Tung & Mori" in table[0]["source"] and "sweep" in table[1]["source"]
-    assert weight_table(["sp"], [2.0])[0] == {"loss": "sp", "weight": 2.0, "source": "--weights"}
+    assert weight_table(["sp"], [2.0])[0] == {
+        "loss": "sp",
+        "weight": 2.0,
+        "source": "--loss-weights",
+    }
 
 
 def test_distill_help_lists_every_registered_loss_and_its_weight():

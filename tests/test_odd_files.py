@@ -228,11 +228,11 @@ def test_commands_skip_bad_files_and_report_the_count(
     assert f"wrote {3 * 8 + len(ODD)} codes" in out and "skipped 3 unreadable image files" in err
 
     evaluate = ["evaluate", "--query-model", str(teacher), "--data", str(odd_folder)]
-    assert main([*evaluate, "--no-progress", "--topk", "10"]) == 0
+    assert main([*evaluate, "--no-progress", "--k", "10"]) == 0
     assert "| symmetric | 16 |" in capsys.readouterr().out
 
     # distill reads the folder through the same data layer (its default options: skip).
-    student = ["distill", "--teacher", str(teacher), "--student", "resnet10t", "--epochs", "1"]
+    student = ["distill", "--teacher", str(teacher), "--backbone", "resnet10t", "--epochs", "1"]
     student += [
         "--loss-opt",
         "brcd.k=4",

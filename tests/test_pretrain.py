@@ -31,7 +31,7 @@ TINY = [
     TINY_VIT["backbone"],
     "--backbone-kwargs",
     KW,
-    "--max-images",
+    "--max-train",
     "96",
     "--batch-size",
     "32",
@@ -47,15 +47,15 @@ def _pretrain(out, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pre") / "w.safetensors"
+    out = tmp_path_factory.mktemp("pre") / "w"
     assert _pretrain(out, "--epochs", "1") == 0
-    return out
+    return out / "backbone.safetensors"
 
 
 def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
     from importlib.metadata import version
 
-    desc = json.loads(weights.with_name("w.safetensors.json").read_text())
+    desc = json.loads(weights.with_name("backbone.safetensors.json").read_text())
     assert desc["hashkd_version"] == version("hashkd")  # the installed package's own version
     assert desc["backbone"] == TINY_VIT["backbone"]
     assert desc["backbone_kwargs"] == {"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 4}
@@ -78,8 +78,8 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
             "digits",
             "--backbone",
             TINY_VIT["backbone"],
-            "--weights",
-            str(weights),
+            "--backbone-weights",
+            str(weights.parent),  # the run folder stands for its backbone.safetensors
             "--freeze-backbone",
             "--feature-cache",
             "2",
@@ -108,7 +108,7 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
         assert torch.equal(own[k], v), k
     fresh = build_ssl_model(
         PretrainConfig(
-            out="x.safetensors",
+            out="x",
             backbone=TINY_VIT["backbone"],
             backbone_kwargs=desc["backbone_kwargs"],
         )
@@ -119,28 +119,28 @@ def test_weights_and_description_load_into_frozen_teacher(weights, tmp_path):
 
 
 def test_resume_logs_epoch_1_then_2(tmp_path):
-    out = tmp_path / "r.safetensors"
+    out = tmp_path / "r"
     assert _pretrain(out, "--epochs", "1") == 0
     assert [r["epoch"] for r in read_log(out)] == [1]
     assert _pretrain(out, "--epochs", "2", "--resume") == 0
     log = read_log(out)
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["step"] == 2 * log[0]["step"] == 2 * (96 // 32)
-    assert json.loads((tmp_path / "r.safetensors.json").read_text())["steps"] == 6
+    assert json.loads((out / "backbone.safetensors.json").read_text())["steps"] == 6
 
 
 def test_keep_every_snapshots_the_weights_of_those_epochs(tmp_path):
     from hashkd.training.pretrain import snapshot_path
 
-    out = tmp_path / "k.safetensors"
+    out = tmp_path / "k"
     assert _pretrain(out, "--epochs", "3", "--keep-every", "2") == 0
-    assert snapshot_path(out, 2) == tmp_path / "k-epoch002.safetensors"
-    kept = sorted(p.name for p in tmp_path.glob("k-epoch*.safetensors"))
-    assert kept == ["k-epoch002.safetensors"]  # epochs 1 and 3 are not multiples of 2
-    desc = json.loads((tmp_path / "k-epoch002.safetensors.json").read_text())
+    assert snapshot_path(out, 2) == out / "backbone-epoch002.safetensors"
+    kept = sorted(p.name for p in out.glob("backbone-epoch*.safetensors"))
+    assert kept == ["backbone-epoch002.safetensors"]  # epochs 1 and 3 are not multiples of 2
+    desc = json.loads((out / "backbone-epoch002.safetensors.json").read_text())
     assert desc["steps"] == 2 * (96 // 32) and desc["backbone"] == TINY_VIT["backbone"]
-    final = load_file(str(out))
-    two = load_file(str(tmp_path / "k-epoch002.safetensors"))
+    final = load_file(str(out / "backbone.safetensors"))
+    two = load_file(str(out / "backbone-epoch002.safetensors"))
     assert set(two) == set(final) and any(
         not torch.equal(two[k], final[k]) for k in final
     )  # epoch 2 != epoch 3
@@ -153,8 +153,8 @@ def test_keep_every_snapshots_the_weights_of_those_epochs(tmp_path):
                 "digits",
                 "--backbone",
                 TINY_VIT["backbone"],
-                "--weights",
-                str(tmp_path / "k-epoch002.safetensors"),
+                "--backbone-weights",
+                str(out / "backbone-epoch002.safetensors"),
                 "--freeze-backbone",
                 "--feature-cache",
                 "2",
@@ -172,15 +172,21 @@ def test_keep_every_snapshots_the_weights_of_those_epochs(tmp_path):
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    """A run stopped by --time-limit mid-epoch and resumed ends with the weights of a straight run."""
-    straight, stopped = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    """A run stopped by --time-limit-minutes mid-epoch and resumed ends with the weights of a straight run."""
+    straight, stopped = tmp_path / "a", tmp_path / "b"
     assert _pretrain(straight, "--epochs", "2", "--method", "mocov3") == 0
-    assert _pretrain(stopped, "--epochs", "2", "--method", "mocov3", "--time-limit", "1e-9") == 0
+    assert (
+        _pretrain(stopped, "--epochs", "2", "--method", "mocov3", "--time-limit-minutes", "1e-9")
+        == 0
+    )
     first = read_log(stopped)
     assert first[-1]["event"] == "stopped" and first[-1]["step"] == 1
     assert _pretrain(stopped, "--epochs", "2", "--method", "mocov3", "--resume") == 0
     assert [r["epoch"] for r in read_log(stopped) if r["event"] == "epoch"] == [1, 2]
-    a, b = load_file(str(straight)), load_file(str(stopped))
+    a, b = (
+        load_file(str(straight / "backbone.safetensors")),
+        load_file(str(stopped / "backbone.safetensors")),
+    )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
@@ -200,9 +206,9 @@ OLD_CHECKPOINT_KEYS = {
 
 def test_checkpoint_of_the_earlier_format_resumes_exactly(tmp_path):
     """A checkpoint built by hand as the earlier trainer wrote it (step 0) resumes to a straight run."""
-    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    straight, resumed = tmp_path / "a", tmp_path / "b"
     assert _pretrain(straight, "--epochs", "2") == 0
-    written = torch.load(f"{straight}.ckpt.pt", weights_only=True)
+    written = torch.load(straight / "checkpoint.pt", weights_only=True)
     assert set(written) == OLD_CHECKPOINT_KEYS
     assert {k.split(".")[0] for k in written["model"]} == {"backbone", "projector"}
 
@@ -234,10 +240,14 @@ def test_checkpoint_of_the_earlier_format_resumes_exactly(tmp_path):
         "rng": rng,
         "config": {"backbone": TINY_VIT["backbone"], "method": "simclr"},
     }
-    torch.save(old, f"{resumed}.ckpt.pt")
+    resumed.mkdir()
+    torch.save(old, resumed / "checkpoint.pt")
     assert _pretrain(resumed, "--epochs", "2", "--resume") == 0
     assert [r["epoch"] for r in read_log(resumed)] == [1, 2]
-    a, b = load_file(str(straight)), load_file(str(resumed))
+    a, b = (
+        load_file(str(straight / "backbone.safetensors")),
+        load_file(str(resumed / "backbone.safetensors")),
+    )
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -247,9 +257,27 @@ def test_outputs_have_the_permissions_of_a_plain_write(weights):
     reference = weights.with_name("plain.txt")
     reference.write_text("x")
     mode = stat.S_IMODE(reference.stat().st_mode)
-    for name in ("w.safetensors", "w.safetensors.json", "w.safetensors.ckpt.pt"):
+    for name in (
+        "backbone.safetensors",
+        "backbone.safetensors.json",
+        "checkpoint.pt",
+        "train_log.jsonl",
+        "config.yaml",
+    ):
         assert stat.S_IMODE(weights.with_name(name).stat().st_mode) == mode, name
     assert sorted(p.name for p in weights.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_earlier_weights_file_layout_still_runs_with_a_warning(tmp_path, capsys):
+    """`--out W.safetensors` (the previous release) warns and writes its files beside W."""
+    out = tmp_path / "w.safetensors"
+    assert _pretrain(out, "--epochs", "1") == 0
+    err = capsys.readouterr().err
+    assert "is deprecated" in err and "--out FOLDER" in err
+    names = {"w.safetensors", "w.safetensors.json", "w.safetensors.ckpt.pt"}
+    names |= {"w.safetensors.log.jsonl", "w.safetensors.config.yaml"}
+    assert {p.name for p in tmp_path.iterdir()} == names
+    assert read_log(out)[-1]["epoch"] == 1
 
 
 def test_small_images_get_4_pixel_patches_on_plain_vits_only():
@@ -363,7 +391,7 @@ def test_mismatched_backbone_is_refused(weights, tmp_path, capsys):
             "digits",
             "--backbone",
             "resnet10t",
-            "--weights",
+            "--backbone-weights",
             str(weights),
             "--freeze-backbone",
             "--epochs",
@@ -390,7 +418,7 @@ def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
             TINY_VIT["backbone"],
             "--backbone-kwargs",
             "depth=2",
-            "--weights",
+            "--backbone-weights",
             str(weights),
             "--freeze-backbone",
             "--epochs",
@@ -409,11 +437,12 @@ def test_conflicting_backbone_kwargs_are_refused(weights, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--out", "w.pt"], "w.pt"),
-        (["--out", "X.safetensors", "--batch-size", "5000"], "batch-size=5000"),
-        (["--out", "X.safetensors", "--momentum", "1.5"], "momentum=1.5"),
-        (["--out", "X.safetensors", "--group", "nope"], "nope"),
-        (["--out", "X.safetensors", "--resume"], "--resume"),
+        ([], "--out is required"),
+        (["--out", "X", "--max-train", "1"], "max-train=1"),
+        (["--out", "X", "--batch-size", "5000"], "batch-size=5000"),
+        (["--out", "X", "--momentum", "1.5"], "momentum=1.5"),
+        (["--out", "X", "--group", "nope"], "nope"),
+        (["--out", "X", "--resume"], "--resume"),
     ],
 )
 def test_bad_values_exit_non_zero_with_one_line(extra, needle, tmp_path, capsys, monkeypatch):
@@ -437,7 +466,7 @@ def test_bad_values_exit_non_zero_with_one_line(extra, needle, tmp_path, capsys,
 @pytest.mark.parametrize("extra", [["--tau", "0"], ["--epochs", "0"], ["--method", "byol"]])
 def test_bad_cli_values_are_usage_errors(extra, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["pretrain", "--out", "x.safetensors", *extra])
+        main(["pretrain", "--out", "x", *extra])
     assert exc.value.code != 0
     assert extra[1] in capsys.readouterr().err
 

@@ -25,7 +25,8 @@ from hashkd.demo import DemoConfig, student_config, teacher_config
 from hashkd.models import ModelConfig, build_model
 from hashkd.models.artifact import save_artifact
 from hashkd.pipeline import EncodeConfig, ExportConfig, command_line, run_stage
-from hashkd.recipes import get_recipe, recipe_commands, recipe_configs
+from hashkd.recipes import get_recipe, recipe_commands, recipe_configs, recipe_names
+from hashkd.settings import resolve
 from hashkd.training.distill import DistillConfig
 from hashkd.training.teacher import TeacherConfig
 
@@ -236,9 +237,16 @@ def test_commands_leave_out_defaults_and_put_out_last(tmp_path):
     ]
 
 
-def test_fields_without_an_option_are_refused():
-    with pytest.raises(ValueError, match="weight_decay=0.1 has no 'hashkd train-teacher' option"):
-        command_line(TeacherConfig(out="t", backbone="resnet18", weight_decay=0.1))
+def test_every_setting_has_a_flag_and_values_a_flag_cannot_carry_are_refused():
+    # weight_decay had no train-teacher flag before the flags were generated from the dataclass
+    assert command_line(TeacherConfig(out="t", weight_decay=0.1)) == [
+        "hashkd",
+        "train-teacher",
+        "--weight-decay",
+        "0.1",
+        "--out",
+        "t",
+    ]
     with pytest.raises(ValueError, match="cannot be written as --loss-opt"):
         command_line(DistillConfig(out="s", teacher="t", loss_options={"brcd": {"k": [1, 2]}}))
     with pytest.raises(ValueError, match="is not known"):
@@ -296,10 +304,18 @@ def test_recipe_commands_are_the_recipe_configs(name, monkeypatch, capsys):
 def test_full_scale_commands_parse():
     parser = build_parser()
     teacher_cmd, student_cmd = recipe_commands("full-scale", "cifar10", "runs/w")
-    t = parser.parse_args(teacher_cmd[1:])
-    assert t.freeze_backbone and t.pretrained and t.feature_cache == 20 and t.img_size == 224
-    s = parser.parse_args(student_cmd[1:])
-    assert s.loss == "brcd" and s.student == "efficientnet_b0" and "brcd.k=10" in s.loss_opt
+    assert teacher_cmd[2] == "--config" and teacher_cmd[3].endswith(
+        "configs/full-scale/teacher.yaml"
+    )
+    t = resolve(TeacherConfig, parser.parse_args(teacher_cmd[1:]))
+    assert t.freeze_backbone and t.pretrained and t.feature_cache_views == 20 and t.img_size == 224
+    s = resolve(DistillConfig, parser.parse_args(student_cmd[1:]))
+    assert (
+        s.losses == ["brcd"]
+        and s.student == "efficientnet_b0"
+        and s.loss_options["brcd"]["k"] == 10
+    )
+    assert recipe_names() == ["cpu", "full-scale"]
 
 
 def test_unknown_recipe_and_setting():

@@ -207,7 +207,14 @@ def _replica(model: Path, uri: str, collection: str, log: Path) -> tuple[httpx.C
 
     port = free_port()
     args = ["--model", str(model), "--cluster", "--index-spec", f"milvus:{uri}"]
-    args += ["--collection", collection, "--max-wait-ms", "1", "--milvus-timeout-s", "5"]
+    args += [
+        "--collection",
+        collection,
+        "--max-wait-seconds",
+        "0.001",
+        "--milvus-timeout-seconds",
+        "5",
+    ]
     proc = start_server(args, port, log)
     return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30), proc
 

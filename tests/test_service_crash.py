@@ -35,8 +35,8 @@ def test_acknowledged_adds_survive_kill_9(tmp_path):
         str(store),
         "--snapshot-every",
         "7",
-        "--max-wait-ms",
-        "1",
+        "--max-wait-seconds",
+        "0.001",
     ]
     port = free_port()
     proc = start_server(args, port, tmp_path / "server1.log")

@@ -62,7 +62,7 @@ def test_tiny_margin_sweep_records_validation_map_and_kept_bits(tmp_path):
     out = tmp_path / "sweep"
     argv = [
         "--teacher", str(teacher), "--loss", "brcd", "--grid", "brcd.margin=0.1,0.9;brcd.k=3",
-        "--student", TINY_CNN["backbone"], "--epochs", "1", "--max-train", "100",
+        "--backbone", TINY_CNN["backbone"], "--epochs", "1", "--max-train", "100",
         "--view-bank", "2", "--out", str(out),
     ]  # fmt: skip
     assert sweep.main(argv) == 0

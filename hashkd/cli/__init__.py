@@ -6,6 +6,9 @@ Commands of the training side are listed in ``_BUILTIN``; the ``indexes`` and ``
 packages add theirs through the ``hashkd.commands`` entry-point group, so that ``hashkd``
 never imports them (the import rule of docs/ARCHITECTURE.md).
 
+Flags follow one vocabulary across the commands (:mod:`hashkd.cli.vocabulary`, docs/cli.md);
+the previous release's names still work as hidden aliases that print a warning.
+
 Bad input is reported as one sentence on stderr with a non-zero exit code, no traceback:
 every user-facing error in the project subclasses ``ValueError`` (or is an ``OSError``).
 """
@@ -48,9 +51,33 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     for ep in sorted(entry_points(group="hashkd.commands"), key=lambda e: e.name):
         try:
             out.append(ep.load())
-        except ModuleNotFoundError:
-            continue
+        except ModuleNotFoundError as exc:  # e.g. `index` without FAISS: say what to install
+            out.append(_unavailable(ep.name, exc.name or str(exc)))
     return out
+
+
+#: what to install for a package a command needs (pyproject.toml's extras)
+_INSTALL_HINTS = {
+    "faiss": "pip install 'hashkd[cpu]' (or 'hashkd[gpu]' for CUDA FAISS)",
+    "pymilvus": "pip install 'hashkd[milvus]'",
+    "torch": "pip install 'hashkd[train]'",
+}
+
+
+def _unavailable(name: str, missing: str) -> Callable[[argparse._SubParsersAction], None]:
+    """A stand-in for command ``name`` whose module needs the missing package ``missing``."""
+
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser(name, help=f"(unavailable: {missing} is not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+        def run(args: argparse.Namespace) -> int:
+            hint = _INSTALL_HINTS.get(missing.split(".")[0], f"pip install {missing}")
+            raise ValueError(f"hashkd {name} needs {missing!r}, which is not installed: {hint}")
+
+        p.set_defaults(func=run)
+
+    return register
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in _registrars():
         register(sub)
+    from hashkd.cli.vocabulary import add_deprecated_aliases, sub_commands
+
+    for command, sub_parser in sub_commands(parser).items():
+        add_deprecated_aliases(sub_parser, command)
     return parser
 
 

@@ -39,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="environment variable holding the server's API key (writes need it when set)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show the progress bar (default on; --no-progress hides it)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         report = client.add_folder(
             args.sources,
             batch_size=args.batch_size,
-            progress=not args.no_progress,
+            progress=args.progress,
             retries=args.retries,
         )
     for path, why in report.failed.items():

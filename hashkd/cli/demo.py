@@ -84,7 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="re-run every stage even when --workdir holds its artifact",
     )
-    p.add_argument("--progress", action="store_true", help="show per-batch progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="show per-batch progress bars (default off)",
+    )
     add_file_arguments(p)
     p.set_defaults(func=run)
 

@@ -11,8 +11,8 @@ Two inputs:
 
 The retrieval protocol is *symmetric* when one model made both sides, *asymmetric* when the
 database was encoded by another model (e.g. teacher database, student queries); for code
-sets it is read from their ``meta.json`` (model digest or directory) unless ``--protocol``
-says otherwise. Output: a Markdown table on stdout, and optionally ``--json``,
+sets it is read from their ``meta.json`` (model digest or directory) unless
+``--retrieval-protocol`` says otherwise. Output: a Markdown table on stdout, and optionally ``--json-out``,
 ``--markdown`` and ``--plots`` (PR curve and P@N / R@N curves as PNG).
 """
 
@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from hashkd.cli._common import add_file_arguments
+from hashkd.cli.vocabulary import add_deprecated_aliases
 from hashkd.evaluation import (
     PROTOCOLS,
     EvaluationInputs,
@@ -51,8 +52,8 @@ Inputs, one of:
 
 The protocol is symmetric when one model made both sides and asymmetric when the database
 was encoded by another model (e.g. teacher database, student queries); for code sets it is
-read from meta.json (model digest or directory) unless --protocol overrides it. Prints a
-Markdown table; --json, --markdown and --plots write files.
+read from meta.json (model digest or directory) unless --retrieval-protocol overrides it.
+Prints a Markdown table; --json-out, --markdown and --plots write files.
 """
 
 
@@ -121,12 +122,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="also write the encoded code sets to DIR/query and DIR/database",
     )
-    models.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    models.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars (default on)",
+    )
     add_file_arguments(models)
 
     ev = p.add_argument_group("evaluation")
     ev.add_argument(
-        "--topk",
+        "--k",
+        dest="topk",
         type=int,
         default=1000,
         help="K of mAP@K (default 1000: CIFAR-10 convention; 5000 for NUS-WIDE / MS-COCO); "
@@ -145,7 +152,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="points N of the precision@N / recall@N curve (default 1,10,50,100,200,...,1000; points beyond the database are clipped to its size)",
     )
     ev.add_argument(
-        "--protocol",
+        "--retrieval-protocol",
+        dest="protocol",
         choices=PROTOCOLS,
         default=None,
         help="override the retrieval protocol recorded in the output (default: asymmetric when the "
@@ -157,7 +165,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip the tie-averaged mAP (expected mAP under random order of equal distances)",
     )
     ev.add_argument(
-        "--json", metavar="FILE", default=None, help="write every figure and curve as JSON to FILE"
+        "--json-out",
+        metavar="FILE",
+        default=None,
+        help="write every figure and curve as JSON to FILE",
     )
     ev.add_argument(
         "--markdown", metavar="FILE", default=None, help="also write the Markdown table to FILE"
@@ -217,7 +228,7 @@ def inputs_from_args(args: argparse.Namespace) -> EvaluationInputs:
         cache_dir=args.cache_dir,
         strict=args.strict,
         save_codes=args.save_codes,
-        progress=not args.no_progress,
+        progress=args.progress,
         topk=args.topk,
         radius=args.radius,
         pn_points=_parse_points(args.pn),
@@ -234,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(skipped, file=sys.stderr)
     sys.stdout.write(markdown_table([result]))
-    for path in write_report(result, args.json, args.markdown, args.plots):
+    for path in write_report(result, args.json_out, args.markdown, args.plots):
         if path.suffix == ".png":
             print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -250,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
+    add_deprecated_aliases(parser, "evaluate")
     args = parser.parse_args(argv)
     try:
         return run(args)

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "query",
         help="search a running hashkd server with images and print the hits",
         description="POST each image to a hashkd server's /v1/search and print the nearest items "
-        "(rank, id, Hamming distance, metadata), or JSON with --json.",
+        "(rank, id, Hamming distance, metadata), or JSON with --print-json.",
     )
     p.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="query image files")
@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="environment variable holding the server's API key (reads need none)",
     )
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--print-json", action="store_true", help="print the results as JSON instead of text"
+    )
     p.set_defaults(func=run)
 
 
@@ -56,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
         offset=args.offset,
         api_key=api_key,
     )
-    print(results_json(results) if args.json else results_text(results))
+    print(results_json(results) if args.print_json else results_text(results))
     return 0

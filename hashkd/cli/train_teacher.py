@@ -1,17 +1,17 @@
-"""``hashkd train-teacher``: train a hashing teacher with CIBHash on unlabeled images."""
+"""``hashkd train-teacher``: train a hashing teacher with CIBHash on unlabeled images.
+
+The flags are generated from :class:`hashkd.training.config.TeacherConfig` (one definition of
+each setting); ``--config FILE.yaml`` reads them from a file and the run writes its resolved
+``config.yaml`` into ``--out``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from hashkd.cli._common import (
-    add_data_arguments,
-    add_model_arguments,
-    add_training_arguments,
-    data_options,
-    non_negative_int,
-    parse_kwargs,
-)
+from hashkd.cli._common import add_file_arguments, data_options
+from hashkd.settings import add_arguments, add_config_argument, resolve
+from hashkd.training.config import TeacherConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,53 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a ViT hashing teacher with CIBHash (no labels)",
         description="Train a hashing teacher with the unsupervised CIBHash objective. Labels are used only "
         "for the validation mAP. Runs under torchrun for several processes. Writes a model artifact "
-        "(config.json + model.safetensors) of the best validation epoch into --out.",
+        "(config.json + model.safetensors) of the best validation epoch, the training log and the "
+        "resolved settings (config.yaml, which --config re-runs) into --out.",
     )
-    add_data_arguments(p)
-    add_model_arguments(p, default_backbone="vit_tiny_patch16_224", default_head="linear")
-    add_training_arguments(p, lr=5e-4)
-    p.add_argument(
-        "--feature-cache",
-        type=non_negative_int,
-        default=0,
-        metavar="E",
-        help="with --freeze-backbone: augment each training image E times once, cache the backbone "
-        "features and train the head on pairs of them (0 = off)",
-    )
+    add_config_argument(p)
+    add_arguments(p, TeacherConfig)
+    add_file_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hashkd.training.teacher import TeacherConfig, train_teacher
+    from hashkd.training.teacher import train_teacher
 
-    cfg = TeacherConfig(
-        out=args.out,
-        data=args.data,
-        root=args.root,
-        protocol=args.protocol,
-        backbone=args.backbone,
-        backbone_kwargs=parse_kwargs(args.backbone_kwargs),
-        bits=args.bits,
-        img_size=args.img_size,
-        head=args.head,
-        pretrained=args.pretrained,
-        weights=args.weights,
-        freeze_backbone=args.freeze_backbone,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        tau=args.tau,
-        beta=args.beta,
-        seed=args.seed,
-        val_every=args.val_every,
-        feature_cache_views=args.feature_cache,
-        num_workers=args.num_workers,
-        device=args.device,
-        resume=args.resume,
-        max_train=args.max_train,
-        progress=not args.no_progress,
-    )
-    with data_options(args, img_size=args.img_size, progress=not args.no_progress):
+    cfg = resolve(TeacherConfig, args)
+    with data_options(args, img_size=cfg.img_size, progress=cfg.progress):
         out = train_teacher(cfg)
     print(f"teacher artifact: {out}")
     return 0

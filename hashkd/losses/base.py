@@ -123,7 +123,7 @@ class DistillLoss(nn.Module):
     teacher_dim)`` projection of the student side (``self.proj``).
     """
 
-    #: weight used in ``total = L_cib + sum_i w_i L_i`` when ``--weights`` is not given
+    #: weight used in ``total = L_cib + sum_i w_i L_i`` when ``--loss-weights`` is not given
     #: (the table in docs/losses.md lists every loss's value and where it comes from)
     default_weight: ClassVar[float] = 1.0
     #: where ``default_weight`` comes from: the paper's value, or why there is none

@@ -81,7 +81,7 @@ def weight_table(
     table = []
     for name, weight in zip(names, resolve_weights(names, weights), strict=True):
         cls = get_loss_class(name)
-        source = "--weights" if weights is not None else f"default: {cls.default_weight_note}"
+        source = "--loss-weights" if weights is not None else f"default: {cls.default_weight_note}"
         table.append({"loss": name, "weight": weight, "source": source})
     return table
 

@@ -73,7 +73,7 @@ class ConvStemPatchEmbed(PatchEmbed):
 def _vitc(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
     if pretrained:
         raise ValueError(
-            f"{variant} has no published pretrained weights: use --weights with a local file "
+            f"{variant} has no published pretrained weights: use --backbone-weights with a local file "
             "(e.g. from `hashkd pretrain`)"
         )
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only"):

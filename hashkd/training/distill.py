@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hashkd.codes import check_bits, codes_to_signs, pack_codes
+from hashkd.codes import codes_to_signs, pack_codes
 from hashkd.encoding import model_digest
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
 from hashkd.losses.run_report import epoch_log_fields, loss_setup
 from hashkd.models import ModelConfig, build_model, load_artifact, model_cost
 from hashkd.models.hash_model import HashModel
 from hashkd.runtime.backends import file_sha256
+from hashkd.settings import CONFIG_NAME, write_config
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Timer,
@@ -52,6 +53,10 @@ from hashkd.training.common import (
     trainable_parameters,
     validation_map,
 )
+from hashkd.training.config import (
+    DistillConfig,
+    pretrain_weights_file,
+)
 from hashkd.training.data_setup import prepare_data
 from hashkd.training.distributed import (
     DistInfo,
@@ -61,103 +66,8 @@ from hashkd.training.distributed import (
 )
 from hashkd.training.pool import select_pool
 from hashkd.training.run_dir import RunDir
-from hashkd.training.schedule import LR_SCHEDULES, StepSchedule
+from hashkd.training.schedule import StepSchedule
 from hashkd.training.views import PairIndexDataset, StreamedViewBank, TwoViewDataset, ViewBank
-
-#: what ``DistillConfig.kd_inputs`` may name
-KD_INPUTS = ("codes", "logits")
-#: losses defined on ±1 codes only (their clusters and masks are code statistics)
-CODE_ONLY_LOSSES = {"brcd"}
-
-
-@dataclass
-class DistillConfig:
-    """Settings of one distillation run (written to ``run.json``)."""
-
-    out: str
-    teacher: str
-    student: str = "mobilenetv3_small_100"
-    student_kwargs: dict[str, Any] = field(default_factory=dict)
-    losses: list[str] = field(default_factory=lambda: ["brcd"])
-    weights: list[float] | None = None
-    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    student_cib: bool = True
-    #: what the KD losses compare: "codes" (the teacher's ±1 codes and the student's
-    #: straight-through codes) or "logits" (both networks' continuous pre-sign hash logits, the
-    #: embeddings the relational baselines' papers distil; the student's CIBHash term still
-    #: trains its codes)
-    kd_inputs: str = "codes"
-    bits: int | None = None
-    img_size: int | None = None
-    head: str = "mlp"
-    pretrained: bool = False
-    backbone_weights: str | None = None
-    student_weights: str | None = None
-    freeze_backbone: bool = False
-    data: str = "digits"
-    pool: str | None = None
-    root: str | None = None
-    protocol: str | None = None
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    tau: float = 0.3
-    beta: float = 0.001
-    view_bank: int = 0
-    val_every: int = 1
-    num_workers: int = 0
-    device: str = "auto"
-    resume: bool = False
-    max_train: int | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.bits is not None:
-            check_bits(self.bits)
-        if not self.losses and not self.student_cib:
-            raise ValueError(
-                "no loss to train with: give --loss NAME or keep the student's CIBHash term"
-            )
-        if self.weights is not None and len(self.weights) != len(self.losses):
-            raise ValueError(
-                f"--weights has {len(self.weights)} values for {len(self.losses)} losses: expected one weight per loss"
-            )
-        for name in self.losses:
-            get_loss_class(name)  # unknown names raise with the list of known ones
-        if self.kd_inputs not in KD_INPUTS:
-            raise ValueError(
-                f"kd-inputs={self.kd_inputs!r} is not valid: expected one of {', '.join(KD_INPUTS)}"
-            )
-        if self.kd_inputs == "logits" and set(self.losses) & CODE_ONLY_LOSSES:
-            raise ValueError(
-                f"kd-inputs=logits is not valid with {', '.join(sorted(set(self.losses) & CODE_ONLY_LOSSES))}: "
-                "that loss is defined on ±1 codes; expected kd-inputs=codes"
-            )
-        for name in ("epochs", "batch_size", "val_every"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(
-                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
-                )
-        if self.view_bank == 1 or self.view_bank < 0:
-            raise ValueError(
-                f"view-bank={self.view_bank} is not valid: expected 0 (off) or at least 2 views"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"lr-schedule={self.lr_schedule!r} is not valid: expected one of {', '.join(LR_SCHEDULES)}"
-            )
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(
-                f"warmup-epochs={self.warmup_epochs} is not valid: expected 0 to epochs={self.epochs}"
-            )
-        if self.student_weights and (self.backbone_weights or self.pretrained):
-            raise ValueError(
-                f"student-weights={self.student_weights!r} cannot be combined with backbone-weights or "
-                "pretrained: expected one source of initial weights"
-            )
 
 
 def _renormalize(x: torch.Tensor, src: ModelConfig, dst: ModelConfig) -> torch.Tensor:
@@ -228,7 +138,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     student = build_model(
         scfg,
         pretrained=cfg.pretrained,
-        weights=cfg.student_weights or cfg.backbone_weights,
+        weights=pretrain_weights_file(cfg.student_weights or cfg.backbone_weights),
         strict_weights=bool(cfg.student_weights),
     ).to(info.device)
     student.config.meta = {
@@ -252,8 +162,9 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     student.config.meta["teacher_digest"] = model_digest(teacher)
     student.config.meta["kd_inputs"] = cfg.kd_inputs
     if cfg.student_weights:
-        student.config.meta["student_weights"] = str(Path(cfg.student_weights).resolve())
-        student.config.meta["student_weights_sha256"] = file_sha256(cfg.student_weights)
+        weights_file = pretrain_weights_file(cfg.student_weights)
+        student.config.meta["student_weights"] = str(Path(weights_file).resolve())
+        student.config.meta["student_weights_sha256"] = file_sha256(weights_file)
     weights = resolve_weights(cfg.losses, cfg.weights)  # each loss's default_weight if None
     t_eval_tf = data.eval_transform(tcfg)
     s_eval_tf = data.eval_transform(scfg)
@@ -310,6 +221,8 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             "steps_per_epoch": steps_per_epoch,
         },
     )
+    if info.is_main:
+        write_config(run.path / CONFIG_NAME, cfg, "distill")
 
     view_tf = data.view_transform(tcfg)
     use_bank = cfg.view_bank >= 2

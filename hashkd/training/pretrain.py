@@ -8,19 +8,23 @@ decay per step.
 
 The run's log and checkpoint go through the shared :class:`~hashkd.training.run_dir.RunDir`
 (atomic checkpoint, JSON-lines log) and :func:`~hashkd.training.common.training_state`;
-every file is replaced atomically (:mod:`hashkd.io`). Outputs, for
-``out = WEIGHTS.safetensors``:
+every file is replaced atomically (:mod:`hashkd.io`). Outputs, in the run folder ``out``:
 
-* ``WEIGHTS.safetensors`` -- the BACKBONE state dict only, with timm's own key names, so
-  :func:`hashkd.models.build_model` (``--weights``) loads it;
-* ``WEIGHTS.safetensors.json`` -- its description: backbone, backbone_kwargs, img_size,
+* ``backbone.safetensors`` -- the BACKBONE state dict only, with timm's own key names, so
+  :func:`hashkd.models.build_model` (``--backbone-weights OUT``) loads it;
+* ``backbone.safetensors.json`` -- its description: backbone, backbone_kwargs, img_size,
   method, epochs, data, seed, hashkd version (read by ``build_model``);
-* ``WEIGHTS.safetensors.ckpt.pt`` -- the resumable checkpoint (tensors and plain values only,
+* ``checkpoint.pt`` -- the resumable checkpoint (tensors and plain values only,
   read back with ``torch.load(weights_only=True)``): ``model`` (the state dict of
   :class:`~hashkd.training.ssl.SimCLR` / ``MoCoV3``), ``optimizer``, ``step``,
   ``steps_per_epoch``, ``elapsed_s``, ``rng``, ``config`` -- the format of every earlier version,
   so an older run's checkpoint resumes;
-* ``WEIGHTS.safetensors.log.jsonl`` -- one JSON object per epoch (and per mid-epoch checkpoint).
+* ``train_log.jsonl`` -- one JSON object per epoch (and per mid-epoch checkpoint);
+* ``config.yaml`` -- the resolved settings (``hashkd pretrain --config`` re-runs them).
+
+The layout of earlier versions, ``out = WEIGHTS.safetensors`` with ``WEIGHTS.safetensors.json``,
+``.ckpt.pt``, ``.log.jsonl`` and ``.config.yaml`` beside it, is still written for an ``out``
+ending in ``.safetensors`` (deprecated; the command line warns).
 
 kNN accuracy (``knn_eval``) is the usual sanity figure of SSL features (weighted k-NN of
 Wu et al., CVPR 2018, as used by DINO): cosine similarity, the k nearest training images vote
@@ -32,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ from tqdm.auto import tqdm
 from hashkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from hashkd.io import atomic_write, atomic_write_json
 from hashkd.models.backbones import small_image_kwargs
+from hashkd.settings import CONFIG_NAME, write_config
 from hashkd.training import PRETRAIN_METHODS as METHODS
 from hashkd.training.common import (
     Timer,
@@ -54,6 +59,7 @@ from hashkd.training.common import (
     seed_everything,
     training_state,
 )
+from hashkd.training.config import PretrainConfig
 from hashkd.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -72,104 +78,42 @@ from hashkd.training.ssl import (
     ssl_transform,
 )
 
-
-@dataclass
-class PretrainConfig:
-    """Settings of one pretraining run (kept in the checkpoint and the weights' JSON)."""
-
-    out: str
-    data: str = "digits"
-    root: str | None = None
-    group: str | None = None
-    backbone: str = "vit_tiny_patch16_224"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    img_size: int = 32
-    method: str = "simclr"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    tau: float = 0.2
-    proj_dim: int = 128
-    proj_hidden: int = 512
-    momentum: float = 0.99
-    max_images: int | None = None
-    seed: int = 0
-    knn_eval: bool = False
-    knn_every: int = 0
-    knn_k: int = 20
-    protocol: str | None = None
-    checkpoint_every: int = 0
-    keep_every: int = 0
-    time_limit_min: float | None = None
-    num_workers: int = 0
-    device: str = "auto"
-    resume: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if not str(self.out).endswith(".safetensors"):
-            raise ValueError(
-                f"--out {self.out!r} is not valid: expected a weights file name ending in .safetensors"
-            )
-        if self.method not in METHODS:
-            raise ValueError(
-                f"method={self.method!r} is not valid: expected one of {', '.join(METHODS)}"
-            )
-        for name in ("epochs", "batch_size", "proj_dim", "proj_hidden", "knn_k", "img_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(
-                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
-                )
-        if self.batch_size < 2:
-            raise ValueError(
-                f"batch-size={self.batch_size} is not valid: contrastive learning needs at least 2 images"
-            )
-        for name in ("knn_every", "checkpoint_every", "keep_every", "num_workers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(
-                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected 0 or more"
-                )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr} is not valid: expected a positive learning rate")
-        if not (self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f"tau={self.tau} is not valid: expected a positive temperature")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum={self.momentum} is not valid: expected a value in [0, 1)")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError(
-                f"weight-decay={self.weight_decay} / warmup-epochs={self.warmup_epochs} are not valid: "
-                "expected values >= 0"
-            )
-        if self.max_images is not None and self.max_images < 2:
-            raise ValueError(
-                f"max-images={self.max_images} is not valid: expected at least 2 images"
-            )
-        if self.time_limit_min is not None and not self.time_limit_min > 0:
-            raise ValueError(
-                f"time-limit={self.time_limit_min} is not valid: expected a positive number of minutes"
-            )
-
-
 # --------------------------------------------------------------------------- files
 
 
+WEIGHTS_NAME = "backbone.safetensors"
+
+
+def file_layout(out: str | Path) -> bool:
+    """True for the deprecated ``--out WEIGHTS.safetensors`` layout (files beside the weights)."""
+    return str(out).endswith(".safetensors")
+
+
 def side_paths(out: str | Path) -> dict[str, Path]:
-    """The files written next to the weights file ``out``."""
+    """The files of the run ``out``: a folder, or (deprecated) a weights file with files beside it."""
     out = Path(out)
+    if file_layout(out):
+        return {
+            "weights": out,
+            "json": Path(f"{out}.json"),
+            "checkpoint": Path(f"{out}.ckpt.pt"),
+            "log": Path(f"{out}.log.jsonl"),
+            "config": Path(f"{out}.{CONFIG_NAME}"),
+        }
     return {
-        "weights": out,
-        "json": Path(f"{out}.json"),
-        "checkpoint": Path(f"{out}.ckpt.pt"),
-        "log": Path(f"{out}.log.jsonl"),
+        "weights": out / WEIGHTS_NAME,
+        "json": out / f"{WEIGHTS_NAME}.json",
+        "checkpoint": out / "checkpoint.pt",
+        "log": out / "train_log.jsonl",
+        "config": out / CONFIG_NAME,
     }
 
 
 def snapshot_path(out: str | Path, epoch: int) -> Path:
-    """Where ``--keep-every`` keeps the weights after ``epoch``: ``OUT`` with ``-epochNNN`` before ``.safetensors``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}-epoch{int(epoch):03d}{out.suffix}")
+    """Where ``--keep-every`` keeps the weights after ``epoch``: the weights file's name with
+    ``-epochNNN`` before ``.safetensors`` (its description beside it)."""
+    weights = side_paths(out)["weights"]
+    return weights.with_name(f"{weights.stem}-epoch{int(epoch):03d}{weights.suffix}")
 
 
 def run_dir(out: str | Path, is_main: bool = True) -> RunDir:
@@ -184,7 +128,7 @@ def run_dir(out: str | Path, is_main: bool = True) -> RunDir:
 
 
 def read_log(out: str | Path) -> list[dict[str, Any]]:
-    """The records of ``OUT.log.jsonl`` (empty before the first epoch)."""
+    """The records of the run's training log (empty before the first epoch)."""
     return run_dir(out, is_main=False).read_log()
 
 
@@ -198,7 +142,9 @@ def save_backbone(backbone: nn.Module, cfg: PretrainConfig, extra: dict[str, Any
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write(
         paths["weights"],
-        lambda tmp: save_file(state, tmp, metadata={"format": "pt", "method": cfg.method}),
+        # one metadata key: safetensors writes several in hash-map order, which would make the
+        # same weights two different files (the method is in the JSON description)
+        lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
     )
     desc = {
         "backbone": cfg.backbone,
@@ -398,7 +344,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def _stop_requested(cfg: PretrainConfig, timer: Timer, info: DistInfo) -> bool:
-    """Whether ``--time-limit`` has passed (the same answer on every rank)."""
+    """Whether ``--time-limit-minutes`` has passed (the same answer on every rank)."""
     over = cfg.time_limit_min is not None and timer.elapsed() > 60 * cfg.time_limit_min
     if info.enabled:
         flag = torch.tensor([1.0 if over else 0.0])
@@ -410,6 +356,8 @@ def _stop_requested(cfg: PretrainConfig, timer: Timer, info: DistInfo) -> bool:
 def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     run = run_dir(cfg.out, is_main=info.is_main)
     weights = side_paths(cfg.out)["weights"]
+    if info.is_main:
+        write_config(side_paths(cfg.out)["config"], cfg, "pretrain")
     seed_everything(cfg.seed + info.rank)
     ds, pool, held_out = pretrain_pool(cfg)
     world_batch = cfg.batch_size * info.world_size

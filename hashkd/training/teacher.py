@@ -15,7 +15,7 @@ The loop supports:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hashkd.codes import check_bits
-from hashkd.models import ModelConfig, build_model
-from hashkd.models.backbones import small_image_kwargs
+from hashkd.models import build_model
 from hashkd.models.hash_model import HashModel
 from hashkd.runtime.backends import file_sha256
+from hashkd.settings import CONFIG_NAME, write_config
 from hashkd.training.cibhash import CIBHashLoss
 from hashkd.training.common import (
     Split,
@@ -40,6 +39,7 @@ from hashkd.training.common import (
     trainable_parameters,
     validation_map,
 )
+from hashkd.training.config import TeacherConfig, pretrain_weights_file
 from hashkd.training.data_setup import prepare_data
 from hashkd.training.distributed import (
     DistInfo,
@@ -49,72 +49,6 @@ from hashkd.training.distributed import (
 )
 from hashkd.training.run_dir import RunDir
 from hashkd.training.views import PairIndexDataset, TwoViewDataset, ViewBank
-
-
-@dataclass
-class TeacherConfig:
-    """Settings of one teacher run (written to ``run.json``)."""
-
-    out: str
-    data: str = "digits"
-    root: str | None = None
-    protocol: str | None = None
-    backbone: str = "vit_tiny_patch16_224"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    bits: int = 64
-    img_size: int = 32
-    head: str = "linear"
-    pretrained: bool = False
-    weights: str | None = None
-    freeze_backbone: bool = False
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    tau: float = 0.3
-    beta: float = 0.001
-    seed: int = 0
-    val_every: int = 1
-    feature_cache_views: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    resume: bool = False
-    max_train: int | None = None
-    progress: bool = True
-
-    def model_config(self) -> ModelConfig:
-        """The teacher's :class:`ModelConfig`: ``backbone_kwargs`` with the small-image default.
-
-        A plain ViT below 64 px without a ``patch_size`` gets 4 px patches
-        (:func:`hashkd.models.backbones.small_image_kwargs`, the rule ``hashkd pretrain`` uses).
-        """
-        return ModelConfig(
-            backbone=self.backbone,
-            bits=self.bits,
-            img_size=self.img_size,
-            head=self.head,
-            backbone_kwargs=small_image_kwargs(self.backbone, self.img_size, self.backbone_kwargs),
-            role="teacher",
-            freeze_backbone=self.freeze_backbone,
-        )
-
-    def validate(self) -> None:
-        check_bits(self.bits)
-        for name in ("epochs", "batch_size", "val_every"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(
-                    f"{name.replace('_', '-')}={getattr(self, name)} is not valid: expected a positive integer"
-                )
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} is not valid: expected a positive learning rate")
-        if self.feature_cache_views and not self.freeze_backbone:
-            raise ValueError(
-                "--feature-cache needs --freeze-backbone: features can only be cached for a frozen backbone"
-            )
-        if self.feature_cache_views == 1 or self.feature_cache_views < 0:
-            raise ValueError(
-                f"feature-cache={self.feature_cache_views} is not valid: expected 0 (off) or at least 2 views"
-            )
 
 
 def train_teacher(cfg: TeacherConfig) -> Path:
@@ -133,7 +67,9 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
     data = prepare_data(cfg.data, cfg.root, cfg.protocol, cfg.seed, max_train=cfg.max_train)
     mcfg = cfg.model_config()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights).to(info.device)
+    model = build_model(
+        mcfg, pretrained=cfg.pretrained, weights=pretrain_weights_file(cfg.weights)
+    ).to(info.device)
     model.config.meta = {
         "objective": "cibhash",
         "data": cfg.data,
@@ -141,8 +77,9 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
         "protocol": data.protocol,
     }
     if cfg.weights:  # what the initial backbone was, not only where
-        model.config.meta["weights"] = str(Path(cfg.weights).resolve())
-        model.config.meta["weights_sha256"] = file_sha256(cfg.weights)
+        weights_file = pretrain_weights_file(cfg.weights)
+        model.config.meta["weights"] = str(Path(weights_file).resolve())
+        model.config.meta["weights_sha256"] = file_sha256(weights_file)
     criterion = CIBHashLoss(tau=cfg.tau, beta=cfg.beta)
     optimizer = torch.optim.Adam(
         trainable_parameters([model]), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -164,6 +101,8 @@ def _train(cfg: TeacherConfig, info: DistInfo) -> Path:
             "weights_sha256": model.config.meta.get("weights_sha256"),
         },
     )
+    if info.is_main:
+        write_config(run.path / CONFIG_NAME, cfg, "train-teacher")
 
     eval_tf = data.eval_transform(mcfg)
     view_tf = data.view_transform(mcfg)
