@@ -22,6 +22,8 @@ _FIELDS = (
     "cluster",
     "collection",
     "milvus_timeout_s",
+    "consistency",
+    "thumbnail_store",
     "host",
     "port",
     "api_key_env",
@@ -76,6 +78,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--milvus-timeout-s",
         type=float,
         help="seconds a Milvus call may take before the request answers 503 (default 10)",
+    )
+    p.add_argument(
+        "--consistency",
+        choices=["bounded", "strong"],
+        help="cluster mode read consistency: bounded (default; reads may miss writes of the last "
+        "few seconds unless they pass a consistency token) or strong (every read sees every "
+        "acknowledged write, ~200 ms a read)",
+    )
+    p.add_argument(
+        "--thumbnail-store",
+        metavar="DIR",
+        help="cluster mode: a directory all replicas share for the thumbnails (default: none kept)",
     )
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
