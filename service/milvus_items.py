@@ -295,11 +295,17 @@ class MilvusItems:
     def _mutate(self, what: str, mutation: Callable[[Any, Any], Any]) -> int:
         """Run a write on pymilvus's connection handler and record its timestamp as the current
         request's consistency token. (``MilvusClient.upsert``/``delete`` drop the
-        ``MutationResult`` and its ``timestamp``; the handler returns it.)"""
+        ``MutationResult`` and its ``timestamp``; the handler returns it.) Milvus 2.3 answers a
+        delete with timestamp 0: then a timestamp allocated by Milvus after the write returned
+        stands in, since Milvus's timestamps are global and increasing, and a read guaranteed
+        at it sees every write acknowledged before (milvus-lite has none: no token)."""
 
         def run(client: Any) -> int:
-            result = mutation(client._get_connection(), client._generate_call_context())
-            return int(result.timestamp)
+            conn, context = client._get_connection(), client._generate_call_context()
+            timestamp = int(mutation(conn, context).timestamp)
+            if not timestamp:
+                timestamp = int(conn.alloc_timestamp(timeout=self.timeout, context=context) or 0)
+            return timestamp
 
         timestamp = self.call(what, run)
         current().note_write(timestamp)

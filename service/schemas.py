@@ -98,7 +98,7 @@ class CodeSearchRequest(BaseModel):
 TOKEN_FIELD_DESCRIPTION = (
     "Cluster mode: the consistency token of this write (also in the X-Consistency-Token "
     "header). Pass it back (X-Consistency-Token header or consistency_token query parameter) "
-    "and a read through any replica sees this write. Opaque decimal text; null in the "
+    "and a read through any replica sees this write. Opaque decimal text; absent in the "
     "embedded mode, whose reads always see every acknowledged write."
 )
 

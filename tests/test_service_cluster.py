@@ -299,7 +299,7 @@ def test_reads_are_served_at_the_token_they_pass(lite, monkeypatch):
 
     client, ids, codes, _ = lite
     r = client.post("/v1/items/codes", files={"codes": ("c.npy", _npy(codes[:1]))})
-    assert r.json()["consistency_token"] == r.headers.get(TOKEN_HEADER)  # None on milvus-lite
+    assert r.json().get("consistency_token") == r.headers.get(TOKEN_HEADER)  # None on lite
     new_id = r.json()["ids"][0]
     token = _now_token()
     seen: list[dict] = []
@@ -482,17 +482,34 @@ def test_cluster_settings_need_a_milvus_spec_and_embedded_needs_a_store(model):
 
 
 # -- several replicas over a real Milvus server --------------------------------------------------
-def _replica(model: Path, uri: str, collection: str, log: Path) -> tuple[httpx.Client, object]:
+def _replica(
+    model: Path, uri: str, collection: str, log: Path, *extra: str
+) -> tuple[httpx.Client, object]:
     from tests.test_service_support import free_port
 
     port = free_port()
     args = ["--model", str(model), "--cluster", "--index-spec", f"milvus:{uri}"]
-    args += ["--collection", collection, "--max-wait-ms", "1", "--milvus-timeout-s", "5"]
+    args += ["--collection", collection, "--max-wait-ms", "1", "--milvus-timeout-s", "5", *extra]
     proc = start_server(args, port, log)
     return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30), proc
 
 
+TOKENS: dict[int, str] = {}  # the token of each write answer, by the id of its client
+
+
+def _token(r: httpx.Response) -> str:
+    """The consistency token of a write answer (header and JSON agree)."""
+    token = r.json()["consistency_token"]
+    assert token and token.isdigit() and r.headers["X-Consistency-Token"] == token, r.text
+    return token
+
+
+def _at(token: str) -> dict[str, dict[str, str]]:
+    return {"headers": {"X-Consistency-Token": token}}
+
+
 def _add_codes(client: httpx.Client, codes: np.ndarray, ids=None, meta=None) -> list[int]:
+    """Add codes; the answer's token is kept in ``TOKENS[id(client)]``."""
     files = {"codes": ("c.npy", _npy(codes))}
     if ids is not None:
         files["ids"] = ("i.npy", _npy(np.asarray(ids, dtype=np.int64)))
@@ -500,6 +517,7 @@ def _add_codes(client: httpx.Client, codes: np.ndarray, ids=None, meta=None) -> 
         files["metadata"] = ("m.json", json.dumps(meta))
     r = client.post("/v1/items/codes", files=files)
     assert r.status_code == 201, r.text
+    TOKENS[id(client)] = _token(r)
     return r.json()["ids"]
 
 
@@ -515,19 +533,25 @@ def test_two_replicas_behave_as_one_service(model, request, tmp_path):
         rng = np.random.default_rng(21)
         codes = rng.integers(0, 256, (200, 4), dtype=np.uint8)
         ids = np.array(_add_codes(a, codes, meta=[{"n": i} for i in range(200)]))
+        added = _at(TOKENS[id(a)])  # reads through B pass A's write token back
         q = codes[:4]
-        r = b.post("/v1/search/codes", json={"codes": [c.tobytes().hex() for c in q], "k": 15})
+        hexes = [c.tobytes().hex() for c in q]
+        r = b.post("/v1/search/codes", json={"codes": hexes, "k": 15}, **added)
         for j, row in enumerate(r.json()["results"]):
             assert _hits(row) == _oracle(q[j : j + 1], ids, codes)[:15]
-        assert b.get(f"/v1/items/{ids[0]}").json()["metadata"] == {"n": 0}
-        assert b.delete(f"/v1/items/{ids[0]}").status_code == 200
-        assert a.get(f"/v1/items/{ids[0]}").status_code == 404
-        r = a.post("/v1/search/codes", json={"codes": codes[0].tobytes().hex(), "k": 5})
+        assert b.get(f"/v1/items/{ids[0]}", **added).json()["metadata"] == {"n": 0}
+        r = b.delete(f"/v1/items/{ids[0]}")
+        assert r.status_code == 200
+        deleted = _at(_token(r))
+        assert a.get(f"/v1/items/{ids[0]}", **deleted).status_code == 404
+        r = a.post("/v1/search/codes", json={"codes": codes[0].tobytes().hex(), "k": 5}, **deleted)
         assert ids[0] not in [h["id"] for h in r.json()["results"][0]]
-        assert a.get("/v1/info").json()["items"] == b.get("/v1/info").json()["items"] == 199
+        counts = [rep.get("/v1/info", **deleted).json()["items"] for rep in (a, b)]
+        assert counts == [199, 199]
 
         # Concurrent adds through both replicas; A is killed with kill -9 half-way.
         acked: dict[int, bytes] = {}
+        tokens: list[int] = []
         lock, stop = threading.Lock(), threading.Event()
 
         def client(replica: httpx.Client, seed: int) -> None:
@@ -540,6 +564,7 @@ def test_two_replicas_behave_as_one_service(model, request, tmp_path):
                     return  # the replica was killed: this add was never acknowledged
                 if r.status_code == 201:
                     with lock:
+                        tokens.append(int(_token(r)))
                         for i, c in zip(r.json()["ids"], batch, strict=True):
                             assert i not in acked, f"id {i} was assigned twice"
                             acked[i] = c.tobytes()
@@ -564,18 +589,20 @@ def test_two_replicas_behave_as_one_service(model, request, tmp_path):
         a, proc_a = _replica(model, uri, collection, tmp_path / "a2.log")
         procs.append(proc_a)
         expected = set(acked) | set(ids[1:].tolist())
+        newest = _at(str(max(tokens)))  # the newest acknowledged write's token
         for replica in (a, b):
             listed, after = [], -1
             while after is not None:
-                page = replica.get("/v1/items", params={"after": after, "limit": 1000}).json()
+                params = {"after": after, "limit": 1000}
+                page = replica.get("/v1/items", params=params, **newest).json()
                 listed += [(it["id"], bytes.fromhex(it["code"])) for it in page["items"]]
                 after = page["next_after"]
             assert {i for i, _ in listed} == expected
             assert all(acked[i] == c for i, c in listed if i in acked)
-            assert replica.get("/v1/info").json()["items"] == len(expected)
+            assert replica.get("/v1/info", **newest).json()["items"] == len(expected)
         some = list(acked)[:5]
         probe = [acked[i].hex() for i in some]
-        r = a.post("/v1/search/codes", json={"codes": probe, "radius": 0})
+        r = a.post("/v1/search/codes", json={"codes": probe, "radius": 0}, **newest)
         for i, row in zip(some, r.json()["results"], strict=True):
             assert i in [h["id"] for h in row]
     finally:
@@ -618,3 +645,76 @@ def test_milvus_down_gives_503_then_recovers_without_restart(model, request, tmp
     finally:
         stop_server(proc)
         server.start()
+
+
+@pytest.mark.slow
+def test_read_your_writes_across_replicas_with_the_token(model, request, tmp_path):
+    """Write through A, read through B at once with A's token (hashkd.client.Client carries
+    it): the item is there, every time; a delete through B is gone from A with B's token. A
+    replica with --consistency strong sees A's writes at once without a token."""
+    from hashkd.client import ApiError, Client
+
+    uri, collection = request.getfixturevalue("milvus_server").uri, f"ryw_{os.getpid()}"
+    a, proc_a = _replica(model, uri, collection, tmp_path / "a.log")
+    b, proc_b = _replica(model, uri, collection, tmp_path / "b.log")
+    s, proc_s = _replica(model, uri, collection, tmp_path / "s.log", "--consistency", "strong")
+    url = {rep: str(rep.base_url).rstrip("/") for rep in (a, b, s)}
+    try:
+        assert b.get("/v1/info").json()["index"]["consistency"] == "Bounded"
+        assert s.get("/v1/info").json()["index"]["consistency"] == "Strong"
+        writer = Client(url[a])
+        previous = 0
+        for round_ in range(6):
+            [new] = writer.add([image_bytes(100 + round_)], metadata=[{"round": round_}])
+            token = writer.consistency_token
+            assert token is not None and int(token) > previous
+            previous = int(token)
+            with Client(url[b], consistency_token=token) as reader:
+                item = reader.get(new)  # at once, through the other replica
+                assert item.metadata == {"round": round_}
+                hits = reader.search_codes(item.code, radius=0)[0]
+                assert new in hits.ids
+                assert reader.list(after=new - 1, limit=1).items[0].id == new
+                assert reader.similar(new, k=1000).ids.count(new) == 0
+            with Client(url[s]) as strong:  # no token: Strong reads see every acknowledged write
+                assert strong.get(new).metadata == {"round": round_}
+            with Client(url[b], consistency_token=token) as deleter:
+                deleter.delete(new)
+                gone = deleter.consistency_token
+                assert int(gone) > int(token)
+            with Client(url[a], consistency_token=gone) as reader:
+                with pytest.raises(ApiError) as err:
+                    reader.get(new)
+                assert err.value.status_code == 404
+                assert new not in reader.search_codes(item.code, radius=0)[0].ids
+        writer.close()
+    finally:
+        for p in (proc_a, proc_b, proc_s):
+            stop_server(p)
+
+
+@pytest.mark.slow
+def test_a_tie_group_beyond_one_milvus_answer_is_answered_in_id_order(model, request, tmp_path):
+    """16,500 items at the same distance (more than Milvus's 16,384 hits per query): k-NN
+    pages deep into the group and a radius answer are exact (ties by ascending id), not a 422."""
+    uri, collection = request.getfixturevalue("milvus_server").uri, f"ties_{os.getpid()}"
+    a, proc = _replica(model, uri, collection, tmp_path / "a.log")
+    try:
+        rng = np.random.default_rng(8)
+        tie = np.array([[7, 7, 7, 7]], dtype=np.uint8)
+        codes = np.concatenate([np.repeat(tie, 16_500, axis=0), rng.integers(0, 256, (300, 4))])
+        codes = codes.astype(np.uint8)
+        ids = rng.choice(10**9, len(codes), replace=False).astype(np.int64)
+        _add_codes(a, codes, ids=ids)
+        at = _at(TOKENS[id(a)])
+        truth = _oracle(tie, ids, codes)
+        for k, offset in ((10, 0), (100, 8000), (1000, 7192)):
+            body = {"codes": tie[0].tobytes().hex(), "k": k, "offset": offset}
+            r = a.post("/v1/search/codes", json=body, **at)
+            assert r.status_code == 200, r.text
+            assert _hits(r.json()["results"][0]) == truth[offset : offset + k]
+        r = a.post("/v1/search/codes", json={"codes": tie[0].tobytes().hex(), "radius": 0}, **at)
+        assert r.status_code == 200 and r.json()["truncated"] is True
+        assert _hits(r.json()["results"][0]) == truth[:10_000]  # max_range_results
+    finally:
+        stop_server(proc)

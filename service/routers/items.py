@@ -48,6 +48,7 @@ ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id."
     "",
     status_code=201,
     response_model=AddResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     dependencies=[WriteAccess],
     summary="Add images",
@@ -80,6 +81,7 @@ async def add_items(
     "/codes",
     status_code=201,
     response_model=AddResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 409, 413, 422, 503),
     dependencies=[WriteAccess],
     summary="Add precomputed codes (a code set from `hashkd encode`)",
@@ -126,6 +128,7 @@ async def add_codes(
 @router.put(
     "/{item_id}",
     response_model=UpsertResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
     dependencies=[WriteAccess],
     summary="Create or replace an item (upsert)",
@@ -206,6 +209,7 @@ def get_item(engine: EngineDep, item_id: ItemId) -> ItemResponse:
 @router.delete(
     "/{item_id}",
     response_model=DeleteResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(401, 404, 422, 503),
     dependencies=[WriteAccess],
     summary="Delete an item",
