@@ -133,7 +133,12 @@ def search_latency(
             assert r.status_code == 200, r.text
             got = [(h["id"], h["distance"]) for h in r.json()["results"][0]]
             wrong += got != oracle(q, ids, codes, 10)
-    return {"n": len(times), "p50_ms": ms(times, 50), "p99_ms": ms(times, 99), "wrong": wrong}
+    return {
+        "searches": len(times),
+        "p50_ms": ms(times, 50),
+        "p99_ms": ms(times, 99),
+        "wrong": wrong,
+    }
 
 
 def add_latency(url: str, reader: str | None, n: int, bits: int, seed: int, added: list) -> dict:
@@ -161,7 +166,7 @@ def add_latency(url: str, reader: str | None, n: int, bits: int, seed: int, adde
             )
             reads.append(time.perf_counter() - t0)
             missed += r.json()["ids"][0] not in [h["id"] for h in found.json()["results"][0]]
-    out = {"n": n, "add_p50_ms": ms(adds, 50), "add_p99_ms": ms(adds, 99)}
+    out = {"adds": n, "add_p50_ms": ms(adds, 50), "add_p99_ms": ms(adds, 99)}
     if reader is not None:
         out.update(token_read_p50_ms=ms(reads, 50), token_read_p99_ms=ms(reads, 99), missed=missed)
     return out
@@ -264,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.items} items x {args.bits} bits, {args.clients} clients for throughput")
     print(header)
     for r in rows:
-        token_read = r.get("token_read_p50_ms", float("nan"))
+        token_read = r.get("token_read_p50_ms")
+        token_text = f"{token_read:>8.1f}ms" if token_read is not None else f"{'-':>10}"
         print(
             f"{r['consistency']:>11} {r['p50_ms']:>8.1f}ms {r['p99_ms']:>6.1f}ms "
-            f"{r['add_p50_ms']:>6.1f}ms {token_read:>8.1f}ms {r['rps_1_replicas']:>9.1f} "
+            f"{r['add_p50_ms']:>6.1f}ms {token_text} {r['rps_1_replicas']:>9.1f} "
             f"{r['rps_2_replicas']:>9.1f} {r['wrong']:>5}"
         )
     print("ratios:", json.dumps(ratios))

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "store is required (flag --store or env HASHKD_STORE) unless --cluster"
             )
+        elif self.thumbnail_store is not None:
+            raise ValueError(
+                f"--thumbnail-store {str(self.thumbnail_store)!r} is for cluster mode: the "
+                "embedded mode keeps thumbnails in its store"
+            )
         return self
 
     @model_validator(mode="after")

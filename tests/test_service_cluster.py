@@ -481,6 +481,31 @@ def test_cluster_settings_need_a_milvus_spec_and_embedded_needs_a_store(model):
         settings_from_args(args)
 
 
+def test_consistency_and_thumbnail_store_flags(model, tmp_path):
+    import argparse
+
+    from service.cli import register, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    spec = "milvus:http://127.0.0.1:19530"
+    args = parser.parse_args(["serve", "--model", str(model), "--cluster", "--index-spec", spec])
+    assert settings_from_args(args).consistency == "bounded"
+    extra = ["--consistency", "strong", "--thumbnail-store", str(tmp_path)]
+    args = parser.parse_args(
+        ["serve", "--model", str(model), "--cluster", "--index-spec", spec, *extra]
+    )
+    settings = settings_from_args(args)
+    assert settings.consistency == "strong" and settings.thumbnail_store == tmp_path
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--consistency", "eventually"])
+    args = parser.parse_args(
+        ["serve", "--model", str(model), "--store", str(tmp_path), "--thumbnail-store", "x"]
+    )
+    with pytest.raises(ValueError, match="--thumbnail-store 'x' is for cluster mode"):
+        settings_from_args(args)
+
+
 # -- several replicas over a real Milvus server --------------------------------------------------
 def _replica(
     model: Path, uri: str, collection: str, log: Path, *extra: str
