@@ -622,9 +622,12 @@ def test_two_replicas_behave_as_one_service(model, request, tmp_path):
                 page = replica.get("/v1/items", params=params, **newest).json()
                 listed += [(it["id"], bytes.fromhex(it["code"])) for it in page["items"]]
                 after = page["next_after"]
-            assert {i for i, _ in listed} == expected
+            # Every acknowledged item; besides, at most the rows of the requests cut off by the
+            # kill (one batch of 4 per client of A), which may or may not have been stored.
+            stored = {i for i, _ in listed}
+            assert expected <= stored and len(stored - expected) <= 2 * 4
             assert all(acked[i] == c for i, c in listed if i in acked)
-            assert replica.get("/v1/info", **newest).json()["items"] == len(expected)
+            assert replica.get("/v1/info", **newest).json()["items"] == len(stored)
         some = list(acked)[:5]
         probe = [acked[i].hex() for i in some]
         r = a.post("/v1/search/codes", json={"codes": probe, "radius": 0}, **newest)
