@@ -402,11 +402,12 @@ def test_strong_setting_reads_strong(model, tmp_path, monkeypatch):
 
 
 def test_tie_groups_and_radius_beyond_one_milvus_answer(lite, monkeypatch):
-    """With Milvus's hits per answer cut to 40, tie groups of ~130 items, pages, radius answers
-    and listings of 400 items are still exact: paged by id windows, continued by range searches."""
+    """With Milvus's hits per answer cut to 40, tie groups of ~130 items, pages, radius answers,
+    filtered pages without the query item, and listings of 400 items are still exact: paged
+    by id windows, continued by range searches."""
     import service.cluster_catalog as cc
 
-    client, ids, codes, _ = lite
+    client, ids, codes, meta = lite
     monkeypatch.setattr(cc, "MAX_HITS", 40)
     catalog = client.app.state.engine.catalog
     queries = np.concatenate([codes[:2], np.random.default_rng(11).integers(0, 256, (1, 4))])
@@ -423,6 +424,12 @@ def test_tie_groups_and_radius_beyond_one_milvus_answer(lite, monkeypatch):
     assert truncated
     for q, row in zip(queries, found, strict=True):
         assert _hits(row) == [p for p in _oracle(q[None, :], ids, codes) if p[1] <= 5][:100]
+    flt = check_filter({"label": ["c0", "c2"]})
+    keep = np.array([matches(m, flt) for m in meta])
+    found, _ = catalog.search(queries, 120, None, flt=flt, offset=30, exclude=int(ids[0]))
+    keep &= ids != ids[0]
+    for q, row in zip(queries, found, strict=True):
+        assert _hits(row) == _oracle(q[None, :], ids[keep], codes[keep])[30:150]
     listed = [item.id for item in catalog.list_items(-1, 1000)]
     assert listed == sorted(ids.tolist())
     assert [item.id for item in catalog.list_items(int(ids.min()), 70)] == sorted(ids)[1:71]
