@@ -10,7 +10,11 @@ It speaks HTTP only (no import of ``service`` or ``indexes``)::
             print(hit.id, hit.distance, hit.metadata)
         more = client.similar(hits[0].id, k=5)
 
-Images are given as a path, the file's bytes or a PIL image. Every error answer of the
+Images are given as a path, the file's bytes or a PIL image. In cluster mode every write
+answers with a consistency token; the client keeps the newest one it received and sends it
+with every later request (``X-Consistency-Token``), so its reads see its own writes through
+any replica (read-your-writes). :attr:`Client.consistency_token` shows it; pass it to another
+client (``consistency_token=``) to hand the guarantee on. Every error answer of the
 server raises :class:`ApiError` with its HTTP ``status_code`` and the server's ``detail``;
 a server that cannot be reached raises :class:`ClientError`. Both are ``ValueError``s, so the
 ``hashkd`` command line reports them in one line.
@@ -22,6 +26,7 @@ import email.utils
 import io
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +37,8 @@ import httpx
 import numpy as np
 
 ImageInput = str | os.PathLike[str] | bytes | Any  # a path, encoded bytes or a PIL image
+#: The header a cluster-mode server puts its write timestamps in, and reads take them back from.
+TOKEN_HEADER = "X-Consistency-Token"
 CodesInput = str | Sequence[str] | bytes | np.ndarray
 #: Paths per filtered search of :meth:`Client.stored_paths` (the server takes 1,024 values).
 STORED_PATHS_CHUNK = 256
@@ -247,8 +254,11 @@ class Client:
         api_key: str | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        consistency_token: str | None = None,
     ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
+        self._token = consistency_token
+        self._token_lock = threading.Lock()
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
@@ -264,9 +274,25 @@ class Client:
         self.close()
 
     # -- plumbing ---------------------------------------------------------------------------------
+    @property
+    def consistency_token(self) -> str | None:
+        """The newest consistency token a write answered (cluster mode), sent with every request."""
+        return self._token
+
+    def _keep_token(self, token: str | None) -> None:
+        if not token or not token.isdigit():
+            return
+        with self._token_lock:
+            if self._token is None or not self._token.isdigit() or int(token) > int(self._token):
+                self._token = token
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        token = self._token
+        if token is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), TOKEN_HEADER: token}
         try:
             response = self._http.request(method, path, **kwargs)
+            self._keep_token(response.headers.get(TOKEN_HEADER))
         except httpx.HTTPError as exc:
             raise ClientError(
                 f"cannot reach the hashkd server at {self.base_url}: {exc or type(exc).__name__}"

@@ -24,6 +24,8 @@ _FIELDS = (
     "cluster",
     "collection",
     "milvus_timeout_s",
+    "consistency",
+    "thumbnail_store",
     "host",
     "port",
     "api_key_env",
@@ -90,6 +92,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         type=float,
         help="seconds a Milvus call may take before the request answers 503 (default 10)",
+    )
+    p.add_argument(
+        "--consistency",
+        choices=["bounded", "strong"],
+        help="cluster mode read consistency: bounded (default; a read may miss other replicas' "
+        "latest writes unless it passes a consistency token) or strong (every read sees every "
+        "acknowledged write, waiting for Milvus's next time tick; docs/service.md)",
+    )
+    p.add_argument(
+        "--thumbnail-store",
+        metavar="DIR",
+        help="cluster mode: a directory all replicas share for the thumbnails (default: none kept)",
     )
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")

@@ -140,12 +140,7 @@ class Engine:
         self.protocol = "asymmetric" if settings.asymmetric else "symmetric"
         self.catalog: Catalog | ClusterCatalog
         if settings.cluster:  # every item in a Milvus collection shared by all replicas
-            self.catalog = ClusterCatalog(
-                settings.milvus_uri,
-                self.bits,
-                collection=settings.collection,
-                timeout=settings.milvus_timeout_s,
-            )
+            self.catalog = ClusterCatalog.from_settings(settings, self.bits)
         else:
             self.catalog = Catalog(
                 settings.store,

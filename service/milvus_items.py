@@ -1,24 +1,33 @@
-"""The items collection of cluster mode: one Milvus collection, the service's source of truth.
+"""The collections of cluster mode: the service's source of truth, shared by every replica.
 
-Schema (``auto_id=False``; every field of an item, nothing kept in the replica)::
+Items (``auto_id=False``; every field of an item but its thumbnail, nothing kept in a replica)::
 
     id         INT64 primary key        the item's id
     code       BINARY_VECTOR(dim=K)     its code, index BIN_FLAT, metric HAMMING (exact)
     metadata   JSON                     its metadata object (at most 65,536 bytes, Milvus's limit)
     terms      JSON {"t": [digest]}     its filter terms (``service/milvus_terms.py``)
-    thumbnail  VARCHAR(65535)           base64 of its JPEG thumbnail ("" = none)
+    thumb      INT64                    version of its thumbnail in the thumbnail store (0: none)
 
-Every read (search, query, count) runs at consistency level ``Strong``: Milvus answers only
-after its query nodes have applied every write acknowledged before the read started, whichever
-replica (client) made it. Writes are acknowledged when Milvus's ``upsert``/``delete`` returns:
-the rows are then in Milvus's write-ahead log (its message queue), from which the server
-replays them after its own crash.
+Id blocks (``<collection>_idblocks``, ``service/milvus_ids.py``): one row per block of 2^20
+ids leased by a replica for new ids (``block`` INT64 primary key, ``owner``, ``leased_ms``, and
+an 8-bit ``v`` vector because Milvus needs a vector field in every collection).
 
-Connection handling (:meth:`MilvusItems.call`): the client connects lazily and gRPC reconnects
-by itself, so a server that went away and came back is used again without a restart. A call
-that cannot reach the server, times out, or finds the collection not (yet) loaded raises
-:class:`ClusterUnavailableError` (the API's 503); a collection found unloaded or missing is
-loaded or created again on the next call.
+**Consistency.** Reads run at the level of the current request
+(``service/consistency.py``): ``Bounded`` by default (Milvus serves from what its query nodes
+have applied, waiting only when they lag more than its ``gracefulTime``, 5 s by default), a
+``Customized`` guarantee timestamp when the request passed a consistency token, or ``Strong``
+(``--consistency strong``, and the few reads that must see every acknowledged write: the
+duplicate-id and reserved-id checks of explicit-id adds, a ``PUT``'s read of the row it
+replaces, a delete's existence check, id-block leases and ``/readyz``). Writes are acknowledged
+when Milvus's upsert/delete returns (the rows are then in its write-ahead log); their
+``MutationResult.timestamp`` is recorded as the request's consistency token.
+
+**Errors by kind** (:meth:`MilvusItems.call`): data Milvus refuses (pymilvus's client-side
+checks, server code 1100 "invalid parameter", the legacy IllegalArgument codes) raise
+:class:`ClusterDataError` (the API's 422); a server that cannot be reached, times out, is not
+ready, rate-limits or fails raises :class:`ClusterUnavailableError` (503). The client connects
+lazily and gRPC reconnects by itself; a collection found unloaded or missing is loaded or
+created again on the next call, so replicas recover without a restart.
 """
 
 from __future__ import annotations
@@ -29,20 +38,26 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from service.consistency import current
+
 log = logging.getLogger("service.cluster")
 
 T = TypeVar("T")
 
-#: Milvus's limits: hits per search / rows per limited query, bytes per JSON field, VARCHAR size.
+#: Milvus's limits: hits per search / rows per limited query, bytes per JSON field.
 MAX_HITS = 16384
 MAX_JSON_BYTES = 65536
-MAX_VARCHAR = 65535
-#: Every field of an item row.
-ROW_FIELDS = ("id", "code", "metadata", "terms", "thumbnail")
+#: Every field of an item row, and of an id-block row.
+ROW_FIELDS = ("id", "code", "metadata", "terms", "thumb")
+BLOCK_FIELDS = ("block", "owner", "leased_ms", "v")
+BLOCKS_SUFFIX = "_idblocks"
 #: Seconds a readiness answer is reused (``/readyz`` probes are frequent).
 READY_CACHE_S = 1.0
-#: Milvus error codes that name a bad request rather than an unavailable server.
-_PARAM_ERROR_CODES = frozenset({1100})
+#: Milvus status codes naming a request Milvus refuses as invalid (merr.ErrParameterInvalid
+#: and its kin; the legacy ErrorCode IllegalArgument 5, IllegalDimension 7, IllegalRowRecord 11,
+#: IllegalVectorID 12 in ``compatible_code``).
+_DATA_CODES = frozenset({1100, 1101})
+_DATA_LEGACY_CODES = frozenset({5, 7, 11, 12})
 #: Substrings of Milvus errors after which the collection must be opened (loaded) again.
 _REOPEN_HINTS = ("not loaded", "collection not found", "can't find collection", "not exist")
 
@@ -55,6 +70,10 @@ class ClusterLimitError(ValueError):
     """An item exceeds a limit of Milvus (JSON size, hits per query): the API's 422."""
 
 
+class ClusterDataError(ClusterLimitError):
+    """Milvus (or pymilvus's checks before sending) refused the request's data: the API's 422."""
+
+
 def _describe(exc: BaseException) -> str:
     details = getattr(exc, "details", None)
     if callable(details):  # a grpc.RpcError
@@ -62,8 +81,40 @@ def _describe(exc: BaseException) -> str:
     return str(getattr(exc, "message", "") or exc).strip()
 
 
+def error_kind(exc: BaseException) -> str:
+    """``data`` (a refused request: 422), ``reopen`` (the collection must be loaded or created
+    again) or ``unavailable`` (503) for an exception raised by a pymilvus call."""
+    from pymilvus import exceptions as mx
+
+    client_side = (
+        mx.ParamError,
+        mx.DataTypeNotMatchException,
+        mx.DataNotMatchException,
+        mx.DataTypeNotSupportException,
+        mx.PrimaryKeyException,
+        mx.FieldTypeException,
+    )
+    if isinstance(exc, client_side):
+        return "data"
+    if isinstance(exc, mx.MilvusException):
+        if exc.code in _DATA_CODES or (
+            exc.code in (0, 1, 65535) and getattr(exc, "compatible_code", 0) in _DATA_LEGACY_CODES
+        ):
+            return "data"
+        if any(h in _describe(exc).lower() for h in _REOPEN_HINTS):
+            return "reopen"
+    return "unavailable"
+
+
+def _read() -> dict[str, Any]:
+    return current().read_options()
+
+
+STRONG = {"consistency_level": "Strong"}
+
+
 class MilvusItems:
-    """Thread-safe access to one items collection of a Milvus server (see the module docstring)."""
+    """Thread-safe access to the collections of one hashkd cluster (see the module docstring)."""
 
     def __init__(
         self,
@@ -74,6 +125,7 @@ class MilvusItems:
         token: str | None = None,
     ) -> None:
         self.uri, self.collection, self.bits = uri, collection, int(bits)
+        self.blocks = collection + BLOCKS_SUFFIX
         self.timeout = float(timeout)
         self._token = token
         self._client: Any = None
@@ -92,7 +144,7 @@ class MilvusItems:
         return MilvusClient(self.uri, **kwargs)
 
     def _open(self) -> Any:
-        """The client, with the collection created (first replica) or checked and loaded."""
+        """The client, with both collections created (first replica) or checked, and loaded."""
         if self._opened:
             return self._client
         with self._open_lock:
@@ -101,17 +153,20 @@ class MilvusItems:
             if self._client is None:
                 self._client = self._connect()
             client = self._client
-            if client.has_collection(self.collection, timeout=self.timeout):
-                self._check_schema(client)
-            else:
-                self._create(client)
-            client.load_collection(self.collection, timeout=max(self.timeout, 30.0))
+            for name, create in (
+                (self.collection, self._schema),
+                (self.blocks, self._block_schema),
+            ):
+                if client.has_collection(name, timeout=self.timeout):
+                    self._check_schema(client, name)
+                else:
+                    self._create(client, name, *create(client))
+                client.load_collection(name, timeout=max(self.timeout, 30.0))
             self._opened = True
             return client
 
-    def _create(self, client: Any) -> None:
+    def _schema(self, client: Any) -> tuple[Any, Any]:
         from pymilvus import DataType
-        from pymilvus.exceptions import MilvusException
 
         schema = client.create_schema(
             auto_id=False, enable_dynamic_field=False, description="hashkd items"
@@ -120,38 +175,68 @@ class MilvusItems:
         schema.add_field("code", DataType.BINARY_VECTOR, dim=self.bits)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("terms", DataType.JSON)
-        schema.add_field("thumbnail", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("thumb", DataType.INT64)
         params = client.prepare_index_params()
         params.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
+        return schema, params
+
+    @staticmethod
+    def _block_schema(client: Any) -> tuple[Any, Any]:
+        from pymilvus import DataType
+
+        schema = client.create_schema(
+            auto_id=False, enable_dynamic_field=False, description="hashkd id blocks"
+        )
+        schema.add_field("block", DataType.INT64, is_primary=True)
+        schema.add_field("owner", DataType.VARCHAR, max_length=256)
+        schema.add_field("leased_ms", DataType.INT64)
+        schema.add_field("v", DataType.BINARY_VECTOR, dim=8)
+        params = client.prepare_index_params()
+        params.add_index(field_name="v", index_type="BIN_FLAT", metric_type="HAMMING")
+        return schema, params
+
+    def _create(self, client: Any, name: str, schema: Any, params: Any) -> None:
+        from pymilvus.exceptions import MilvusException
+
         try:
             client.create_collection(
-                self.collection,
+                name,
                 schema=schema,
                 index_params=params,
-                consistency_level="Strong",
+                consistency_level="Bounded",
                 timeout=self.timeout,
             )
         except MilvusException:
             # Another replica may have created it at the same moment: use theirs if it fits.
-            if not client.has_collection(self.collection, timeout=self.timeout):
+            if not client.has_collection(name, timeout=self.timeout):
                 raise
-            self._check_schema(client)
-        log.info("created Milvus collection %r at %s", self.collection, self.uri)
+            self._check_schema(client, name)
+        log.info("created Milvus collection %r at %s", name, self.uri)
 
-    def _check_schema(self, client: Any) -> None:
-        desc = client.describe_collection(self.collection, timeout=self.timeout)
+    def _check_schema(self, client: Any, name: str) -> None:
+        desc = client.describe_collection(name, timeout=self.timeout)
         fields = {f["name"]: f for f in desc.get("fields", [])}
+        if name == self.blocks:
+            if set(BLOCK_FIELDS) - set(fields):
+                raise ValueError(
+                    f"Milvus collection {name!r} at {self.uri!r} is not the id blocks of hashkd "
+                    f"collection {self.collection!r} (fields {sorted(fields)}): use another "
+                    "--collection"
+                )
+            return
         dim = fields.get("code", {}).get("params", {}).get("dim")
         if set(ROW_FIELDS) - set(fields) or dim is None or int(dim) != self.bits:
             raise ValueError(
-                f"Milvus collection {self.collection!r} at {self.uri!r} is not a {self.bits}-bit "
-                f"hashkd items collection (fields {sorted(fields)}, code dim {dim!r}): use another "
+                f"Milvus collection {name!r} at {self.uri!r} is not a {self.bits}-bit hashkd "
+                f"items collection with fields {', '.join(ROW_FIELDS)} (it has fields "
+                f"{sorted(fields)}, code dim {dim!r}; collections of hashkd before the "
+                "thumbnail store have a 'thumbnail' field instead of 'thumb'): use another "
                 "--collection"
             )
 
     def call(self, what: str, operation: Callable[[Any], T]) -> T:
         """Run ``operation(client)``; Milvus failures become :class:`ClusterUnavailableError`
-        (or :class:`ClusterLimitError` for a request Milvus refuses as invalid)."""
+        or, for data Milvus refuses, :class:`ClusterDataError` (see :func:`error_kind`)."""
         import grpc
         from pymilvus.exceptions import MilvusException
 
@@ -159,13 +244,12 @@ class MilvusItems:
             try:
                 return operation(self._open())
             except MilvusException as exc:
-                reason = _describe(exc)
-                if getattr(exc, "code", None) in _PARAM_ERROR_CODES:
-                    raise ClusterLimitError(f"Milvus refused the {what}: {reason}") from None
-                if attempt == 1 and any(h in reason.lower() for h in _REOPEN_HINTS):
-                    self._opened = False  # e.g. the server restarted: load (or create) again
+                kind, reason = error_kind(exc), _describe(exc)
+                if kind == "data":
+                    raise ClusterDataError(f"Milvus refused the {what}: {reason}") from None
+                self._opened = False  # e.g. the server restarted: load (or create) again
+                if kind == "reopen" and attempt == 1:
                     continue
-                self._opened = False
                 raise self._unavailable(what, reason) from None
             except grpc.RpcError as exc:
                 self._opened = False
@@ -180,8 +264,8 @@ class MilvusItems:
     def ready(self) -> tuple[bool, str]:
         """(whether a Strong query answers within 3 s now, why not); cached for a second.
 
-        Strong, like every read: after a server restart, Eventually queries answer seconds
-        before the query nodes have caught up and Strong reads stop timing out."""
+        Strong: after a server restart, Bounded queries answer seconds before the query nodes
+        have caught up and Strong reads (and token reads) stop timing out."""
         now = time.monotonic()
         if now - self._ready_at < READY_CACHE_S:
             return self._ready
@@ -193,8 +277,8 @@ class MilvusItems:
                     filter="id < 0",
                     output_fields=["id"],
                     limit=1,
-                    consistency_level="Strong",  # ready = reads see every write again
                     timeout=min(self.timeout, 3.0),
+                    **STRONG,
                 ),
             )
             self._ready = (True, "")
@@ -207,55 +291,94 @@ class MilvusItems:
         if self._client is not None:
             self._client.close()
 
-    # -- operations (Strong reads) -----------------------------------------------------------
-    def upsert(self, rows: list[dict[str, Any]]) -> None:
-        self.call("write", lambda c: c.upsert(self.collection, rows, timeout=self.timeout))
+    # -- writes ------------------------------------------------------------------------------
+    def _mutate(self, what: str, mutation: Callable[[Any, Any], Any]) -> int:
+        """Run a write on pymilvus's connection handler and record its timestamp as the current
+        request's consistency token. (``MilvusClient.upsert``/``delete`` drop the
+        ``MutationResult`` and its ``timestamp``; the handler returns it.) Milvus 2.3 answers a
+        delete with timestamp 0: then a timestamp allocated by Milvus after the write returned
+        stands in, since Milvus's timestamps are global and increasing, and a read guaranteed
+        at it sees every write acknowledged before (milvus-lite has none: no token)."""
 
-    def delete(self, ids: list[int]) -> None:
-        self.call("delete", lambda c: c.delete(self.collection, ids=ids, timeout=self.timeout))
+        def run(client: Any) -> int:
+            conn, context = client._get_connection(), client._generate_call_context()
+            timestamp = int(mutation(conn, context).timestamp)
+            if not timestamp:
+                timestamp = int(conn.alloc_timestamp(timeout=self.timeout, context=context) or 0)
+            return timestamp
 
-    def rows(self, ids: list[int], fields: list[str]) -> list[dict[str, Any]]:
+        timestamp = self.call(what, run)
+        current().note_write(timestamp)
+        return timestamp
+
+    def upsert(self, rows: list[dict[str, Any]], collection: str | None = None) -> int:
+        """Insert or replace rows; returns Milvus's write timestamp."""
+        name = collection or self.collection
+        return self._mutate(
+            "write",
+            lambda conn, ctx: conn.upsert_rows(name, rows, timeout=self.timeout, context=ctx),
+        )
+
+    def delete(self, ids: list[int]) -> int:
+        """Delete rows by id; returns Milvus's write timestamp."""
+        expr = f"id in [{', '.join(str(int(i)) for i in ids)}]"
+        return self._mutate(
+            "delete",
+            lambda conn, ctx: conn.delete(self.collection, expr, timeout=self.timeout, context=ctx),
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+    def rows(
+        self, ids: list[int], fields: list[str], *, strong: bool = False
+    ) -> list[dict[str, Any]]:
         """The rows of those ``ids`` that exist (any order)."""
         if not ids:
             return []
+        level = STRONG if strong else _read()
         return self.call(
             "lookup",
             lambda c: list(
                 c.query(
-                    self.collection,
-                    ids=ids,
-                    output_fields=fields,
-                    consistency_level="Strong",
-                    timeout=self.timeout,
+                    self.collection, ids=ids, output_fields=fields, timeout=self.timeout, **level
                 )
             ),
         )
 
-    def select(self, expr: str, fields: list[str], limit: int) -> list[dict[str, Any]]:
+    def select(
+        self,
+        expr: str,
+        fields: list[str],
+        limit: int,
+        *,
+        strong: bool = False,
+        collection: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` rows matching ``expr`` (Milvus picks which when more match)."""
+        level = STRONG if strong else _read()
         return self.call(
             "query",
             lambda c: list(
                 c.query(
-                    self.collection,
+                    collection or self.collection,
                     filter=expr,
                     output_fields=fields,
                     limit=limit,
-                    consistency_level="Strong",
                     timeout=self.timeout,
+                    **level,
                 )
             ),
         )
 
     def count(self) -> int:
+        level = _read()
         rows = self.call(
             "count",
             lambda c: c.query(
                 self.collection,
                 filter="",
                 output_fields=["count(*)"],
-                consistency_level="Strong",
                 timeout=self.timeout,
+                **level,
             ),
         )
         return int(rows[0]["count(*)"])
@@ -269,6 +392,7 @@ class MilvusItems:
         fields: list[str],
     ) -> list[list[dict[str, Any]]]:
         """Hits per query code (HAMMING on ``code``; ``params`` e.g. radius/range_filter)."""
+        level = _read()
         return self.call(
             "search",
             lambda c: [
@@ -281,8 +405,8 @@ class MilvusItems:
                     filter=expr,
                     search_params={"metric_type": "HAMMING", "params": params},
                     output_fields=fields,
-                    consistency_level="Strong",
                     timeout=self.timeout,
+                    **level,
                 )
             ],
         )

@@ -28,8 +28,11 @@ TERMS_KEY = "t"
 
 
 def term_digest(key: str, term: str) -> str:
-    """The hex BLAKE2b-128 digest naming one (key, term) pair."""
-    return hashlib.blake2b(f"{key}\x1f{term}".encode(), digest_size=16).hexdigest()
+    """The hex BLAKE2b-128 digest naming one (key, term) pair. (A lone surrogate, which no
+    stored item can hold since Milvus stores UTF-8, is digested as is: such a filter matches
+    nothing rather than failing.)"""
+    data = f"{key}\x1f{term}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def terms_field(metadata: dict[str, Any]) -> dict[str, list[str]]:

@@ -95,10 +95,19 @@ class CodeSearchRequest(BaseModel):
     filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION)
 
 
+TOKEN_FIELD_DESCRIPTION = (
+    "Cluster mode: the consistency token of this write (also in the X-Consistency-Token "
+    "header). Pass it back (X-Consistency-Token header or consistency_token query parameter) "
+    "and a read through any replica sees this write. Opaque decimal text; absent in the "
+    "embedded mode, whose reads always see every acknowledged write."
+)
+
+
 class AddResponse(BaseModel):
     ids: list[int] = Field(
         description="Ids of the added items, in upload order (durable when returned)."
     )
+    consistency_token: str | None = Field(None, description=TOKEN_FIELD_DESCRIPTION)
 
 
 class ItemResponse(BaseModel):
@@ -112,6 +121,7 @@ class ItemResponse(BaseModel):
 class UpsertResponse(BaseModel):
     id: int
     created: bool = Field(description="True when the item did not exist before this request.")
+    consistency_token: str | None = Field(None, description=TOKEN_FIELD_DESCRIPTION)
 
 
 class ItemSummary(BaseModel):
@@ -131,6 +141,7 @@ class ItemListResponse(BaseModel):
 class DeleteResponse(BaseModel):
     id: int
     deleted: bool = True
+    consistency_token: str | None = Field(None, description=TOKEN_FIELD_DESCRIPTION)
 
 
 class ModelInfo(BaseModel):
@@ -162,7 +173,14 @@ class IndexInfo(BaseModel):
     )
     collection: str | None = Field(None, description="The Milvus collection (cluster mode).")
     consistency: str | None = Field(
-        None, description="Milvus consistency level of reads (cluster mode): Strong."
+        None,
+        description="Milvus consistency level of reads (cluster mode): Bounded (default; a "
+        "read passing a consistency token waits for that write) or Strong.",
+    )
+    thumbnails: Literal["store", "none"] | None = Field(
+        None,
+        description="Cluster mode: 'store' when thumbnails are kept in a shared directory "
+        "(--thumbnail-store), 'none' otherwise.",
     )
 
 

@@ -55,11 +55,23 @@ class Settings(BaseSettings):
     )
     collection: str = Field(
         "hashkd_items",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
-        description="Milvus collection of the items (cluster mode).",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,239}$",
+        description="Milvus collection of the items (cluster mode; its id blocks live in "
+        "COLLECTION_idblocks).",
     )
     milvus_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Seconds a Milvus call may take before a 503."
+    )
+    consistency: Literal["bounded", "strong"] = Field(
+        "bounded",
+        description="Read consistency in cluster mode: bounded (Milvus's Bounded staleness, "
+        "a few ms; a consistency token gives read-your-writes) or strong (every read waits "
+        "for Milvus's next time tick, ~200 ms).",
+    )
+    thumbnail_store: Path | None = Field(
+        None,
+        description="Cluster mode: a directory every replica shares that holds the thumbnails "
+        "(default: cluster mode keeps no thumbnails).",
     )
 
     # Network and security.
@@ -170,6 +182,11 @@ class Settings(BaseSettings):
         elif self.store is None:
             raise ValueError(
                 "store is required (flag --store or env HASHKD_STORE) unless --cluster"
+            )
+        elif self.thumbnail_store is not None:
+            raise ValueError(
+                f"--thumbnail-store {str(self.thumbnail_store)!r} is for cluster mode: the "
+                "embedded mode keeps thumbnails in its store"
             )
         return self
 

@@ -136,6 +136,8 @@ MEANINGS: dict[str, str] = {
     "--thumbnail-px": "stored thumbnail size in pixels",
     "--snapshot-every": "index snapshot after this many changes",
     "--codes": "a code set loaded into the store at start-up",
+    "--consistency": "cluster mode read consistency (bounded or strong)",
+    "--thumbnail-store": "cluster mode: the directory of thumbnails every replica shares",
     "--data-root": "folder a code set's relative paths are under (for thumbnails)",
     "--retries": "retries of a request answered 503 or cut off",
     "--kd-inputs": "what the KD losses compare: codes or pre-sign logits",

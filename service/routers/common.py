@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request, Response, UploadFile
+from fastapi import Depends, Header, Query, Request, Response, UploadFile
 from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from service.consistency import (
+    TOKEN_DESCRIPTION,
+    TOKEN_HEADER,
+    TOKEN_PARAM,
+    RequestConsistency,
+    begin,
+)
+from service.deps import SettingsDep
 from service.errors import ApiError
 from service.jsonlimits import loads_bounded
 from service.schemas import DEFAULT_K, MAX_RANK, ErrorResponse
@@ -31,6 +39,37 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "The service is still loading, or (cluster mode) its Milvus server is unavailable.",
     }
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}
+
+
+async def consistency(
+    settings: SettingsDep,
+    header: Annotated[
+        str | None, Header(alias=TOKEN_HEADER, max_length=64, description=TOKEN_DESCRIPTION)
+    ] = None,
+    token: Annotated[
+        str | None, Query(alias=TOKEN_PARAM, max_length=64, description=TOKEN_DESCRIPTION)
+    ] = None,
+) -> RequestConsistency:
+    """The request's read consistency (``service/consistency.py``): ``--consistency``, and the
+    token passed back (the query parameter wins over the header). An ``async`` dependency, so
+    that the context variable it sets is the request's (worker threads get a copy)."""
+    try:
+        return begin(settings.consistency, token if token is not None else header)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+ConsistencyDep = Annotated[RequestConsistency, Depends(consistency)]
+#: For routers: every route reads (and, for writes, records) at the request's consistency.
+CONSISTENCY = [Depends(consistency)]
+
+
+def write_token(response: Response, state: RequestConsistency) -> str | None:
+    """Put a write's consistency token in the ``X-Consistency-Token`` header; returns it."""
+    token = state.token
+    if token is not None:
+        response.headers[TOKEN_HEADER] = token
+    return token
 
 
 def check_k_radius(

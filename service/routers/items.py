@@ -9,7 +9,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import EngineDep, SettingsDep, WriteAccess
 from service.errors import ApiError
-from service.routers.common import error_responses, read_images
+from service.routers.common import (
+    CONSISTENCY,
+    ConsistencyDep,
+    error_responses,
+    read_images,
+    write_token,
+)
 from service.schemas import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
@@ -32,9 +38,9 @@ from service.uploads import (
     read_capped,
 )
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=CONSISTENCY)
 #: Bulk code uploads get their own body limit (see create_app).
-codes_router = APIRouter(prefix="/v1/items", tags=["items"])
+codes_router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=CONSISTENCY)
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id.")]
 
@@ -43,6 +49,7 @@ ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id."
     "",
     status_code=201,
     response_model=AddResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     dependencies=[WriteAccess],
     summary="Add images",
@@ -50,6 +57,8 @@ ItemId = Annotated[int, Path(ge=0, le=MAX_ID, description="The item's int64 id."
 async def add_items(
     engine: EngineDep,
     settings: SettingsDep,
+    state: ConsistencyDep,
+    response: Response,
     images: Annotated[
         list[UploadFile], File(description="Images to add; repeat the field once per image.")
     ],
@@ -66,13 +75,14 @@ async def add_items(
     meta = parse_metadata(metadata, len(images), settings.max_metadata_bytes)
     decoded = await read_images(images, settings, "images")
     new_ids = await run_in_threadpool(engine.add_images, decoded, item_ids, meta)
-    return AddResponse(ids=new_ids)
+    return AddResponse(ids=new_ids, consistency_token=write_token(response, state))
 
 
 @codes_router.post(
     "/codes",
     status_code=201,
     response_model=AddResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 409, 413, 422, 503),
     dependencies=[WriteAccess],
     summary="Add precomputed codes (a code set from `hashkd encode`)",
@@ -80,6 +90,8 @@ async def add_items(
 async def add_codes(
     engine: EngineDep,
     settings: SettingsDep,
+    state: ConsistencyDep,
+    response: Response,
     codes: Annotated[
         UploadFile, File(description="codes.npy: uint8 array n x K/8 (database-model codes).")
     ],
@@ -123,12 +135,13 @@ async def add_codes(
         where = paths_metadata(await read_capped(paths, cap_json, "paths"), n, cap_json)
         meta = [{**m, **w} for m, w in zip(meta, where, strict=True)] if meta is not None else where
     new_ids = await run_in_threadpool(engine.import_codes, code_arr, item_ids, meta, label_arr)
-    return AddResponse(ids=new_ids)
+    return AddResponse(ids=new_ids, consistency_token=write_token(response, state))
 
 
 @router.put(
     "/{item_id}",
     response_model=UpsertResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
     dependencies=[WriteAccess],
     summary="Create or replace an item (upsert)",
@@ -136,6 +149,8 @@ async def add_codes(
 async def upsert_item(
     engine: EngineDep,
     settings: SettingsDep,
+    state: ConsistencyDep,
+    response: Response,
     item_id: ItemId,
     image: Annotated[
         UploadFile | None,
@@ -152,7 +167,9 @@ async def upsert_item(
         raise ApiError(422, "give an image, metadata or both: a PUT replaces what it is given")
     decoded = (await read_images([image], settings, "image"))[0] if image is not None else None
     created = await run_in_threadpool(engine.upsert_item, item_id, decoded, meta)
-    return UpsertResponse(id=item_id, created=created)
+    return UpsertResponse(
+        id=item_id, created=created, consistency_token=write_token(response, state)
+    )
 
 
 @router.get(
@@ -205,13 +222,16 @@ def get_item(engine: EngineDep, item_id: ItemId) -> ItemResponse:
 @router.delete(
     "/{item_id}",
     response_model=DeleteResponse,
+    response_model_exclude_none=True,  # no consistency_token in the embedded mode
     responses=error_responses(401, 404, 422, 503),
     dependencies=[WriteAccess],
     summary="Delete an item",
 )
-def delete_item(engine: EngineDep, item_id: ItemId) -> DeleteResponse:
+def delete_item(
+    engine: EngineDep, item_id: ItemId, state: ConsistencyDep, response: Response
+) -> DeleteResponse:
     engine.delete_item(item_id)
-    return DeleteResponse(id=item_id)
+    return DeleteResponse(id=item_id, consistency_token=write_token(response, state))
 
 
 @router.get(

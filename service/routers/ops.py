@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 import hashkd
 from service.deps import EngineDep
-from service.routers.common import error_responses
+from service.routers.common import CONSISTENCY, error_responses
 from service.schemas import HealthResponse, InfoResponse
 
 router = APIRouter(tags=["ops"])
@@ -17,7 +17,8 @@ router = APIRouter(tags=["ops"])
 @router.get(
     "/v1/info",
     response_model=InfoResponse,
-    responses=error_responses(503),
+    responses=error_responses(422, 503),
+    dependencies=CONSISTENCY,
     summary="Models, protocol and index",
 )
 def info(engine: EngineDep, request: Request) -> InfoResponse:

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import EngineDep, SettingsDep
 from service.filters import MAX_FILTER_BYTES, check_filter, parse_filter
 from service.routers.common import (
+    CONSISTENCY,
     BoundedJsonRoute,
     check_k_radius,
     error_responses,
@@ -31,9 +32,11 @@ from service.schemas import (
 from service.terms import Filter
 from service.uploads import MAX_ID, parse_hex_codes
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(prefix="/v1", tags=["search"], dependencies=CONSISTENCY)
 #: JSON-body searches: bounded JSON decoding and their own body limit (see create_app).
-codes_router = APIRouter(prefix="/v1", tags=["search"], route_class=BoundedJsonRoute)
+codes_router = APIRouter(
+    prefix="/v1", tags=["search"], route_class=BoundedJsonRoute, dependencies=CONSISTENCY
+)
 
 K = Annotated[
     int | None,
