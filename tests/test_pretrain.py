@@ -567,6 +567,6 @@ def test_pretraining_on_a_train_group_excludes_the_validation_images(tmp_path):
 
 
 def test_weights_description_records_the_removed_images(weights):
-    desc = json.loads(weights.with_name("w.safetensors.json").read_text())
+    desc = json.loads(weights.with_name("backbone.safetensors.json").read_text())
     assert desc["pool"]["excluded_val_query"] == 300  # digits: 100 val + 200 query images
     assert desc["pool"]["size"] == desc["pool_images"] == 96

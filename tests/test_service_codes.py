@@ -231,7 +231,12 @@ def test_cluster_mode_loads_the_codes_once_checking_the_stored_ids(
     _, listed = photos
     uri = str(tmp_path / "items.db")
     settings = Settings(
-        model=model, cluster=True, index_spec=f"milvus:{uri}", codes=codeset_dir, batching=False
+        model=model,
+        cluster=True,
+        index_spec=f"milvus:{uri}",
+        codes=codeset_dir,
+        batching=False,
+        thumbnail_store=tmp_path / "thumbnails",  # cluster mode keeps thumbnails only there
     )
     for run in (1, 2):
         with TestClient(create_app(settings)) as client:
