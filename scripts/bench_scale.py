@@ -88,7 +88,12 @@ class Server:
     def __init__(self, model: Path, store: Path, log: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HASHKD_MAX_SEARCH_WORK": "100000"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HASHKD_MAX_SEARCH_WORK": "100000",
+            "HASHKD_MAX_METADATA_BYTES": str(64 << 20),  # 100,000 items of metadata a request
+        }
         argv = [sys.executable, "-m", "hashkd", "serve", "--model", str(model)]
         argv += ["--store", str(store), "--port", str(self.port), "--no-access-log"]
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
