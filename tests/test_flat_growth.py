@@ -205,3 +205,41 @@ def test_search_subset_matches_brute_force(tiny_chunks, fraction):
     for q, want in enumerate(brute_knn(wanted, queries, 12)):
         got = [(int(d), int(i)) for d, i in zip(dist[q], ids[q], strict=True) if i >= 0]
         assert got == want
+
+
+@pytest.mark.slow
+def test_millions_of_codes_with_real_chunk_sizes_match_brute_force():
+    """3 M codes in the default 1 M-code chunks: appends, tombstones, delta, a compaction."""
+    rng = np.random.default_rng(21)
+    n = 3_000_000
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    index = create_index("flat", 64)
+    for s in range(0, n, 250_000):
+        index.add(np.arange(s, s + 250_000) * 2, codes[s : s + 250_000])  # even ids
+    alive = np.ones(n, dtype=bool)
+    gone = rng.choice(n, 50_000, replace=False)
+    index.remove(gone * 2)
+    alive[gone] = False
+    extra = rng.integers(0, 256, (1_000, 8), dtype=np.uint8)
+    index.add(np.arange(1_000) * 2 + 1, extra)  # odd ids: the delta
+    all_ids = np.concatenate([np.arange(n)[alive] * 2, np.arange(1_000) * 2 + 1])
+    all_codes = np.concatenate([codes[alive], extra])
+    order = np.argsort(all_ids)
+    all_ids, all_codes = all_ids[order], all_codes[order]
+    queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    dist, ids = index.search(queries, 20)
+    subset = np.sort(rng.choice(all_ids, 400_000, replace=False))  # scanned with a mask
+    sdist, sids = index.search_subset(queries, subset, 20)
+    in_subset = np.isin(all_ids, subset)
+    full = distances(all_codes, queries)
+    for q in range(3):
+        order = np.lexsort((all_ids, full[q]))[:20]
+        assert ids[q].tolist() == all_ids[order].tolist()
+        assert dist[q].tolist() == full[q][order].tolist()
+        sel = np.flatnonzero(in_subset)
+        order = sel[np.lexsort((all_ids[sel], full[q][sel]))[:20]]
+        assert sids[q].tolist() == all_ids[order].tolist()
+        assert sdist[q].tolist() == full[q][order].tolist()
+    index.remove(all_ids[: len(all_ids) // 2])  # past a quarter dead: compacted
+    assert index._store.dead == 0 and len(index) == len(all_ids) - len(all_ids) // 2
+    assert np.array_equal(index.get(all_ids[-5:]), all_codes[-5:])
