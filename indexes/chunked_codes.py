@@ -3,8 +3,9 @@
 ``FlatIndex`` keeps its codes here so that a write costs O(batch), amortised, instead of a copy
 of the whole collection:
 
-* **main**: chunks of ``chunk_size`` codes (and their ids and a live flag per code), filled in
-  order; ids ascend across the whole main part. An add whose ids are all above the largest id
+* **main**: chunks of ``chunk_size`` codes (and their ids, unless they run without a gap, and a
+  live flag per code once the chunk has a delete), filled in order; ids ascend across the whole
+  main part. An add whose ids are all above the largest id
   (every id the service assigns itself, every bulk load in id order) is appended in place: a
   full chunk is never copied, a new one is allocated. A reader only sees the filled prefix.
 * **tombstones**: a delete clears the code's live flag (O(1) per id); the scan skips dead codes.
@@ -38,29 +39,95 @@ MIN_SLACK = 1 << 16
 
 @dataclass
 class Chunk:
-    """One chunk of the main part: preallocated arrays, ``fill`` of them in use."""
+    """One chunk of the main part: ``capacity`` preallocated codes, ``fill`` of them in use.
+
+    Memory is committed only where written: the ids are not stored while they run without a
+    gap from ``first`` (``id_array`` None: the service's own ids, a bulk load), and the live
+    flags not before the chunk's first delete (``alive`` None: every code is live).
+    """
 
     codes: np.ndarray  # (capacity, code_size) uint8
-    ids: np.ndarray  # (capacity,) int64, ascending over [0, fill)
-    alive: np.ndarray  # (capacity,) uint8: 1 live, 0 tombstone
+    first: int = -1
     fill: int = 0
+    id_array: np.ndarray | None = None  # (capacity,) int64 once the ids have a gap
+    alive: np.ndarray | None = None  # (capacity,) uint8, 1 live / 0 tombstone, once needed
+    dead: int = 0
 
     @classmethod
     def empty(cls, capacity: int, code_size: int) -> Chunk:
-        return cls(
-            codes=np.empty((capacity, code_size), dtype=np.uint8),
-            ids=np.empty(capacity, dtype=np.int64),
-            alive=np.zeros(capacity, dtype=np.uint8),
+        return cls(codes=np.empty((capacity, code_size), dtype=np.uint8))
+
+    @property
+    def capacity(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def dense(self) -> bool:
+        return self.id_array is None
+
+    @property
+    def last_id(self) -> int:
+        if not self.fill:
+            return -1
+        return self.first + self.fill - 1 if self.dense else int(self.id_array[self.fill - 1])
+
+    def ids(self) -> np.ndarray:
+        """The filled ids, ascending (a new array for a dense chunk, else a view)."""
+        if self.dense:
+            return np.arange(self.first, self.first + self.fill, dtype=np.int64)
+        return self.id_array[: self.fill]
+
+    def live(self) -> np.ndarray | None:
+        """Live flags of the filled codes (None when all are live)."""
+        return None if self.alive is None or not self.dead else self.alive[: self.fill]
+
+    def segment(self, mask: np.ndarray | None = None) -> Segment:
+        live = self.live() if mask is None else mask
+        return Segment(
+            self.codes[: self.fill], None if self.dense else self.id_array, self.first, live
         )
+
+    def write(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Append ``ids`` (ascending, above every id here) and their codes; the caller checked
+        the room."""
+        lo, hi = self.fill, self.fill + len(ids)
+        if not self.fill:
+            self.first = int(ids[0])
+        if self.dense and (
+            int(ids[0]) != self.first + lo or int(ids[-1]) - int(ids[0]) != len(ids) - 1
+        ):
+            self.id_array = np.empty(self.capacity, dtype=np.int64)  # a gap: ids stored from now
+            self.id_array[:lo] = np.arange(self.first, self.first + lo)
+        if not self.dense:
+            self.id_array[lo:hi] = ids
+        self.codes[lo:hi] = codes
+        if self.alive is not None:
+            self.alive[lo:hi] = 1
+        self.fill = hi  # readers see the new codes only once they are written
+
+    def kill(self, offsets: np.ndarray) -> None:
+        """Tombstone the codes at ``offsets`` (live ones)."""
+        if self.alive is None:
+            self.alive = np.ones(self.capacity, dtype=np.uint8)
+        self.alive[offsets] = 0
+        self.dead += len(offsets)
 
 
 @dataclass
 class Segment:
-    """A searchable run of codes whose ids ascend with their positions."""
+    """A searchable run of codes whose ids ascend with their positions: ``ids`` when stored,
+    else ``first + position``."""
 
     codes: np.ndarray
-    ids: np.ndarray
+    ids: np.ndarray | None
+    first: int
     alive: np.ndarray | None  # None: every code is live
+
+    def ids_at(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at positions ``pos`` (-1 stays -1)."""
+        if self.ids is None:
+            return np.where(pos >= 0, pos + self.first, -1)
+        return np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
 
 
 @dataclass
@@ -89,7 +156,7 @@ class ChunkedCodes:
         """The largest id ever placed in the main part (-1 when empty)."""
         for chunk in reversed(self.chunks):
             if chunk.fill:
-                return int(chunk.ids[chunk.fill - 1])
+                return chunk.last_id
         return -1
 
     def needs_compaction(self) -> bool:
@@ -109,13 +176,12 @@ class ChunkedCodes:
             lo, hi = int(bounds[ci]), int(bounds[ci + 1])
             if lo == hi or not chunk.fill:
                 continue
-            first, fill = int(chunk.ids[0]), chunk.fill
-            if int(chunk.ids[fill - 1]) - first == fill - 1:  # dense: offset = id - first
-                pos = ids[lo:hi] - first
-                pos[pos >= fill] = -1  # ids >= first: the chunk was chosen so
+            if chunk.dense:  # offset = id - first
+                pos = ids[lo:hi] - chunk.first
+                pos[pos >= chunk.fill] = -1  # ids >= first: the chunk was chosen so
             else:
-                pos = sorted_ids.positions(chunk.ids[:fill], ids[lo:hi])
-            if self.dead:  # tombstones somewhere: a dead code is absent
+                pos = sorted_ids.positions(chunk.id_array[: chunk.fill], ids[lo:hi])
+            if chunk.dead:  # a dead code is absent
                 found = pos >= 0
                 found[found] = chunk.alive[pos[found]] == 1
                 pos = np.where(found, pos, -1)
@@ -181,20 +247,14 @@ class ChunkedCodes:
 
     def all_ids(self) -> np.ndarray:
         """Every live id, ascending (a new array)."""
-        main = [c.ids[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
+        main = [c.ids() if c.live() is None else c.ids()[c.live() == 1] for c in self.chunks]
         return sorted_ids.union(np.concatenate(main) if main else sorted_ids.EMPTY, self.delta_ids)
 
     def segments(self) -> list[Segment]:
         """The searchable runs: each main chunk's filled prefix, then the delta."""
-        out = [
-            Segment(
-                c.codes[: c.fill], c.ids[: c.fill], None if c.alive is None else c.alive[: c.fill]
-            )
-            for c in self.chunks
-            if c.fill
-        ]
+        out = [c.segment() for c in self.chunks if c.fill]
         if len(self.delta_ids):
-            out.append(Segment(self.delta_codes, self.delta_ids, None))
+            out.append(Segment(self.delta_codes, self.delta_ids, 0, None))
         return out
 
     def masked_segments(self, ids: np.ndarray) -> list[Segment]:
@@ -205,13 +265,13 @@ class ChunkedCodes:
             chunk = self.chunks[ci]
             mask = np.zeros(chunk.fill, dtype=np.uint8)
             mask[off[off >= 0]] = 1
-            out.append(Segment(chunk.codes[: chunk.fill], chunk.ids[: chunk.fill], mask))
+            out.append(chunk.segment(mask))
         if len(self.delta_ids):
             pos = self._delta_positions(ids)
             mask = np.zeros(len(self.delta_ids), dtype=np.uint8)
             mask[pos[pos >= 0]] = 1
             if mask.any():
-                out.append(Segment(self.delta_codes, self.delta_ids, mask))
+                out.append(Segment(self.delta_codes, self.delta_ids, 0, mask))
         return out
 
     # -- writes (the caller holds its exclusive lock) ---------------------------------------------
@@ -230,16 +290,12 @@ class ChunkedCodes:
     def _append(self, ids: np.ndarray, codes: np.ndarray) -> None:
         done = 0
         while done < len(ids):
-            if not self.chunks or self.chunks[-1].fill == len(self.chunks[-1].ids):
+            if not self.chunks or self.chunks[-1].fill == self.chunks[-1].capacity:
                 self.chunks.append(Chunk.empty(self.chunk_size, self.code_size))
                 self.firsts = np.append(self.firsts, ids[done])
             chunk = self.chunks[-1]
-            take = min(len(ids) - done, len(chunk.ids) - chunk.fill)
-            lo, hi = chunk.fill, chunk.fill + take
-            chunk.codes[lo:hi] = codes[done : done + take]
-            chunk.ids[lo:hi] = ids[done : done + take]
-            chunk.alive[lo:hi] = 1
-            chunk.fill = hi  # readers see the new codes only once they are written
+            take = min(len(ids) - done, chunk.capacity - chunk.fill)
+            chunk.write(ids[done : done + take], codes[done : done + take])
             done += take
         self.live_main += len(ids)
 
@@ -256,7 +312,8 @@ class ChunkedCodes:
         removed = 0
         for ci, _, _, off in self._locate(ids):
             off = off[off >= 0]
-            self.chunks[ci].alive[off] = 0
+            if len(off):
+                self.chunks[ci].kill(off)
             removed += len(off)
         self.dead += removed
         self.live_main -= removed
@@ -271,8 +328,11 @@ class ChunkedCodes:
     # -- compaction ----------------------------------------------------------------------------
     def live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, codes) of every live code in id order (new arrays: O(n))."""
-        ids = [c.ids[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
-        codes = [c.codes[: c.fill][c.alive[: c.fill] == 1] for c in self.chunks]
+        ids, codes = [], []
+        for c in self.chunks:
+            live = c.live()
+            ids.append(c.ids() if live is None else c.ids()[live == 1])
+            codes.append(c.codes[: c.fill] if live is None else c.codes[: c.fill][live == 1])
         main_ids = np.concatenate(ids) if ids else sorted_ids.EMPTY
         main_codes = (
             np.concatenate(codes) if codes else np.empty((0, self.code_size), dtype=np.uint8)

@@ -209,8 +209,9 @@ class FlatIndex(FaissIndex):
     *while searches go on* (``_maintain``, under the writer mutex only) and swapped in under
     the exclusive lock -- O(n) once per O(n) writes, O(1) amortised.
 
-    Memory: the codes, one int64 id and one flag byte per code, plus up to one partly filled
-    chunk (``CHUNK_SIZE`` codes, allocated lazily by the OS).
+    Memory: the codes, plus one int64 id per code only in chunks whose ids have gaps and one
+    flag byte per code only in chunks that had a delete; the last chunk's unfilled part is
+    never touched, so the OS does not commit it.
 
     Top-k search runs ``indexes.hamming_scan.knn_scan`` over each segment in place (blocked,
     vectorised, exact; tombstones skipped) and merges the segments' lists by (distance, id):
@@ -328,7 +329,7 @@ class FlatIndex(FaissIndex):
                 if seg.alive is not None:
                     hit &= seg.alive == 1
                 sel = np.flatnonzero(hit)
-                parts[q].append((dist[q, sel].astype(np.int32), seg.ids[sel]))
+                parts[q].append((dist[q, sel].astype(np.int32), seg.ids_at(sel)))
         lims = np.zeros(len(codes) + 1, dtype=np.int64)
         dists, ids = [], []
         for q, found in enumerate(parts):
@@ -369,12 +370,12 @@ class FlatIndex(FaissIndex):
         with self._lock.read():
             if not hamming_scan.AVAILABLE:  # pragma: no cover - numba is a core dependency
                 found, db = self._store.get(ids)
-                segments = [Segment(db, found, None)]
+                segments = [Segment(db, found, 0, None)]
             elif len(ids) > self.SUBSET_MASK_FRACTION * max(len(self._store), 1):
                 segments = self._store.masked_segments(ids)
             else:
                 found, db = self._store.get(ids)
-                segments = [Segment(db, found, None)] if len(found) else []
+                segments = [Segment(db, found, 0, None)] if len(found) else []
             return scan_segments(segments, codes, k, threads)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def scan_segments(
         # one segment per task: a single query still uses every thread when there are chunks
         inner = 1 if len(segments) > 1 else threads
         dist, pos = hamming_scan.knn_scan(seg.codes, codes, k, threads=inner, alive=seg.alive)
-        return dist, np.where(pos >= 0, seg.ids[np.maximum(pos, 0)], -1)
+        return dist, seg.ids_at(pos)
 
     if len(segments) == 1:
         return one(segments[0])

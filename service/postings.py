@@ -13,7 +13,8 @@ append writes past ``size`` (invisible to a reader holding the old tuple) or int
 larger buffer; a removal or an out-of-order insert builds a new array. Writers are
 serialised by the catalog.
 
-Costs: an append of ids above a list's largest is amortised O(batch) (capacity doubling); a
+Costs: an append of ids above a list's largest is amortised O(batch) (the buffer grows by a
+quarter when full: at most 25 % unused room); a
 removal (delete, metadata replaced) or an out-of-order id is O(list size) for that list.
 """
 
@@ -62,7 +63,8 @@ class PostingList:
             return
         need = size + len(ids)
         if need > len(buffer):
-            grown = np.empty(max(need, 2 * len(buffer), 16), dtype=np.int64)
+            # grow by a quarter: amortised O(1) per id, at most 25 % of unused room
+            grown = np.empty(max(need, len(buffer) + len(buffer) // 4, 16), dtype=np.int64)
             grown[:size] = buffer[:size]
             buffer = grown
         buffer[size:need] = ids

@@ -110,6 +110,14 @@ def test_appends_fill_chunks_in_place(tiny_chunks):
     assert index._store.chunks[0] is first  # the full chunk was not copied
     assert [c.fill for c in index._store.chunks] == [7, 7, 6]
     assert not len(index._store.delta_ids)
+    # consecutive ids keep no id array and no live flags (no memory committed for them)
+    assert all(c.dense and c.alive is None for c in index._store.chunks)
+    index.add([30, 31], rng.integers(0, 256, (2, 4), dtype=np.uint8))  # a gap after 19
+    last = index._store.chunks[2]  # 30 fills its last slot, 31 opens a fourth chunk
+    assert not last.dense and last.ids().tolist() == [14, 15, 16, 17, 18, 19, 30]
+    index.remove([15])
+    assert last.alive is not None and index._store.chunks[0].alive is None
+    assert index.ids().tolist() == [*range(15), *range(16, 20), 30, 31]
 
 
 def test_deletes_are_tombstones_until_compaction(tiny_chunks):
