@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.out))
     started = time.time()
+    load_before = os.getloadavg()
     model = build_onnx_student(work)
     rows = []
     for size in sizes:
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": " ".join(["python", "scripts/bench_scale.py", *(argv or sys.argv[1:])]),
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
         "wall_s": round(time.time() - started, 1),
         "rows": rows,
     }

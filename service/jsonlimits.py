@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.errors import ApiError
 
@@ -26,6 +27,7 @@ MAX_JSON_DEPTH = 32
 #: A ``\\uD800``-``\\uDFFF`` escape: the raw text is valid UTF-8, so lone surrogates can only
 #: come from escapes; texts without any are not walked.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
@@ -57,9 +59,18 @@ def loads_bounded(
             422, f"{what} is nested {depth} levels deep: expected at most {max_depth} levels"
         )
     try:
-        value = json.loads(data, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, NaN
-        raise ApiError(422, f"{what} is not valid JSON: {exc}") from None
+        # orjson is several times faster (bulk metadata: 100,000 objects a request), but it
+        # reads integers past 64 bits as floats: text with 19+ digits in a row goes to Python's
+        if _LONG_DIGITS.search(data):
+            raise orjson.JSONDecodeError("long integer", "", 0)
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # what orjson refuses (invalid text, NaN, lone surrogates) gets Python's decoder: the
+        # same values as before, and its error message for what is not JSON
+        try:
+            value = json.loads(data, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, huge ints, NaN
+            raise ApiError(422, f"{what} is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(data):  # only an escape can make a lone surrogate
         check_unicode(value, what)
     return value

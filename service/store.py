@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 SCHEMA_VERSION = 2
 
@@ -65,7 +66,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _dumps(metadata: dict[str, Any]) -> str:
-    return _ENCODER.encode(metadata)  # one encoder: json.dumps builds one per call
+    """Compact JSON text of an item's metadata (orjson; Python's encoder for what it refuses,
+    e.g. integers past 64 bits)."""
+    try:
+        return orjson.dumps(metadata).decode("utf-8")
+    except TypeError:
+        return _ENCODER.encode(metadata)
 
 
 class StoreError(ValueError):

@@ -363,3 +363,23 @@ def test_a_large_upload_is_added_in_chunks_and_a_taken_id_adds_nothing(
         assert r.status_code == 409 and "129" in r.json()["detail"]
         assert client.get("/v1/info").json()["items"] == 30
         assert client.get("/v1/items/200").status_code == 404
+
+
+def test_fast_json_paths_keep_every_value():
+    """Bulk metadata goes through orjson; what it would change or refuse goes through Python's
+    json with the same results as before (integers past 64 bits, NaN, lone surrogates)."""
+    from service.errors import ApiError
+    from service.jsonlimits import loads_bounded
+    from service.store import _dumps
+
+    big = 10**30
+    text = (
+        f'[{{"n": {big}, "m": -12, "f": 1.5e16, "s": "caf\\u00e9 \\ud83d\\ude00", "l": [1, null]}}]'
+    )
+    value = loads_bounded(text, "metadata", 10_000)
+    assert value == [{"n": big, "m": -12, "f": 1.5e16, "s": "café 😀", "l": [1, None]}]
+    assert json.loads(_dumps(value[0])) == value[0]  # big integers kept through the store too
+    for bad in ('[{"x": NaN}]', '[{"s": "\\ud800"}]', "[1,", b'[{"s": "\xff"}]'):
+        with pytest.raises(ApiError) as err:
+            loads_bounded(bad, "metadata", 10_000)
+        assert err.value.status_code == 422
