@@ -38,7 +38,7 @@ from hashkd.io import atomic_write_text, fsync_directory
 from indexes.errors import IndexFileError, UnsupportedOperation
 from service.postings import Postings
 from service.store import ItemStore, StoreError
-from service.terms import metadata_terms
+from service.terms import metadata_term_lists
 
 log = logging.getLogger("service.catalog")
 
@@ -195,7 +195,7 @@ class Catalog:
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> list[int]:
         """Store items durably, then index them; returns their ids."""
-        terms = [list(metadata_terms(m)) for m in metadata] if metadata is not None else None
+        terms = metadata_term_lists(metadata) if metadata is not None else None
         with self._writer:
             new_ids, _ = self.store.add(codes, ids=ids, metadata=metadata, thumbnails=thumbnails)
             try:

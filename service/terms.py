@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 #: A validated filter: metadata key -> the terms any of which must match.
@@ -44,3 +44,24 @@ def metadata_terms(metadata: dict[str, Any]) -> Iterator[tuple[str, str]]:
             if t is not None and t not in seen:
                 seen.add(t)
                 yield key, t
+
+
+def metadata_term_lists(metadata: Iterable[dict[str, Any]]) -> list[list[tuple[str, str]]]:
+    """``list(metadata_terms(m))`` for every item, without a generator per item (bulk adds)."""
+    out: list[list[tuple[str, str]]] = []
+    for meta in metadata:
+        pairs: list[tuple[str, str]] = []
+        for key, value in meta.items():
+            if type(value) is list:
+                seen: set[str] = set()
+                for v in value:
+                    t = str(v) if type(v) is int else term(v)
+                    if t is not None and t not in seen:
+                        seen.add(t)
+                        pairs.append((key, t))
+            else:
+                t = str(value) if type(value) is int else term(value)
+                if t is not None:
+                    pairs.append((key, t))
+        out.append(pairs)
+    return out

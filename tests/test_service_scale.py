@@ -383,3 +383,15 @@ def test_fast_json_paths_keep_every_value():
         with pytest.raises(ApiError) as err:
             loads_bounded(bad, "metadata", 10_000)
         assert err.value.status_code == 422
+
+
+def test_bulk_term_lists_equal_the_reference_terms():
+    from service.terms import metadata_term_lists, metadata_terms
+
+    rng = np.random.default_rng(4)
+    metas = random_meta(rng, 50) + [
+        {"a": [1, 1, 2.0, "1", True, None, {"x": 1}], "b": 1.5, "c": float("nan"), "d": "x"},
+        {"labels": []},
+        {},
+    ]
+    assert metadata_term_lists(metas) == [list(metadata_terms(m)) for m in metas]
