@@ -30,6 +30,7 @@ from service.catalog import Catalog
 from service.cluster_catalog import ClusterCatalog
 from service.errors import ApiError
 from service.jsonlimits import MAX_JSON_DEPTH
+from service.memory import release_free_memory
 from service.metrics import Metrics
 from service.schemas import DEFAULT_K, MAX_K, MAX_LIST_LIMIT, MAX_QUERY_CODES, MAX_RANK
 from service.settings import Settings
@@ -414,6 +415,8 @@ class Engine:
 
     #: Codes added per transaction by :meth:`import_codes`.
     IMPORT_CHUNK = 100_000
+    #: An import of at least this many codes gives its freed memory back (service/memory.py).
+    TRIM_AFTER = 10_000
 
     def import_codes(
         self,
@@ -438,6 +441,8 @@ class Engine:
                 meta = [{**m, **lb} for m, lb in zip(meta, lab, strict=True)] if meta else lab
             chunk_ids = ids[s:end].tolist() if ids is not None else None
             out += self.catalog.add(codes[s:end], ids=chunk_ids, metadata=meta)
+        if codes.shape[0] >= self.TRIM_AFTER:
+            release_free_memory()  # the chunk's Python objects: back to the OS, not kept
         return out
 
     def upsert_item(

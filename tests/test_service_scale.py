@@ -395,3 +395,11 @@ def test_bulk_term_lists_equal_the_reference_terms():
         {},
     ]
     assert metadata_term_lists(metas) == [list(metadata_terms(m)) for m in metas]
+
+
+def test_freed_memory_can_be_given_back():
+    import platform
+
+    from service.memory import release_free_memory
+
+    assert release_free_memory() == (platform.libc_ver()[0] == "glibc")
