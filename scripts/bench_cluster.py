@@ -94,7 +94,8 @@ class Cluster:
             port = free_port()
             argv = ["--model", str(self.model), "--cluster", "--index-spec", f"milvus:{self.uri}"]
             argv += ["--collection", self.args.collection, "--consistency", consistency]
-            argv += ["--max-wait-ms", "1", "--milvus-timeout-s", "30", "--log-level", "warning"]
+            argv += ["--max-wait-seconds", "0.001", "--milvus-timeout-seconds", "30"]
+            argv += ["--log-level", "warning"]
             log = self.work / f"replica-{consistency}-{count}-{r}.log"
             self.procs.append(start_server(argv, port, log))
             self.urls.append(f"http://127.0.0.1:{port}")

@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service")
     sub = parser.add_subparsers(dest="command")
     register(sub)
+    from hashkd.cli.vocabulary import add_deprecated_aliases
+
+    add_deprecated_aliases(sub.choices["serve"], "serve")  # the old names, as `hashkd serve`
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv if argv[:1] == ["serve"] else ["serve", *argv])
     try:
