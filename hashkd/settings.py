@@ -341,7 +341,7 @@ def add_arguments(
                 f.field.name,
                 metavar=f.meta.metavar or f.name.upper(),
                 type=_ParseText(f),
-                nargs=None if f.required else "?",
+                nargs="?",  # a required one may come from --config: resolve() checks it
                 default=argparse.SUPPRESS,
                 help=text,
             )
@@ -387,8 +387,9 @@ def resolve(cls: type, args: argparse.Namespace) -> Any:
             values[f.field.name] = value
     for f in fields_of(cls):
         if f.required and f.field.name not in values:
+            what = f.meta.metavar or f.name.upper() if f.meta.positional else f.flag
             raise ValueError(
-                f"{f.flag} is required: give it on the command line or in the --config file"
+                f"{what} is required: give it on the command line or in the --config file"
             )
     return cls(**values)
 

@@ -285,3 +285,30 @@ def test_a_config_value_gets_the_checks_of_its_flag(tmp_path):
         read_config(path, TeacherConfig)
     path.write_text("tau: 0.25\nlr: 3\n")
     assert read_config(path, TeacherConfig) == {"tau": 0.25, "lr": 3.0}
+
+
+def test_encode_config_round_trip_gives_the_same_codes(tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    first = ["encode", str(teacher), "--data", "digits", "--split", "query", "--no-progress"]
+    assert main([*first, "--out", str(tmp_path / "a")]) == 0
+    written = tmp_path / "a" / CONFIG_NAME
+    # MODEL_DIR, a positional, comes from the file too
+    assert main(["encode", "--config", str(written), "--out", str(tmp_path / "b")]) == 0
+    for name in ("codes.npy", "ids.npy", "labels.npy"):
+        assert _sha256(tmp_path / "a" / name) == _sha256(tmp_path / "b" / name)
+    settings = read_config(written, EncodeConfig)
+    assert settings["model"] == str(teacher) and settings["split"] == "query"
+    assert main(["encode", "--data", "digits", "--out", str(tmp_path / "c")]) == 2
+    assert "MODEL_DIR is required" in capsys.readouterr().err
+
+
+def test_export_writes_its_settings_and_re_runs_from_them(tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    first = ["export", str(teacher), "--format", "onnx", "--check-images", "4"]
+    assert main([*first, "--out", str(tmp_path / "a")]) == 0
+    written = tmp_path / "a" / "export.yaml"  # not config.yaml: OUT may be the model's folder
+    assert main(["export", "--config", str(written), "--out", str(tmp_path / "b")]) == 0
+    for name in ("config.json", "model.safetensors"):
+        assert _sha256(tmp_path / "a" / name) == _sha256(tmp_path / "b" / name)
+    assert read_config(written, ExportConfig)["model_dir"] == str(teacher)
+    capsys.readouterr()

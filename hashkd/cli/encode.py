@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hashkd.cli._common import add_file_arguments, data_options
 from hashkd.pipeline import EncodeConfig
-from hashkd.settings import add_arguments, resolve
+from hashkd.settings import CONFIG_NAME, add_arguments, add_config_argument, resolve, write_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and meta.json (model, bits, data, split, seed, path_root). Runs the fast runtime (ONNX Runtime when the "
         "artifact has a current ONNX export). With --shard I/N (or under torchrun: RANK of "
         "WORLD_SIZE) it encodes the I-th contiguous 1/N of the images into OUT/shard-I-of-N/, "
-        "skips a shard already finished, and `hashkd codes merge OUT --out DIR` joins the shards.",
+        "skips a shard already finished, and `hashkd codes merge OUT --out DIR` joins the shards. "
+        "The resolved settings are written to OUT/config.yaml (--config re-runs them).",
     )
+    add_config_argument(p)
     add_arguments(p, EncodeConfig)
     p.add_argument(
         "--shard",
@@ -58,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         if shard is not None:
             folder, encoded = encode_shard(cfg.model, cfg.data, cfg.out, shard, **common)
             print(f"{'wrote' if encoded else 'kept the finished'} shard {shard} in {folder}")
+            write_config(Path(cfg.out) / CONFIG_NAME, cfg, "encode")
             return 0
         codeset = encode_data(cfg.model, cfg.data, **common)
     codeset.save(cfg.out)
+    write_config(Path(cfg.out) / CONFIG_NAME, cfg, "encode")
     print(f"wrote {len(codeset)} codes of {codeset.bits} bits to {cfg.out}")
     return 0

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from hashkd.pipeline import ExportConfig
-from hashkd.settings import add_arguments, resolve
+from hashkd.settings import add_arguments, add_config_argument, resolve, write_config
+
+#: The export run's resolved settings, beside the exported files.
+EXPORT_CONFIG_NAME = "export.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a model artifact to ONNX or TorchScript (checked against PyTorch)",
         description="Export a model artifact to ONNX and/or TorchScript. The output directory is a "
         "complete artifact (config.json + model.safetensors + the graph); the export is run on a "
-        "fixed batch of random images and refused if more than 0.1% of code bits differ from PyTorch.",
+        "fixed batch of random images and refused if more than 0.1% of code bits differ from PyTorch. "
+        "The resolved settings are written to OUT/export.yaml (--config re-runs them).",
     )
+    add_config_argument(p)
     add_arguments(p, ExportConfig)
     p.set_defaults(func=run)
 
@@ -70,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if "int8" in entry:
             print(describe_int8(entry["int8"], Path(out)))
+    # export.yaml, not config.yaml: OUT may be the model's own folder, whose config.yaml is
+    # the training run's settings
+    write_config(Path(out) / EXPORT_CONFIG_NAME, cfg, "export")
     return 0
 
 
