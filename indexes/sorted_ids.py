@@ -65,6 +65,20 @@ if AVAILABLE:
         return out[:n]
 
     @_jit
+    def _difference(a, b):  # noqa: ANN001, ANN202 - numba kernel
+        out = np.empty(a.shape[0], np.int64)
+        i = j = n = 0
+        while i < a.shape[0]:
+            x = a[i]
+            while j < b.shape[0] and b[j] < x:
+                j += 1
+            if j >= b.shape[0] or b[j] != x:
+                out[n] = x
+                n += 1
+            i += 1
+        return out[:n]
+
+    @_jit
     def _positions(hay, needles, out):  # noqa: ANN001, ANN202 - numba kernel
         """out[i] = position of needles[i] in hay, or -1; needles ascending."""
         n = hay.shape[0]
@@ -124,6 +138,14 @@ def intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _intersect(a, b) if AVAILABLE else np.intersect1d(a, b, assume_unique=True)
 
 
+def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ids of ``a`` not in ``b`` (both ascending), ascending."""
+    a, b = as_sorted_ids(a), as_sorted_ids(b)
+    if not len(a) or not len(b):
+        return a
+    return _difference(a, b) if AVAILABLE else np.setdiff1d(a, b, assume_unique=True)
+
+
 def positions(hay: np.ndarray, needles: np.ndarray) -> np.ndarray:
     """Position of each of ``needles`` (ascending) in ``hay`` (ascending); -1 where absent."""
     hay, needles = as_sorted_ids(hay), as_sorted_ids(needles)
@@ -144,4 +166,5 @@ def warm_up() -> None:
     a = np.arange(3, dtype=np.int64)
     union(a, a[1:])
     intersect(a, a[1:])
+    difference(a, a[1:])
     positions(a, a[1:])

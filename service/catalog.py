@@ -218,7 +218,7 @@ class Catalog:
             self.store.delete(item_id)
             if int(item_id) in self.index:
                 self.index.remove([int(item_id)])
-            self.postings.remove_item(int(item_id), old)
+            self.postings.delete_item(int(item_id), old)
             self._after_change_locked(1)
 
     def upsert(

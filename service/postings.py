@@ -14,8 +14,9 @@ larger buffer; a removal or an out-of-order insert builds a new array. Writers a
 serialised by the catalog.
 
 Costs: an append of ids above a list's largest is amortised O(batch) (the buffer grows by a
-quarter when full: at most 25 % unused room); a
-removal (delete, metadata replaced) or an out-of-order id is O(list size) for that list.
+quarter when full: at most 25 % unused room); a delete is O(1), its ids leaving the lists in
+batches (a purge per 65,536 deletes, or a quarter of the lists' ids if more, and before every
+save); a metadata replacement or an out-of-order id is O(list size) for that item's lists.
 """
 
 from __future__ import annotations
@@ -85,13 +86,21 @@ class Postings:
 
     def __init__(self) -> None:
         self._lists: dict[tuple[str, str], PostingList] = {}
+        #: Deleted items still listed (id -> its terms): searches skip them (they are not in
+        #: the index), and they leave the lists in batches (``purge``) or when re-added.
+        self._stale: dict[int, list[tuple[str, str]]] = {}
+        self._stale_ids = sorted_ids.EMPTY  # the same ids, ascending, for ``match``
+        #: How many (item, term) entries the lists hold, about (a purge threshold only).
+        self._entries = 0
 
     def __len__(self) -> int:
         return len(self._lists)
 
     # -- persistence (with the index snapshot) ----------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write every list to one ``.npz`` (atomic: temporary file, fsync, rename)."""
+        """Write every list to one ``.npz`` (atomic: temporary file, fsync, rename); deleted
+        items are purged first (the file must not list them: a restart forgets which)."""
+        self.purge()
         pairs = sorted(self._lists)
         lists = [self._lists[p].ids() for p in pairs]
         buf = io.BytesIO()
@@ -118,6 +127,7 @@ class Postings:
         bounds = np.concatenate(([0], np.cumsum(counts)))
         for (key, term), lo, hi in zip(pairs, bounds[:-1], bounds[1:], strict=True):
             out._lists[(str(key), str(term))] = PostingList(ids[lo:hi].copy())
+        out._entries = len(ids)
         return out
 
     def forget(self, ids: np.ndarray) -> None:
@@ -133,23 +143,64 @@ class Postings:
 
     def add_terms(self, ids: Sequence[int], terms: Sequence[Iterable[tuple[str, str]]]) -> None:
         """Index new items by their (key, term) pairs (``service.terms.metadata_terms``)."""
+        if self._stale:  # an id deleted and added again: its old terms go first
+            for item_id in ids:
+                old = self._stale.pop(int(item_id), None)
+                if old is not None:
+                    self._discard(int(item_id), old)
+            self._stale_ids = np.array(sorted(self._stale), dtype=np.int64)
         grouped: dict[tuple[str, str], list[int]] = {}
         for item_id, pairs in zip(ids, terms, strict=True):
             for pair in pairs:
                 grouped.setdefault(pair, []).append(int(item_id))
         for pair, found in grouped.items():
+            self._entries += len(found)
             arr = np.array(found, dtype=np.int64)
             if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
                 arr = np.unique(arr)
             self._lists.setdefault(pair, PostingList()).add(arr)
 
     def remove_item(self, item_id: int, metadata: dict[str, Any]) -> None:
-        """Forget an item's terms (it was deleted or its metadata replaced)."""
-        one = np.array([int(item_id)], dtype=np.int64)
-        for pair in metadata_terms(metadata):
+        """Forget an item's terms now (its metadata is replaced): O(length) of its lists."""
+        if self._stale.pop(int(item_id), None) is not None:
+            self._stale_ids = np.array(sorted(self._stale), dtype=np.int64)
+        self._discard(int(item_id), list(metadata_terms(metadata)))
+
+    def _discard(self, item_id: int, pairs: Iterable[tuple[str, str]]) -> None:
+        one = np.array([item_id], dtype=np.int64)
+        for pair in pairs:
             found = self._lists.get(pair)
             if found is not None:
                 found.discard(one)
+
+    #: Deleted items kept listed before a purge (or a quarter of the lists' ids, if more).
+    STALE_SLACK = 65_536
+
+    def delete_item(self, item_id: int, metadata: dict[str, Any]) -> None:
+        """A deleted item: O(1) now, removed from its lists with the next purge (amortised
+        O(1) per delete); until then searches skip it because the index no longer has it."""
+        self._stale[int(item_id)] = list(metadata_terms(metadata))
+        at = np.searchsorted(self._stale_ids, item_id)
+        self._stale_ids = np.insert(self._stale_ids, at, item_id)  # O(deleted, not purged)
+        if len(self._stale) > max(self.STALE_SLACK, self._entries // 4):
+            self.purge()
+
+    def purge(self) -> None:
+        """Remove the deleted items from their lists: one pass per list that holds any."""
+        if not self._stale:
+            return
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for item_id, pairs in self._stale.items():
+            for pair in pairs:
+                grouped.setdefault(pair, []).append(item_id)
+        for pair, gone in grouped.items():
+            found = self._lists.get(pair)
+            if found is not None:
+                before = len(found)
+                found.discard(np.unique(np.array(gone, dtype=np.int64)))
+                self._entries -= before - len(found)
+        self._stale.clear()
+        self._stale_ids = sorted_ids.EMPTY
 
     def match(self, flt: Filter) -> np.ndarray:
         """Ids (ascending) of the items matching ``flt``: any of a key's terms, every key."""
@@ -160,7 +211,9 @@ class Postings:
             result = ids if result is None else sorted_ids.intersect(result, ids)
             if not len(result):
                 break
-        return result if result is not None else sorted_ids.EMPTY
+        if result is None:
+            return sorted_ids.EMPTY
+        return sorted_ids.difference(result, self._stale_ids)  # deleted, not purged yet
 
     def _size(self, key: str, terms: list[str]) -> int:
         return sum(len(self._lists[(key, t)]) for t in terms if (key, t) in self._lists)

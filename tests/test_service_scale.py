@@ -403,3 +403,32 @@ def test_freed_memory_can_be_given_back():
     from service.memory import release_free_memory
 
     assert release_free_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_deletes_leave_the_posting_lists_in_batches(monkeypatch, tmp_path):
+    """A delete is O(1) in the lists; matches never include it; a purge (by count, or before a
+    save) removes it; a deleted id added again does not match its old terms."""
+    from service.postings import Postings
+
+    monkeypatch.setattr(Postings, "STALE_SLACK", 3)
+    postings = Postings()
+    metas = [{"c": i % 2, "p": f"f{i}"} for i in range(20)]
+    postings.add_items(list(range(20)), metas)
+    for i in (2, 4):
+        postings.delete_item(i, metas[i])
+    assert len(postings._stale) == 2 and 2 in postings._lists[("c", "0")].ids()  # not yet purged
+    assert postings.match({"c": ["0"]}).tolist() == [0, 6, 8, 10, 12, 14, 16, 18]
+    postings.add_items([4], [{"c": 1}])  # re-added with other metadata
+    assert 4 in postings.match({"c": ["1"]}).tolist() and 4 not in postings.match({"c": ["0"]})
+    for i in range(5, 16):  # past max(STALE_SLACK, a quarter of the 41 entries): a purge
+        postings.delete_item(i, metas[i])
+    assert 0 < len(postings._stale) < 12
+    raw = postings._lists[("c", "0")].ids().tolist()
+    assert not {2, 6, 8, 10} & set(raw)  # purged from the list itself
+    assert postings.match({"p": ['"f6"']}).tolist() == []
+    assert postings.match({"c": ["0"]}).tolist() == [0, 16, 18]
+    postings.save(tmp_path / "p.npz")  # a save purges first: the file lists no deleted item
+    assert not postings._stale
+    again = Postings.load(tmp_path / "p.npz")
+    assert again._lists[("c", "0")].ids().tolist() == [0, 16, 18]
+    assert again.match({"c": ["1"]}).tolist() == [1, 3, 4, 17, 19]
