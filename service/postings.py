@@ -158,7 +158,11 @@ class Postings:
             arr = np.array(found, dtype=np.int64)
             if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
                 arr = np.unique(arr)
-            self._lists.setdefault(pair, PostingList()).add(arr)
+            found_list = self._lists.get(pair)
+            if found_list is None:  # a new value: an exact-size array, no growth room
+                self._lists[pair] = PostingList(arr)
+            else:
+                found_list.add(arr)
 
     def remove_item(self, item_id: int, metadata: dict[str, Any]) -> None:
         """Forget an item's terms now (its metadata is replaced): O(length) of its lists."""
