@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -196,6 +197,14 @@ def run(args: argparse.Namespace) -> int:
         from service.codeset_loader import read_codeset
 
         read_codeset(settings.codes, bits, settings.db_model)  # one line before binding the port
+    if not settings.cluster and settings.store is not None:
+        from service.catalog import StoreInUseError, lock_store_folder
+
+        Path(settings.store).mkdir(parents=True, exist_ok=True)
+        try:  # another server on this store: one line now (the app takes the lock for real)
+            lock_store_folder(Path(settings.store)).release()
+        except StoreInUseError as exc:
+            raise ValueError(str(exc)) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

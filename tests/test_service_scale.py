@@ -432,3 +432,15 @@ def test_deletes_leave_the_posting_lists_in_batches(monkeypatch, tmp_path):
     again = Postings.load(tmp_path / "p.npz")
     assert again._lists[("c", "0")].ids().tolist() == [0, 16, 18]
     assert again.match({"c": ["1"]}).tolist() == [1, 3, 4, 17, 19]
+
+
+def test_serve_on_a_store_in_use_is_one_sentence(models, tmp_path, capsys):
+    from hashkd.cli import main
+
+    cat = Catalog(tmp_path / "store", 32)
+    try:
+        code = main(["serve", "--model", str(models["vit32"]), "--store", str(tmp_path / "store")])
+    finally:
+        cat.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is in use by another hashkd server" in err[0]
