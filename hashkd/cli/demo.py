@@ -7,16 +7,7 @@ import tempfile
 
 from hashkd.cli._common import add_file_arguments, positive_int
 from hashkd.demo_budget import BUDGET_MINUTES
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+from hashkd.settings import positive_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
