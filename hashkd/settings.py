@@ -418,6 +418,7 @@ def write_config(path: str | os.PathLike[str], cfg: Any, command: str) -> Path:
     )
     text = header + yaml.safe_dump(settings_dict(cfg), sort_keys=False, allow_unicode=True)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
