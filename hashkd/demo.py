@@ -653,7 +653,7 @@ def _run_stages(cfg: DemoConfig, w: Path, stage_s: dict[int, float]) -> dict[str
                 str(codes / "q_brcd"),
                 "--k",
                 "5",
-                "--json",
+                "--json-out",
                 str(w / "index_hits.json"),
             ]
         )
