@@ -17,8 +17,10 @@ described in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hashkd.settings import command_args, non_negative_int, positive_int, setting
 from hashkd.training.config import DistillConfig, TeacherConfig
@@ -225,6 +227,51 @@ def shell_command(cfg: StageConfig) -> str:
 # ----------------------------------------------------------------------------- running
 
 
+def encode_options(cfg: EncodeConfig) -> dict[str, Any]:
+    """The keyword arguments of ``encode_data`` / ``encode_shard`` that ``cfg`` sets."""
+    return dict(
+        root=cfg.root,
+        split=cfg.split,
+        protocol=cfg.protocol,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        num_workers=cfg.num_workers,
+        backend=cfg.backend,
+        threads=cfg.threads,
+    )
+
+
+def export_out(cfg: ExportConfig) -> str:
+    """Where ``cfg``'s exports go: ``out``, or the model's own folder."""
+    return cfg.out if cfg.out is not None else cfg.model_dir
+
+
+def export_formats(cfg: ExportConfig) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Export each format of ``cfg`` (``hashkd.export.export_model``), yielding (format, the
+    exporter's entry: file, check, int8 ...) as each is written."""
+    from hashkd.export import export_model
+
+    for fmt in dict.fromkeys(cfg.formats):
+        yield (
+            fmt,
+            export_model(
+                cfg.model_dir,
+                fmt,
+                export_out(cfg),
+                check_images=cfg.check_images,
+                seed=cfg.seed,
+                exporter=cfg.onnx_exporter,
+                opset=cfg.opset,
+                threads=cfg.threads,
+                quantize=cfg.quantize if fmt == "onnx" else None,
+                data=cfg.data,
+                quantize_method=cfg.quantize_method,
+                calibration_images=cfg.calibration_images,
+            ),
+        )
+
+
 def run_stage(cfg: StageConfig) -> Path:
     """Run stage ``cfg`` in this process through the library; the directory it wrote."""
     if isinstance(cfg, TeacherConfig):
@@ -236,42 +283,13 @@ def run_stage(cfg: StageConfig) -> Path:
 
         return Path(distill(cfg))
     if isinstance(cfg, ExportConfig):
-        from hashkd.export import export_model
-
-        out = cfg.out if cfg.out is not None else cfg.model_dir
-        for fmt in dict.fromkeys(cfg.formats):
-            export_model(
-                cfg.model_dir,
-                fmt,
-                out,
-                check_images=cfg.check_images,
-                seed=cfg.seed,
-                exporter=cfg.onnx_exporter,
-                opset=cfg.opset,
-                threads=cfg.threads,
-                quantize=cfg.quantize if fmt == "onnx" else None,
-                data=cfg.data,
-                quantize_method=cfg.quantize_method,
-                calibration_images=cfg.calibration_images,
-            )
-        return Path(out)
+        for _written in export_formats(cfg):
+            pass  # each format is exported as the generator reaches it
+        return Path(export_out(cfg))
     if isinstance(cfg, EncodeConfig):
         from hashkd.encoding import encode_data
 
-        codes = encode_data(
-            cfg.model,
-            cfg.data,
-            root=cfg.root,
-            split=cfg.split,
-            protocol=cfg.protocol,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-            num_workers=cfg.num_workers,
-            backend=cfg.backend,
-            threads=cfg.threads,
-        )
-        return codes.save(cfg.out)
+        return encode_data(cfg.model, cfg.data, **encode_options(cfg)).save(cfg.out)
     raise ValueError(
         f"stage config {type(cfg).__name__} is not known: expected one of "
         + ", ".join(k.__name__ for k in COMMANDS)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from hashkd.cli._common import add_file_arguments, data_options
-from hashkd.pipeline import EncodeConfig
+from hashkd.pipeline import EncodeConfig, encode_options
 from hashkd.settings import CONFIG_NAME, add_arguments, add_config_argument, resolve, write_config
 
 
@@ -42,17 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve(EncodeConfig, args)
     shard = Shard.parse(args.shard) if args.shard else Shard.from_env()
-    common = dict(
-        root=cfg.root,
-        split=cfg.split,
-        protocol=cfg.protocol,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        num_workers=cfg.num_workers,
-        backend=cfg.backend,
-        threads=cfg.threads,
-    )
+    common = encode_options(cfg)
     try:
         img_size = int(read_artifact_config(cfg.model)[0].img_size)
     except (ValueError, OSError):  # encode_data reports a bad model with its own message

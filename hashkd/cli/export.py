@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hashkd.pipeline import ExportConfig
+from hashkd.pipeline import ExportConfig, export_formats, export_out
 from hashkd.settings import add_arguments, add_config_argument, resolve, write_config
 
 #: The export run's resolved settings, beside the exported files.
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve(ExportConfig, args)
     try:
-        from hashkd.export import export_model
+        import hashkd.export  # noqa: F401 - fails here, with one sentence, without torch
     except ModuleNotFoundError as exc:  # a serving-only install ('hashkd[serve]') has no torch
         raise ValueError(
             f"hashkd export needs PyTorch and ONNX ({exc.name} is not installed): "
@@ -48,22 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--data {cfg.data!r} is used only by --quantize: add --quantize int8 or drop --data"
         )
-    out = cfg.out if cfg.out is not None else cfg.model_dir
-    for fmt in dict.fromkeys(cfg.formats):
-        entry = export_model(
-            cfg.model_dir,
-            fmt,
-            out,
-            check_images=cfg.check_images,
-            seed=cfg.seed,
-            exporter=cfg.onnx_exporter,
-            opset=cfg.opset,
-            threads=cfg.threads,
-            quantize=cfg.quantize if fmt == "onnx" else None,
-            data=cfg.data,
-            quantize_method=cfg.quantize_method,
-            calibration_images=cfg.calibration_images,
-        )
+    out = export_out(cfg)
+    for fmt, entry in export_formats(cfg):
         check = entry["check"]
         print(
             f"exported {fmt}: {Path(out) / entry['file']} "
