@@ -46,21 +46,10 @@ import numpy as np  # noqa: E402
 from tests.milvus_server import MilvusServer, launcher  # noqa: E402
 from tests.test_service_support import free_port, start_server, stop_server  # noqa: E402
 
-TINY_STUDENT = {
-    "backbone": "vit_tiny_patch16_224",
-    "backbone_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_service import build_student  # noqa: E402 - the same tiny student
+
 TOKEN = "X-Consistency-Token"
-
-
-def build_student(directory: Path, bits: int) -> Path:
-    import torch
-
-    from hashkd.models import ModelConfig, build_model, save_artifact
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(bits=bits, img_size=32, role="student", **TINY_STUDENT))
-    return save_artifact(model, directory)
 
 
 def npy(a: np.ndarray) -> bytes:

@@ -40,6 +40,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_service, beside this file
 BITS = 64
 CHUNK = 100_000
 CLASSES = 10
@@ -59,23 +60,14 @@ def npy(arr: np.ndarray) -> bytes:
 
 
 def build_onnx_student(directory: Path) -> Path:
-    """A tiny random-init 64-bit student exported to ONNX (no torch in the server)."""
-    import torch
+    """``bench_service``'s tiny random-init student at 64 bits, exported to ONNX (no torch in
+    the server)."""
+    from bench_service import build_student
 
     from hashkd.export import export_model
-    from hashkd.models import ModelConfig, build_model, save_artifact
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        bits=BITS,
-        img_size=32,
-        role="student",
-        backbone="vit_tiny_patch16_224",
-        backbone_kwargs={"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2},
-    )
-    raw = save_artifact(build_model(cfg), directory / "student")
     out = directory / "student_onnx"
-    export_model(raw, "onnx", out)
+    export_model(build_student(directory / "student", BITS), "onnx", out)
     return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from hashkd.io import atomic_write_bytes
 from indexes import sorted_ids
-from service.terms import Filter, metadata_terms
+from service.terms import Filter, metadata_term_lists, metadata_terms
 
 
 class PostingList:
@@ -139,7 +139,7 @@ class Postings:
 
     def add_items(self, ids: Sequence[int], metadata: Iterable[dict[str, Any]]) -> None:
         """Index new items' metadata (ids not yet in any list)."""
-        self.add_terms(ids, [metadata_terms(m) for m in metadata])
+        self.add_terms(ids, metadata_term_lists(metadata))
 
     def add_terms(self, ids: Sequence[int], terms: Sequence[Iterable[tuple[str, str]]]) -> None:
         """Index new items by their (key, term) pairs (``service.terms.metadata_terms``)."""

@@ -4,19 +4,22 @@ free port), checked against brute-force oracles on the model's own codes."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image
 
 from hashkd.client import ApiError, Client, ClientError, Hit, Item, SearchResult
 from hashkd.runtime import Encoder
-from service import Settings, create_app
+from service import Settings
 from tests.conftest import TINY_VIT
-from tests.test_service_support import build_artifact, free_port, image_bytes, oracle_knn
+from tests.test_service_support import (
+    build_artifact,
+    free_port,
+    image_bytes,
+    oracle_knn,
+    serve_in_thread,
+)
 
 KEY = "client-test-key"
 SEEDS = list(range(10))
@@ -28,18 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("client")
     model = build_artifact(root / "vit32", TINY_VIT, 32, 0)
     settings = Settings(model=model, store=root / "store", api_key=KEY, max_wait_ms=1.0)
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", Encoder.from_artifact(model, backend="torch")
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(settings) as url:
+        yield url, Encoder.from_artifact(model, backend="torch")
 
 
 @pytest.fixture(scope="module")

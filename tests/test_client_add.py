@@ -7,22 +7,19 @@ duplicates after resumes, retries and lost answers) and the waits the server ask
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from hashkd import client as client_module
 from hashkd.cli import main
 from hashkd.client import AddReport, Client, image_sources
 from hashkd.runtime import Encoder
-from service import Settings, create_app
+from service import Settings
 from tests.conftest import TINY_VIT
 from tests.photos import make_photos
-from tests.test_service_support import build_artifact, free_port
+from tests.test_service_support import build_artifact, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +28,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("add")
     model = build_artifact(root / "vit32", TINY_VIT, 32, 0)
     settings = Settings(model=model, store=root / "store", max_images=8, batching=False)
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", Encoder.from_artifact(model, backend="torch")
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(settings) as url:
+        yield url, Encoder.from_artifact(model, backend="torch")
 
 
 def _by_path(url: str) -> dict[str, list[int]]:
