@@ -359,7 +359,10 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variants",
         default=None,
-        help=f"comma-separated row names to run (default: all); known: {', '.join(VARIANTS)}",
+        help=(
+            "comma-separated row names to run (default: all; the teacher's rows always run, "
+            f"'teacher' alone runs only them); known: {', '.join(VARIANTS)}"
+        ),
     )
     ap.add_argument("--backbone", dest="student", default="mobilenetv3_small_100")
     ap.add_argument("--data", default="cifar10")
@@ -430,6 +433,8 @@ def _main(argv: list[str] | None = None) -> int:
         bits, _, path = item.partition("=")
         teachers[int(bits)] = path
     names = list(VARIANTS) if not args.variants else [v.strip() for v in args.variants.split(",")]
+    # the teacher's rows are always measured; ``--variants teacher`` asks for them alone
+    names = [n for n in names if n != "teacher"]
     for n in names:
         if n not in VARIANTS:
             ap.error(f"unknown variant {n!r}")

@@ -488,3 +488,25 @@ def test_comparison_leaves_collapsed_baselines_out_and_judges_the_spread():
     )
     assert asym.startswith("- 16 bits, asymmetric: ")
     assert bench.comparison_lines([_row(BRCD, 0, 0.3)]) == []  # no baseline, no claim
+
+
+def test_variants_teacher_measures_the_teacher_rows_alone(tmp_path):
+    """``--variants teacher``: one teacher row per seed and no student trained; a later run
+    with a student row in the same ``--out`` keeps those rows instead of measuring them again."""
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "teacher_rows"
+    argv = [
+        "--teacher", f"16={teacher}", "--data", "digits", "--backbone", TINY_CNN["backbone"],
+        "--epochs", "1", "--max-train", "50", "--view-bank", "2", "--k", "100",
+        "--speed-seconds", "0.1", "--threads", "1", "--seeds", "0,1", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main([*argv, "--variants", "teacher"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted((r["model"], r["seed"]) for r in rows) == [("teacher", 0), ("teacher", 1)]
+    assert not bench.student_dir(out, 16, NO_KD, 0).exists()
+    assert rows[0]["map_sym"] != rows[1]["map_sym"]  # each seed draws its own splits
+
+    assert bench.main([*argv, "--variants", NO_KD]) == 0
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert [r for r in again if r["model"] == "teacher"] == rows
+    assert sorted(r["seed"] for r in again if r["model"] == NO_KD) == [0, 1]
