@@ -268,6 +268,7 @@ def _train_row(
             progress=False,
             val_every=val_every(args),
             resume=resume,
+            teacher_cache=args.teacher_cache,
         )
     )
     train_s = time.perf_counter() - t0
@@ -383,6 +384,16 @@ def _main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SPEC",
         help="distil on an unlabeled pool (hashkd distill --pool), e.g. train; default: the training split",
+    )
+    ap.add_argument(
+        "--teacher-cache",
+        default=None,
+        metavar="DIR",
+        help=(
+            "keep the teacher's logits of the training images and view banks in DIR and reuse "
+            "them across rows, seeds' resumes and re-runs (hashkd distill --teacher-cache; the "
+            "results do not change, so it is not a setting of the table)"
+        ),
     )
     ap.add_argument(
         "--pretrain-weights",

@@ -498,3 +498,70 @@ def test_losses_are_fitted_on_what_they_will_read(
         want = torch.where(want > 0, 1.0, -1.0)
     (got,) = fitted
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+
+def _checkpoint_model(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("kd_inputs, loss", [("codes", "brcd"), ("logits", "sp")])
+def test_teacher_cache_reads_back_what_the_run_would_compute(
+    tmp_path, teacher_dir, image_dir, monkeypatch, kd_inputs, loss
+):
+    """A pooled run with --teacher-cache: the first run codes the pool and its views and writes
+    them, the next one codes nothing (only the FLOPs count's one image) and trains the same
+    student, tensor for tensor, as a run without the cache. The files hold logits, so a codes
+    run's cache also serves a logits run (and the other way round)."""
+    settings = dict(kd_inputs=kd_inputs, losses=[loss], loss_options={"brcd": {"k": 3}})
+    if loss != "brcd":
+        settings["loss_options"] = {}
+    plain = distill(_cfg(tmp_path, teacher_dir, image_dir, "plain", **settings))
+    cache = tmp_path / "teacher-cache"
+    teacher_images: list[int] = []
+    forward = distill_module.HashModel.forward
+
+    def counting_forward(self, x):
+        if self.config.role == "teacher":
+            teacher_images.append(x.shape[0])
+        return forward(self, x)
+
+    monkeypatch.setattr(distill_module.HashModel, "forward", counting_forward)
+    cold = distill(
+        _cfg(tmp_path, teacher_dir, image_dir, "cold", teacher_cache=str(cache), **settings)
+    )
+    n = 3 * 8 - 2 * 3  # the pool: every image but the validation images and queries
+    assert sum(teacher_images) == n + 3 * n + 1
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    teacher_images.clear()
+    warm = distill(
+        _cfg(tmp_path, teacher_dir, image_dir, "warm", teacher_cache=str(cache), **settings)
+    )
+    assert sum(teacher_images) == 1
+    reference = _checkpoint_model(plain)
+    for out in (cold, warm):
+        trained = _checkpoint_model(out)
+        for key, value in reference.items():
+            assert torch.equal(value, trained[key]), (out.name, key)
+
+
+def test_teacher_cache_misses_on_another_seed_and_rewrites_a_broken_file(
+    tmp_path, teacher_dir, image_dir
+):
+    cache = tmp_path / "teacher-cache"
+    distill(_cfg(tmp_path, teacher_dir, image_dir, "a", epochs=1, teacher_cache=str(cache)))
+    first = sorted(cache.glob("*.safetensors"))
+    assert len(first) == 2
+    # another seed: other held-out images, so another pool, and other views: two new files
+    distill(_cfg(tmp_path, teacher_dir, image_dir, "b", epochs=1, seed=1, teacher_cache=str(cache)))
+    assert len(list(cache.glob("*.safetensors"))) == 4
+    # a truncated file is a miss: the run codes again and writes it whole
+    for path in first:
+        path.write_bytes(path.read_bytes()[:20])
+    distill(_cfg(tmp_path, teacher_dir, image_dir, "c", epochs=1, teacher_cache=str(cache)))
+    from safetensors.torch import load_file
+
+    for path in first:
+        assert load_file(str(path))["logits"].ndim in (2, 3)

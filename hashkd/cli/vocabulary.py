@@ -30,6 +30,7 @@ MEANINGS: dict[str, str] = {
     "--split": "which split of the split protocol to use",
     "--group": "named part of the data (e.g. CIFAR-10's training images)",
     "--pool": "unlabeled images to distil on instead of the training split",
+    "--teacher-cache": "folder of the teacher's stored logits, reused by later runs",
     "--max-train": "at most this many training images",
     "--out": "where the command writes its result (a folder; an index file for index build)",
     "--workdir": "folder of every artifact of the demo",

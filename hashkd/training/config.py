@@ -345,6 +345,15 @@ class DistillConfig:
             parse=non_negative_int,
         ),
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata=setting(
+            "keep the teacher's logits of the training images and of the view bank in this "
+            "folder, found by content (teacher tensors, pixels, transform, views, seed), and read "
+            "them back in later runs and resumes instead of coding again (docs/distill.md)",
+            metavar="DIR",
+        ),
+    )
     val_every: int = field(default=1, metadata=setting(_VAL_EVERY, parse=positive_int))
     num_workers: int = field(default=0, metadata=setting(_NUM_WORKERS, parse=non_negative_int))
     device: str = field(default="auto", metadata=setting(_DEVICE))

@@ -67,7 +67,14 @@ from hashkd.training.distributed import (
 from hashkd.training.pool import select_pool
 from hashkd.training.run_dir import RunDir
 from hashkd.training.schedule import StepSchedule
-from hashkd.training.views import PairIndexDataset, StreamedViewBank, TwoViewDataset, ViewBank
+from hashkd.training.teacher_outputs import TeacherOutputs, images_digest, outputs_key
+from hashkd.training.views import (
+    VIEW_SEEDING,
+    PairIndexDataset,
+    StreamedViewBank,
+    TwoViewDataset,
+    ViewBank,
+)
 
 
 def _renormalize(x: torch.Tensor, src: ModelConfig, dst: ModelConfig) -> torch.Tensor:
@@ -172,8 +179,18 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
     # The teacher's codes of the training set or pool (deterministic views): the offline stage
     # of BRCD (clusters), the LSH median bias, CRD's memory size. With kd_inputs="logits" the
     # losses see the teacher's logits, so they are fitted on its logits too.
-    teacher_train = split_logits(
-        teacher, train_split, t_eval_tf, info.device, num_workers=cfg.num_workers
+    cache = TeacherOutputs(cfg.teacher_cache)
+    images = (
+        images_digest(train_split.source, train_split.indices) if cache.folder is not None else ""
+    )
+    described = {"teacher": cfg.teacher, "data": cfg.data, "pool": cfg.pool, "seed": cfg.seed}
+    teacher_train, _ = cache.get_or_compute(
+        outputs_key("images", student.config.meta["teacher_digest"], images, t_eval_tf),
+        lambda: split_logits(
+            teacher, train_split, t_eval_tf, info.device, num_workers=cfg.num_workers
+        ),
+        {**described, "kind": "images"},
+        write=info.is_main,
     )
     if cfg.kd_inputs != "logits":
         teacher_train = torch.from_numpy(codes_to_signs(pack_codes(teacher_train)))
@@ -231,13 +248,32 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         bank = StreamedViewBank(
             train_split.source, train_split.indices, view_tf, cfg.view_bank, seed=cfg.seed
         )
-        bank.code(
-            lambda x: teacher(x.to(info.device)),
-            num_workers=cfg.num_workers,
-            progress=cfg.progress and info.is_main,
-            desc="teacher codes of the pool's views",
-            keep_logits=cfg.kd_inputs == "logits",
+
+        def code_views() -> torch.Tensor:
+            bank.code(
+                lambda x: teacher(x.to(info.device)),
+                num_workers=cfg.num_workers,
+                progress=cfg.progress and info.is_main,
+                desc="teacher codes of the pool's views",
+                keep_logits=True,
+            )
+            return bank.logits
+
+        view_logits, _ = cache.get_or_compute(
+            outputs_key(
+                "views",
+                student.config.meta["teacher_digest"],
+                images,
+                view_tf,
+                num_views=cfg.view_bank,
+                seed=cfg.seed,
+                view_seeding=VIEW_SEEDING,
+            ),
+            code_views,
+            {**described, "kind": "views", "views": cfg.view_bank},
+            write=info.is_main,
         )
+        bank.use_logits(view_logits, keep_logits=cfg.kd_inputs == "logits")
     elif use_bank:
         bank = ViewBank.build(
             data.train.source,

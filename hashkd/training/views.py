@@ -141,6 +141,11 @@ class PairIndexDataset(Dataset):
         return i, self.pairs[i, 0], self.pairs[i, 1]
 
 
+#: How :func:`view_seed` derives a view's seed; part of every cache key of coded views
+#: (:mod:`hashkd.training.teacher_outputs`), so a change here must change this name.
+VIEW_SEEDING = "SeedSequence([seed, image, view]) v1"
+
+
 def view_seed(seed: int, image: int, view: int) -> int:
     """The seed of view ``view`` of image ``image`` (a 63-bit value mixed by SeedSequence)."""
     state = np.random.SeedSequence([int(seed), int(image), int(view)]).generate_state(2, np.uint32)
@@ -268,6 +273,20 @@ class StreamedViewBank:
                 kept.append(logits.cpu().reshape(x.shape[0], self.num_views, -1))
         self.codes = np.concatenate(rows)
         self.logits = torch.cat(kept) if keep_logits else None
+        return self.codes
+
+    def use_logits(self, logits: torch.Tensor, keep_logits: bool = False) -> np.ndarray:
+        """Take the teacher's logits ``(N, E, K)`` of these views, coded earlier (e.g. read back
+        from :class:`~hashkd.training.teacher_outputs.TeacherOutputs`), instead of :meth:`code`."""
+        expected = (self.num_images, self.num_views)
+        if logits.ndim != 3 or tuple(logits.shape[:2]) != expected:
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} do not fit {expected[0]} images x "
+                f"{expected[1]} views: expected (N, E, K)"
+            )
+        flat = logits.float().reshape(-1, logits.shape[2])
+        self.codes = pack_codes(flat).reshape(expected[0], expected[1], -1)
+        self.logits = logits.float() if keep_logits else None
         return self.codes
 
     def pick_pairs(self, generator: torch.Generator) -> torch.Tensor:
