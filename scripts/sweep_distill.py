@@ -15,6 +15,9 @@ compares, ``hashkd distill``'s option)::
         --grid "brcd.margin=0.1,0.2,0.3,0.5;brcd.mask_mode=anchor,own" --seeds 0,1 \\
         --epochs 20 --backbone mobilenetv3_small_050 --out runs/sweep_brcd_mask
 
+``--teacher-cache DIR`` codes the teacher's inputs once per seed and lets every setting of the
+grid read them back (``hashkd distill --teacher-cache``; the runs train the same students).
+
 Results: ``OUT/results.json`` (one row per run, with BRCD's cluster count k, the teacher's
 digest and the code version; a re-run skips finished runs and resumes an interrupted one from
 its last epoch; a re-run with another teacher, by content, is refused) and ``OUT/results.md`` (mean +- std per setting, best first).
@@ -108,6 +111,7 @@ def run_config(
         view_bank=args.view_bank,
         val_every=args.val_every,
         max_train=args.max_train,
+        teacher_cache=args.teacher_cache,
         progress=False,
         resume=(out / CHECKPOINT_NAME).is_file(),  # an interrupted run continues
     )
@@ -156,6 +160,13 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--view-bank", type=int, default=4)
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--max-train", type=int, default=None)
+    p.add_argument(
+        "--teacher-cache",
+        metavar="DIR",
+        default=None,
+        help="keep the teacher's logits of the training images and views in DIR and share them "
+        "between the grid's runs of one seed (hashkd distill --teacher-cache; no result changes)",
+    )
     p.add_argument("--out", required=True)
     from hashkd.cli.vocabulary import add_deprecated_aliases
 

@@ -85,7 +85,7 @@ def test_kd_inputs_is_a_grid_axis(tmp_path):
     cfg = sweep.run_config(
         sweep.argparse.Namespace(
             teacher="t", student="s", loss="sp", data="digits", protocol=None, epochs=1,
-            view_bank=2, val_every=1, max_train=None,
+            view_bank=2, val_every=1, max_train=None, teacher_cache=None,
         ),
         {"kd_inputs": "logits", "weight": "10"},
         0,
@@ -97,7 +97,7 @@ def test_kd_inputs_is_a_grid_axis(tmp_path):
     cfg = sweep.run_config(
         sweep.argparse.Namespace(
             teacher="t", student="s", loss="sp", data="digits", protocol=None, epochs=1,
-            view_bank=2, val_every=1, max_train=None,
+            view_bank=2, val_every=1, max_train=None, teacher_cache=None,
         ),
         {"weight": "10"},
         0,
@@ -118,3 +118,22 @@ def test_a_rerun_with_another_teacher_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another teacher" in err and "000000000000" in err
     assert json.loads((out / "results.json").read_text()) == [row]  # nothing trained or lost
+
+
+def test_teacher_cache_is_shared_by_the_settings_and_changes_no_result(tmp_path):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    argv = [
+        "--teacher", str(teacher), "--loss", "brcd", "--grid", "brcd.margin=0.1,0.9",
+        "--backbone", TINY_CNN["backbone"], "--epochs", "1", "--max-train", "60",
+        "--view-bank", "2",
+    ]  # fmt: skip
+    cache = tmp_path / "teacher-cache"
+    assert sweep.main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        sweep.main([*argv, "--teacher-cache", str(cache), "--out", str(tmp_path / "cached")]) == 0
+    )
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    cached = json.loads((tmp_path / "cached" / "results.json").read_text())
+    # the second setting read what the first coded: one file for the images, one for the views
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert [r["val_map"] for r in cached] == [r["val_map"] for r in plain]

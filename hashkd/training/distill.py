@@ -69,6 +69,7 @@ from hashkd.training.run_dir import RunDir
 from hashkd.training.schedule import StepSchedule
 from hashkd.training.teacher_outputs import TeacherOutputs, images_digest, outputs_key
 from hashkd.training.views import (
+    BANK_SEEDING,
     VIEW_SEEDING,
     PairIndexDataset,
     StreamedViewBank,
@@ -283,10 +284,23 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             seed=cfg.seed,
             progress=cfg.progress and info.is_main,
         )
-        t_logits = bank.map_views(
-            lambda x: teacher(x.to(info.device)),
-            progress=cfg.progress and info.is_main,
-            desc="teacher codes of the view bank",
+        t_logits, _ = cache.get_or_compute(
+            outputs_key(
+                "bank",
+                student.config.meta["teacher_digest"],
+                images,
+                view_tf,
+                num_views=cfg.view_bank,
+                seed=cfg.seed,
+                view_seeding=BANK_SEEDING,
+            ),
+            lambda: bank.map_views(
+                lambda x: teacher(x.to(info.device)),
+                progress=cfg.progress and info.is_main,
+                desc="teacher codes of the view bank",
+            ),
+            {**described, "kind": "bank", "views": cfg.view_bank},
+            write=info.is_main,
         )
     ddp_student = DDP(student) if info.enabled else student
     timer = Timer()

@@ -62,6 +62,11 @@ def pick_view_pairs(num_images: int, num_views: int, generator: torch.Generator)
     return torch.stack([first, second], dim=1)
 
 
+#: How :meth:`ViewBank.build` draws its views (torch's global generator seeded once, then the
+#: images in order, ``E`` views each); part of the cache key of the bank's teacher outputs.
+BANK_SEEDING = "torch.manual_seed(seed), images in order, E views each, v1"
+
+
 class ViewBank:
     """``E`` stored augmented views of each of ``N`` images: a tensor (N, E, C, H, W), float16."""
 
