@@ -16,6 +16,12 @@ a metavar. Everything else is derived from it:
 * :func:`command_args` renders the flags that reproduce a dataclass value
   (:func:`hashkd.pipeline.command_line`).
 
+Commands whose options are plain ``argparse`` (``hashkd evaluate``, ``hashkd demo``) read a
+``--config`` file through their parser instead: :func:`config_flags` turns its settings into the
+parser's own flags, placed before the command line's (:func:`parse_with_config`), so argparse
+checks every value as it checks a flag and a flag given beside the file wins;
+:func:`parser_settings` is the YAML of the resolved options, which ``--config`` reads back.
+
 This module imports neither torch nor argparse-level code of the commands, so every
 ``hashkd`` command can build its parser without loading PyTorch.
 """
@@ -39,9 +45,12 @@ __all__ = [
     "add_arguments",
     "add_config_argument",
     "command_args",
+    "config_flags",
     "non_negative_int",
     "parse_kwargs",
     "parse_loss_options",
+    "parse_with_config",
+    "parser_settings",
     "positive_float",
     "positive_int",
     "read_config",
@@ -511,3 +520,130 @@ def command_args(cfg: Any) -> tuple[list[str], list[str]]:
             )
         (tail if f.name == "out" else flags).extend(f.render(value))
     return positional, flags + tail
+
+
+# ----------------------------------------------------------------------------- plain parsers
+
+#: Options of a plain parser that are not settings: never read from or written to a file.
+_NOT_SETTINGS = {"help", "config", "cache", "cache_dir", "strict"}
+
+
+def _setting_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``{dest: action}`` of ``parser``'s optional flags that are settings (no hidden aliases)."""
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in _NOT_SETTINGS:
+            continue
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        out.setdefault(action.dest, action)
+    return out
+
+
+def _flag_name(action: argparse.Action) -> str:
+    """The setting name of a flag: its first long option, without dashes (``--k`` -> ``k``)."""
+    flag = next(o for o in action.option_strings if o.startswith("--"))
+    return flag[2:].replace("-", "_")
+
+
+def _read_mapping(path: str | os.PathLike[str]) -> tuple[dict[Any, Any], str]:
+    where = f"config file {str(path)!r}"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}, where
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not valid: expected a mapping of setting names to values")
+    return data, where
+
+
+def config_flags(parser: argparse.ArgumentParser, path: str | os.PathLike[str]) -> list[str]:
+    """The settings of YAML file ``path`` as flags of the plain parser ``parser``.
+
+    Keys are the flags' names without the dashes (``-`` or ``_``); ``null`` leaves a setting at
+    its default. Raises ``ValueError`` (one sentence naming the file and the key) for a file
+    that is not a mapping, an unknown key or a value no flag can express.
+    """
+    data, where = _read_mapping(path)
+    actions = _setting_actions(parser)
+    by_name = {_flag_name(a): a for a in actions.values()}
+    known = sorted(by_name)
+    by_name.update(actions)  # the dest name is accepted as well (e.g. topk for --k)
+    flags: list[str] = []
+    for key, value in data.items():
+        action = by_name.get(str(key).replace("-", "_"))
+        if action is None:
+            raise ValueError(
+                f"{where}: setting {key!r} is not known: expected one of {', '.join(known)}"
+            )
+        if value is None:
+            continue
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: {key}={value!r} is not valid: expected true or false")
+            if value:
+                flags.append(flag)
+            elif isinstance(action, argparse.BooleanOptionalAction):
+                flags.append("--no-" + flag[2:])
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
+            values = [",".join(map(str, value))]
+        for item in values:
+            if isinstance(item, dict | list):
+                raise ValueError(f"{where}: {key}={item!r} is not valid: expected a single value")
+            flags.append(f"{flag}={str(item).lower() if isinstance(item, bool) else item}")
+    return flags
+
+
+def parse_with_config(
+    parser: argparse.ArgumentParser,
+    argv: list[str],
+    settings_parser: argparse.ArgumentParser | None = None,
+    prefix: tuple[str, ...] = (),
+) -> argparse.Namespace:
+    """Parse ``prefix + argv``; with ``--config FILE`` its settings go first, so flags win.
+
+    ``settings_parser`` is the parser whose flags the file holds (default ``parser``; under
+    ``hashkd`` the sub-command's, with ``prefix`` its name).
+    """
+    args = parser.parse_args([*prefix, *argv])
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    flags = config_flags(settings_parser or parser, path)
+    return parser.parse_args([*prefix, *flags, *argv])
+
+
+def parser_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a plain parser's parsed ``args`` by flag name, as YAML-ready values."""
+    out: dict[str, Any] = {}
+    for dest, action in _setting_actions(parser).items():
+        value = getattr(args, dest, None)
+        if isinstance(value, tuple):
+            value = list(value)
+        out[_flag_name(action)] = value
+    return out
+
+
+def write_parser_settings(
+    path: str | os.PathLike[str],
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    command: str,
+) -> Path:
+    """Write the resolved settings of a plain parser as YAML; ``--config path`` re-runs them."""
+    from hashkd.io import atomic_write_bytes
+
+    header = (
+        f"# The settings of a `hashkd {command}` run, as resolved (defaults < --config < flags).\n"
+        f"# Re-run it with: hashkd {command} --config {Path(path).name}\n"
+    )
+    body = yaml.safe_dump(parser_settings(parser, args), sort_keys=False, allow_unicode=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (header + body).encode("utf-8"))
+    return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from hashkd.cli import main
 from hashkd.demo import (
@@ -278,3 +279,36 @@ def test_quick_demo_twice_in_one_workdir(tmp_path):
     assert "(tie-avg)" in header and "(by position)" in header
     for name in ("codes/db_teacher", "store", "index.faiss"):
         assert (workdir / name).exists(), name
+    # the settings it ran with, which `hashkd demo --config` reads back
+    written = yaml.safe_load((workdir / "demo.yaml").read_text())
+    assert written["quick"] is True and written["bits"] == 32 and written["max_train"] == 100
+    assert written["workdir"] == str(workdir) and written["data"] == "digits"
+
+
+def test_demo_settings_file_reads_back_as_the_same_options_and_flags_win(tmp_path, capsys):
+    from hashkd.cli import build_parser
+    from hashkd.cli.demo import SETTINGS_NAME
+    from hashkd.settings import parse_with_config, parser_settings, write_parser_settings
+
+    parser = build_parser()
+    argv = ["--bits", "32", "--quick", "--no-progress", "--seed", "3", "--budget-minutes", "2.5",
+            "--workdir", str(tmp_path / "w"), "--cache", "off"]  # fmt: skip
+    args = parser.parse_args(["demo", *argv])
+    own = args.settings_parser
+    path = write_parser_settings(tmp_path / SETTINGS_NAME, own, args, "demo")
+    written = yaml.safe_load(path.read_text())
+    assert written["bits"] == 32 and written["quick"] is True and written["progress"] is False
+    assert written["seed"] == 3 and written["budget_minutes"] == 2.5 and written["port"] is None
+    assert "cache" not in written and "config" not in written  # how files are read: not a setting
+    again = parse_with_config(parser, ["--config", str(path)], own, ("demo",))
+    assert parser_settings(own, again) == parser_settings(own, args)
+    over = parse_with_config(
+        parser, ["--config", str(path), "--progress", "--bits", "16"], own, ("demo",)
+    )
+    assert over.progress is True and over.bits == 16 and over.seed == 3 and over.quick is True
+    # a bad file stops the demo before any stage, in one sentence naming the key
+    path.write_text("bits: 32\nepochs: 3\n")
+    assert main(["demo", "--config", str(path), "--workdir", str(tmp_path / "w2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "setting 'epochs' is not known" in err[0]
+    assert not (tmp_path / "w2").exists()

@@ -631,3 +631,40 @@ def test_shuffled_database_keeps_items_whole_and_takes_the_edge_off_sorted_ties(
     assert np.array_equal(s.ids, db.ids[perm]) and np.array_equal(s.labels, labels[perm])
     assert s.meta["order"] == "shuffled" and s.meta["order_seed"] == 3
     assert not np.array_equal(shuffled(db, 4).ids, s.ids)
+
+
+# ----------------------------------------------------------------------------- --config
+
+
+def test_config_file_gives_the_flags_and_flags_beside_it_win(tmp_path, code_dirs, capsys):
+    q, d = code_dirs
+    by_flags, by_file, overridden = (tmp_path / f"{n}.json" for n in ("flags", "file", "over"))
+    argv = ["--query", str(q), "--database", str(d), "--k", "10", "--radius", "1"]
+    assert main(["evaluate", *argv, "--no-tie-average", "--json-out", str(by_flags)]) == 0
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        f"query: {q}\ndatabase: {d}\nk: 10\nradius: 1\nno-tie-average: true\npn: null\n"
+    )
+    assert main(["evaluate", "--config", str(config), "--json-out", str(by_file)]) == 0
+    assert json.loads(by_file.read_text()) == json.loads(by_flags.read_text())
+    # a flag given beside the file wins; the script reads the same file
+    assert script_main(["--config", str(config), "--k", "5", "--json-out", str(overridden)]) == 0
+    report = json.loads(overridden.read_text())
+    assert report["topk"] == 5 and report["radius"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("nonsense: 3\n", "setting 'nonsense' is not known"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("progress: 3\n", "progress=3 is not valid: expected true or false"),
+        ("k: [a\n", "is not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_one_sentence_naming_it(tmp_path, text, needle, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(text)
+    assert main(["evaluate", "--config", str(config)]) == 2
+    line = _one_error_line(capsys)
+    assert needle in line and "eval.yaml" in line

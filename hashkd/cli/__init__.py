@@ -108,8 +108,16 @@ def fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
+        own = getattr(args, "settings_parser", None)
+        if own is not None and getattr(args, "config", None):
+            # a plain-argparse command (evaluate, demo): the file's settings become its flags
+            from hashkd.settings import parse_with_config
+
+            at = argv.index(args.command) + 1
+            args = parse_with_config(parser, argv[at:], own, tuple(argv[:at]))
         code = args.func(args)
     except KeyboardInterrupt:
         print("hashkd: interrupted", file=sys.stderr)

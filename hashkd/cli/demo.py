@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 from hashkd.cli._common import add_file_arguments, positive_int
 from hashkd.demo_budget import BUDGET_MINUTES
-from hashkd.settings import positive_float
+from hashkd.settings import add_config_argument, positive_float, write_parser_settings
+
+#: The demo's resolved settings, written into --workdir (``hashkd demo --config`` re-runs them).
+SETTINGS_NAME = "demo.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hits and a results table, and stop. A short measured warm-up first estimates the time and "
         "chooses the epochs to fit --budget-minutes. Every stage keeps its artifact in --workdir and prints the command "
         "that reproduces it. A second run in the same --workdir reuses the artifacts, and the service's store "
-        "when it holds exactly the teacher-coded database (else the store is rebuilt).",
+        "when it holds exactly the teacher-coded database (else the store is rebuilt). The resolved "
+        f"settings are written to WORKDIR/{SETTINGS_NAME} (--config re-runs them).",
     )
+    add_config_argument(p)
     p.add_argument(
         "--data",
         default="digits",
@@ -82,13 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show per-batch progress bars (default off)",
     )
     add_file_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings_parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
     from hashkd.demo import DemoConfig, run_demo
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="hashkd-demo-")
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="hashkd-demo-")
+    workdir = args.workdir
     cfg = DemoConfig(
         workdir=workdir,
         data=args.data,
@@ -108,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         strict=args.strict,
     )
+    write_parser_settings(Path(workdir) / SETTINGS_NAME, args.settings_parser, args, "demo")
     run_demo(cfg)
     return 0

@@ -34,6 +34,7 @@ from hashkd.evaluation import (
     skipped_summary,
     write_report,
 )
+from hashkd.settings import add_config_argument, parse_with_config
 
 DESCRIPTION = """\
 Evaluate Hamming ranking of binary codes: mAP@K (the headline tie-averaged value, i.e. the
@@ -53,7 +54,8 @@ Inputs, one of:
 The protocol is symmetric when one model made both sides and asymmetric when the database
 was encoded by another model (e.g. teacher database, student queries); for code sets it is
 read from meta.json (model digest or directory) unless --retrieval-protocol overrides it.
-Prints a Markdown table; --json-out, --markdown and --plots write files.
+Prints a Markdown table; --json-out, --markdown and --plots write files. --config FILE.yaml
+reads the options from a file (keys: the flag names without dashes; flags given beside it win).
 """
 
 
@@ -189,8 +191,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_config_argument(p)
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings_parser=p)
 
 
 # ----------------------------------------------------------------------------- run
@@ -260,11 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_config_argument(parser)
     add_arguments(parser)
     add_deprecated_aliases(parser, "evaluate")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser.parse_args(argv)  # usage errors and --help before anything is read
     try:
-        return run(args)
+        return run(parse_with_config(parser, argv))
     except (ValueError, OSError, KeyError) as exc:
         if os.environ.get("HASHKD_DEBUG"):
             raise
