@@ -25,6 +25,9 @@ written to ``results.json`` with the other settings of the run.
 weights (self-supervised, e.g. on the same pool). ``--loss-opt LOSS.OPTION=VALUE`` (repeatable, as in ``hashkd distill``) sets a loss option on
 the rows that use that loss, e.g. ``--loss-opt brcd.margin=0.2`` for the three BRCD rows; the
 options are written to ``results.json`` (``loss_options``) and each BRCD run's mask report.
+``--loss-weight LOSS=WEIGHT`` (repeatable) sets the weight of that loss in every row that uses
+it (default: the loss's ``default_weight``), e.g. a weight chosen by ``scripts/sweep_distill.py``;
+written to ``results.json`` (``loss_weights``) and the table's weight column.
 
 The embedding-distillation baselines (sp, relative_teacher, absolute_teacher, rkd, compress,
 lsh, crd) have a second row each, ``NAME on logits``, that distils both networks' continuous
@@ -72,6 +75,7 @@ from hashkd.cli._common import parse_loss_options  # noqa: E402
 from hashkd.data import use_data_options  # noqa: E402
 from hashkd.data.transforms import eval_transform  # noqa: E402
 from hashkd.io import atomic_write_json  # noqa: E402
+from hashkd.losses.registry import get_loss_class, list_losses  # noqa: E402
 from hashkd.losses.run_report import (  # noqa: E402
     brcd_kept_fraction,
     brcd_setup,
@@ -160,6 +164,32 @@ def health_summary(codes: np.ndarray) -> dict[str, Any]:
     return {k: h[k] for k in keys}
 
 
+def row_weights(losses: list[str], chosen: dict[str, float]) -> list[float] | None:
+    """The weights of a row's ``losses``: each one's ``--loss-weight``, else its default weight;
+    None (every default) when no loss of the row has one."""
+    if not set(losses) & set(chosen):
+        return None
+    return [chosen.get(loss, get_loss_class(loss).default_weight) for loss in losses]
+
+
+def parse_loss_weights(items: list[str] | None) -> dict[str, float]:
+    """``["sp=3000", "crd=0.8"]`` -> ``{"sp": 3000.0, "crd": 0.8}``; ValueError naming a bad item."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        loss, sep, text = item.partition("=")
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = -1.0
+        if not sep or loss not in list_losses() or not weight > 0:
+            raise ValueError(
+                f"--loss-weight {item!r} is not valid: expected LOSS=WEIGHT with LOSS one of "
+                f"{', '.join(list_losses())} and a positive WEIGHT"
+            )
+        out[loss] = weight
+    return out
+
+
 def row_losses(name: str, extra: dict[str, dict[str, Any]]) -> tuple[list[str], dict]:
     """A row's losses and loss options, with the ``--loss-opt`` options of its losses merged in
     (e.g. ``brcd.margin=0.2`` reaches the three BRCD rows and no other)."""
@@ -172,7 +202,7 @@ def row_losses(name: str, extra: dict[str, dict[str, Any]]) -> tuple[list[str], 
 
 
 #: settings an older results.json did not record, with the value they had then
-SETTINGS_ADDED_LATER = {"loss_options": {}, "student_weights": None}
+SETTINGS_ADDED_LATER = {"loss_options": {}, "student_weights": None, "loss_weights": {}}
 
 
 def val_every(args: argparse.Namespace) -> int:
@@ -195,6 +225,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "lr_schedule": args.lr_schedule,
         "warmup_epochs": args.warmup_epochs,
         "loss_options": args.loss_options,
+        "loss_weights": args.loss_weights,
         "student_weights": args.student_weights,
     }
 
@@ -252,6 +283,7 @@ def _train_row(
             teacher=tdir,
             student=args.student,
             losses=list(losses),
+            weights=row_weights(losses, args.loss_weights),
             loss_options=options,
             data=args.data,
             protocol=args.protocol,
@@ -413,6 +445,13 @@ def _main(argv: list[str] | None = None) -> int:
         metavar="LOSS.OPTION=VALUE",
         help="a loss option for the rows that use that loss, repeatable (e.g. brcd.margin=0.2)",
     )
+    ap.add_argument(
+        "--loss-weight",
+        action="append",
+        metavar="LOSS=WEIGHT",
+        help="the weight of LOSS in the rows that use it, repeatable (e.g. sp=300; default: "
+        "each loss's default weight)",
+    )
     ap.add_argument("--k", dest="topk", type=int, default=1000)
     ap.add_argument(
         "--speed-seconds",
@@ -457,9 +496,15 @@ def _main(argv: list[str] | None = None) -> int:
         args.loss_options = parse_loss_options(args.loss_opt)
     except ValueError as exc:
         ap.error(str(exc))
-    unused = sorted(set(args.loss_options) - {loss for n in names for loss in VARIANTS[n][0]})
-    if unused:
-        ap.error(f"--loss-opt names {', '.join(unused)}, a loss none of the chosen rows uses")
+    try:
+        args.loss_weights = parse_loss_weights(args.loss_weight)
+    except ValueError as exc:
+        ap.error(str(exc))
+    used = {loss for n in names for loss in VARIANTS[n][0]}
+    for flag, chosen in (("--loss-opt", args.loss_options), ("--loss-weight", args.loss_weights)):
+        unused = sorted(set(chosen) - used)
+        if unused:
+            ap.error(f"{flag} names {', '.join(unused)}, a loss none of the chosen rows uses")
     seeds = args.seeds or [args.seed]
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -380,6 +380,8 @@ def _stored(out: Path, **settings) -> None:
         # an older results.json recorded no loss options: its rows ran with none
         ({}, ["--loss-opt", "brcd.margin=0.2"], "loss_options: {} -> {'brcd': {'margin': 0.2}}"),
         ({"student_weights": "a.safetensors"}, [], "student_weights: 'a.safetensors' -> None"),
+        # an older results.json recorded no loss weights: its rows ran with the defaults
+        ({}, ["--loss-weight", "brcd=2"], "loss_weights: {} -> {'brcd': 2.0}"),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_before_mixing_rows(
@@ -510,3 +512,42 @@ def test_variants_teacher_measures_the_teacher_rows_alone(tmp_path):
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [r for r in again if r["model"] == "teacher"] == rows
     assert sorted(r["seed"] for r in again if r["model"] == NO_KD) == [0, 1]
+
+
+def test_loss_weight_sets_the_weight_of_its_loss_in_every_row_that_uses_it(tmp_path, capsys):
+    from hashkd.losses.registry import get_loss_class
+
+    chosen = bench.parse_loss_weights(["sp=300", "crd=2.5"])
+    assert chosen == {"sp": 300.0, "crd": 2.5}
+    assert bench.row_weights(["sp"], chosen) == [300.0]
+    assert bench.row_weights(["brcd"], chosen) is None  # no weight of its own: the defaults
+    assert bench.row_weights(["brcd", "crd"], chosen) == [
+        get_loss_class("brcd").default_weight,
+        2.5,
+    ]
+    for bad in ("sp", "sp=0", "sp=x", "nope=1"):
+        with pytest.raises(ValueError, match="--loss-weight"):
+            bench.parse_loss_weights([bad])
+    # a real row: the student trained with the chosen weight, and results.json says so
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "weighted"
+    argv = [
+        "--teacher", f"16={teacher}", "--data", "digits", "--student", TINY_CNN["backbone"],
+        "--epochs", "1", "--max-train", "50", "--view-bank", "2", "--topk", "100",
+        "--speed-seconds", "0.1", "--threads", "1", "--variants", "sp,sp on logits",
+        "--loss-weight", "sp=7", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["loss_weights"] == {"sp": 7.0}
+    students = [r for r in result["rows"] if r["model"] != "teacher"]
+    assert sorted(r["model"] for r in students) == ["sp", "sp on logits"]
+    assert all(r["weights"] == [7.0] for r in students)
+    for name in ("sp", "sp on logits"):
+        run = json.loads((bench.student_dir(out, 16, name, 0) / "run.json").read_text())
+        assert run["config"]["weights"] == [7.0]
+    # a weight for a loss no chosen row uses is refused before anything runs
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv[:-2], "--loss-weight", "crd=1", "--out", str(tmp_path / "o2")])
+    assert exc.value.code == 2 and "--loss-weight names crd" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
