@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,21 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
 
     view_tf = data.view_transform(tcfg)
     use_bank = cfg.view_bank >= 2
+
+    def coded_views(kind: str, seeding: str, code: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits of every view: from the cache, else ``code()`` (then stored)."""
+        key = outputs_key(
+            kind,
+            student.config.meta["teacher_digest"],
+            images,
+            view_tf,
+            num_views=cfg.view_bank,
+            seed=cfg.seed,
+            view_seeding=seeding,
+        )
+        described_views = {**described, "kind": kind, "views": cfg.view_bank}
+        return cache.get_or_compute(key, code, described_views, write=info.is_main)[0]
+
     streamed = use_bank and pool is not None
     if streamed:
         bank = StreamedViewBank(
@@ -260,20 +276,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             )
             return bank.logits
 
-        view_logits, _ = cache.get_or_compute(
-            outputs_key(
-                "views",
-                student.config.meta["teacher_digest"],
-                images,
-                view_tf,
-                num_views=cfg.view_bank,
-                seed=cfg.seed,
-                view_seeding=VIEW_SEEDING,
-            ),
-            code_views,
-            {**described, "kind": "views", "views": cfg.view_bank},
-            write=info.is_main,
-        )
+        view_logits = coded_views("views", VIEW_SEEDING, code_views)
         bank.use_logits(view_logits, keep_logits=cfg.kd_inputs == "logits")
     elif use_bank:
         bank = ViewBank.build(
@@ -284,23 +287,14 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
             seed=cfg.seed,
             progress=cfg.progress and info.is_main,
         )
-        t_logits, _ = cache.get_or_compute(
-            outputs_key(
-                "bank",
-                student.config.meta["teacher_digest"],
-                images,
-                view_tf,
-                num_views=cfg.view_bank,
-                seed=cfg.seed,
-                view_seeding=BANK_SEEDING,
-            ),
+        t_logits = coded_views(
+            "bank",
+            BANK_SEEDING,
             lambda: bank.map_views(
                 lambda x: teacher(x.to(info.device)),
                 progress=cfg.progress and info.is_main,
                 desc="teacher codes of the view bank",
             ),
-            {**described, "kind": "bank", "views": cfg.view_bank},
-            write=info.is_main,
         )
     ddp_student = DDP(student) if info.enabled else student
     timer = Timer()
