@@ -20,7 +20,11 @@ table (``sweep_distill.summarise``).
 
 ``--import`` writes the results file with every absolute path made relative to
 ``--runs-root`` (default: the folder above the results file's folder), prefixed ``runs/``,
-so no machine path is committed; digests and sha256 sums are kept as they are.
+so no machine path is committed; digests and sha256 sums are kept as they are. Given several
+results files before DEST (one table's seeds run as separate processes or on several
+machines), it merges them into one: their settings and inputs must be the same, no row (bits,
+model, seed) or sweep run (setting, seed) may come twice, and each row keeps its own
+``code_version``.
 """
 
 from __future__ import annotations
@@ -110,21 +114,69 @@ def relative_paths(value: Any, runs_root: Path) -> Any:
     return value
 
 
+#: keys of a bench_distill results file that may differ between the files of one table
+MERGED_KEYS = ("rows", "seeds", "code_version")
+
+
+def merge_results(parts: list[Any]) -> Any:
+    """One results value from several of one table: sweep lists concatenated, bench_distill dicts
+    with their rows concatenated and their seeds joined. ValueError on other settings or inputs
+    or a repeated row."""
+    if all(isinstance(p, list) for p in parts):
+        merged = [run for part in parts for run in part]
+        keys = [(r["setting"], r["seed"]) for r in merged]
+        digests = {r.get("teacher_digest") for r in merged}
+        if len(digests) > 1:
+            raise ValueError("the sweeps ran on different teachers (their teacher_digest differs)")
+    elif all(isinstance(p, dict) for p in parts):
+        first = {k: v for k, v in parts[0].items() if k not in MERGED_KEYS}
+        for part in parts[1:]:
+            other = {k: v for k, v in part.items() if k not in MERGED_KEYS}
+            differing = sorted(
+                k for k in first.keys() | other.keys() if first.get(k) != other.get(k)
+            )
+            if differing:
+                raise ValueError(f"the results files differ in {', '.join(differing)}")
+        rows = [row for part in parts for row in part["rows"]]
+        keys = [(r["bits"], r["model"], r["seed"]) for r in rows]
+        seeds = sorted({seed for part in parts for seed in part.get("seeds", [])})
+        merged = {**parts[0], "rows": rows, "seeds": seeds}
+    else:
+        raise ValueError("a sweep's results cannot be merged with a table's")
+    repeated = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{repeated[0]} comes in more than one results file")
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("docs", nargs="*", default=["docs/bench-distill.md"])
     ap.add_argument("--check", action="store_true", help="exit 1 if a block is out of date")
-    ap.add_argument("--import", dest="import_", nargs=2, metavar=("RESULTS", "DEST"))
+    ap.add_argument(
+        "--import",
+        dest="import_",
+        nargs="+",
+        metavar="RESULTS",
+        help="RESULTS [RESULTS ...] DEST: copy (several: merge) run results into the repository",
+    )
     ap.add_argument("--runs-root", default=None)
     args = ap.parse_args(argv)
     if args.import_:
-        src, dest = (Path(p) for p in args.import_)
-        if not src.is_file():
-            ap.error(f"--import {src}: no such results file")
-        runs_root = Path(args.runs_root or src.resolve().parent.parent).resolve()
-        data = relative_paths(json.loads(src.read_text()), runs_root)
+        if len(args.import_) < 2:
+            ap.error("--import needs RESULTS [RESULTS ...] DEST")
+        *sources, dest = (Path(p) for p in args.import_)
+        for src in sources:
+            if not src.is_file():
+                ap.error(f"--import {src}: no such results file")
+        runs_root = Path(args.runs_root or sources[0].resolve().parent.parent).resolve()
+        parts = [relative_paths(json.loads(src.read_text()), runs_root) for src in sources]
+        try:
+            data = merge_results(parts) if len(parts) > 1 else parts[0]
+        except ValueError as exc:
+            ap.error(f"--import: {exc}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
         print(f"wrote {dest}")

@@ -103,3 +103,49 @@ def test_import_makes_machine_paths_relative(tmp_path):
 
 def test_the_repository_docs_match_their_results_files():
     assert tables.main(["--check"]) == 0
+
+
+def _part(seed: int, **settings) -> dict:
+    row = {
+        "bits": 64,
+        "model": "BRCD: + bit mask (full)",
+        "seed": seed,
+        "code_version": {"c": seed},
+    }
+    return {"protocol": "p", "epochs": 12, "inputs": {"t": "x"}, "seeds": [seed],
+            "code_version": {"c": seed}, "rows": [row], **settings}  # fmt: skip
+
+
+def test_import_merges_the_seeds_of_one_table_run_apart(tmp_path, capsys):
+    runs = tmp_path / "runs_here"
+    paths = []
+    for seed in (2, 0):
+        (runs / f"s{seed}").mkdir(parents=True)
+        paths.append(runs / f"s{seed}" / "results.json")
+        paths[-1].write_text(json.dumps(_part(seed)))
+    dest = tmp_path / "merged.json"
+    assert tables.main(["--import", *map(str, paths), str(dest)]) == 0
+    got = json.loads(dest.read_text())
+    assert got["seeds"] == [0, 2] and [r["seed"] for r in got["rows"]] == [2, 0]
+    assert [r["code_version"] for r in got["rows"]] == [{"c": 2}, {"c": 0}]  # each its own
+    # other settings, a repeated row, or a sweep beside a table: refused, nothing written
+    paths[1].write_text(json.dumps(_part(0, epochs=6)))
+    for bad, needle in (
+        (_part(0, epochs=6), "differ in epochs"),
+        (_part(2), "comes in more than one results file"),
+        ([{"setting": "w=1", "seed": 0}], "cannot be merged"),
+    ):
+        paths[1].write_text(json.dumps(bad))
+        with pytest.raises(SystemExit):
+            tables.main(["--import", *map(str, paths), str(tmp_path / "no.json")])
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
+    sweep = [{"setting": "w=1", "seed": 0, "teacher_digest": "a"}]
+    paths[0].write_text(json.dumps(sweep))
+    paths[1].write_text(json.dumps([{**sweep[0], "seed": 1}]))
+    assert tables.main(["--import", *map(str, paths), str(dest)]) == 0
+    assert [r["seed"] for r in json.loads(dest.read_text())] == [0, 1]
+    paths[1].write_text(json.dumps([{**sweep[0], "seed": 1, "teacher_digest": "b"}]))
+    with pytest.raises(SystemExit):
+        tables.main(["--import", *map(str, paths), str(dest)])
+    assert "different teachers" in capsys.readouterr().err
