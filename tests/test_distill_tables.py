@@ -72,7 +72,7 @@ def test_a_sweep_results_file_renders_the_sweep_table(tmp_path):
              "kept_fraction": 0.5, "brcd_k": 2}]  # fmt: skip
     (tmp_path / "s.json").write_text(json.dumps(runs))
     assert tables.render("s.json", root=tmp_path).splitlines()[2] == (
-        "| brcd.margin=0.1 | 1 | 0.3000 | 0 | 0.50 | 2 |"
+        "| brcd.margin=0.1 | 1 | 0.3000 | 0: 0.3000 | 0 | 0.50 | 2 |"
     )
 
 

@@ -51,10 +51,14 @@ def test_summary_ranks_settings_by_mean_validation_map():
     ]
     lines = sweep.summarise(rows).splitlines()
     # hand-worked: w=9 mean 0.35 (n=1) before w=1 mean 0.30, sample std 0.1414
-    assert lines[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 | - |"  # one seed: no spread shown
-    assert lines[3] == "| w=1 | 2 | 0.3000 ± 0.1414 | 1 | - | - |"
+    assert lines[2] == "| w=9 | 1 | 0.3500 | 0: 0.3500 | 0 | 0.50 | - |"  # one seed: no spread
+    assert lines[3] == "| w=1 | 2 | 0.3000 ± 0.1414 | 0: 0.2000, 1: 0.4000 | 1 | - | - |"
     rows[2]["brcd_k"] = 3
-    assert sweep.summarise(rows).splitlines()[2] == "| w=9 | 1 | 0.3500 | 0 | 0.50 | 3 |"
+    assert (
+        sweep.summarise(rows).splitlines()[2] == "| w=9 | 1 | 0.3500 | 0: 0.3500 | 0 | 0.50 | 3 |"
+    )
+    # runs recorded in any order are listed by seed
+    assert sweep.summarise(rows[::-1]).splitlines()[3] == lines[3]
 
 
 def test_tiny_margin_sweep_records_validation_map_and_kept_bits(tmp_path):
