@@ -30,7 +30,7 @@ it (default: the loss's ``default_weight``), e.g. a weight chosen by ``scripts/s
 written to ``results.json`` (``loss_weights``) and the table's weight column.
 
 The embedding-distillation baselines (sp, relative_teacher, absolute_teacher, rkd, compress,
-lsh, crd) have a second row each, ``NAME on logits``, that distils both networks' continuous
+lsh, crd) and the code alignment (align) have a second row each, ``NAME on logits``, that distils both networks' continuous
 pre-sign hash logits instead of their ±1 codes (``hashkd distill``'s ``kd_inputs="logits"``),
 as their papers distil embeddings. The table's code-health cells are those of each row's worst
 seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
@@ -112,10 +112,12 @@ VARIANTS: dict[str, tuple[list[str], dict]] = {
     "BRCD: + cluster filtering": (["brcd"], {"brcd": {"use_bit_mask": False}}),
     "BRCD: + bit mask (full)": (["brcd"], {"brcd": {}}),
 }
-#: the embedding-distillation baselines also distil both networks' continuous pre-sign logits
-#: (``hashkd distill`` kd_inputs="logits"), as their papers distil embeddings: row "NAME on logits"
+#: the embedding-distillation baselines (and the code alignment) also distil both networks'
+#: continuous pre-sign logits (``hashkd distill`` kd_inputs="logits"), as their papers distil
+#: embeddings: row "NAME on logits"
 LOGITS_SUFFIX = " on logits"
 EMBEDDING_BASELINES = (
+    "align (same-view code alignment)",
     "sp",
     "relative_teacher",
     "absolute_teacher",

@@ -454,6 +454,11 @@ def test_inputs_compare_by_content_not_path(tmp_path):
 def test_logits_rows_distil_the_continuous_outputs(tmp_path):
     assert bench.row_kd_inputs("sp on logits") == "logits" and bench.row_kd_inputs("sp") == "codes"
     assert bench.VARIANTS["crd on logits"] == bench.VARIANTS["crd"]
+    align = "align (same-view code alignment)"
+    assert (
+        bench.row_kd_inputs(f"{align} on logits") == "logits"
+        and bench.row_kd_inputs(align) == "codes"
+    )
     assert "BRCD: + bit mask (full) on logits" not in bench.VARIANTS
     teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "logits"
