@@ -419,13 +419,17 @@ def settings_dict(cfg: Any) -> dict[str, Any]:
 
 def write_config(path: str | os.PathLike[str], cfg: Any, command: str) -> Path:
     """Write ``cfg``'s settings as YAML to ``path`` (atomically); re-run with ``--config path``."""
+    return _write_settings(path, settings_dict(cfg), command)
+
+
+def _write_settings(path: str | os.PathLike[str], values: dict[str, Any], command: str) -> Path:
     from hashkd.io import atomic_write_bytes
 
     header = (
         f"# The settings of a `hashkd {command}` run, as resolved (defaults < --config < flags).\n"
         f"# Re-run it with: hashkd {command} --config {Path(path).name}\n"
     )
-    text = header + yaml.safe_dump(settings_dict(cfg), sort_keys=False, allow_unicode=True)
+    text = header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -468,16 +472,7 @@ def _coerce(f: _Field, value: Any, where: str) -> Any:
 
 def read_config(path: str | os.PathLike[str], cls: type) -> dict[str, Any]:
     """The settings of YAML file ``path`` as ``{field name: value}`` for dataclass ``cls``."""
-    path = Path(path)
-    where = f"config file {str(path)!r}"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} is not valid: expected a mapping of setting names to values")
+    data, where = _read_mapping(path)
     known = {f.name: f for f in fields_of(cls)}
     out = {}
     for key, value in data.items():
@@ -636,14 +631,4 @@ def write_parser_settings(
     command: str,
 ) -> Path:
     """Write the resolved settings of a plain parser as YAML; ``--config path`` re-runs them."""
-    from hashkd.io import atomic_write_bytes
-
-    header = (
-        f"# The settings of a `hashkd {command}` run, as resolved (defaults < --config < flags).\n"
-        f"# Re-run it with: hashkd {command} --config {Path(path).name}\n"
-    )
-    body = yaml.safe_dump(parser_settings(parser, args), sort_keys=False, allow_unicode=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (header + body).encode("utf-8"))
-    return path
+    return _write_settings(path, parser_settings(parser, args), command)
