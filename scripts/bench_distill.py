@@ -36,7 +36,9 @@ as their papers distil embeddings. The table's code-health cells are those of ea
 seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
 the mask mode and the margin each run used. Under the table, BRCD (full) is compared with every
 baseline row per length and protocol (difference of the means; "beyond the spread" when it
-exceeds the sum of the two sample stds), baselines that collapsed in any seed left out.
+exceeds the sum of the two sample stds), baselines that collapsed in any seed left out, and
+BRCD (full) is set against the teacher of each of its seeds (the same splits): its symmetric
+mAP as a share of the teacher's and its asymmetric mAP against the teacher's less one point.
 
 Provenance: ``results.json`` records, beside the settings (with ``topk`` and ``val_every``), the
 ``inputs`` — each teacher's path, model digest (its tensors) and the sha256 of its weights file,
@@ -690,7 +692,46 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
     compared = comparison_lines(rows)
     if compared:
         lines += ["", "BRCD (full) against the baselines, difference of the means:", *compared]
+    shares = teacher_share_lines(rows)
+    if shares:
+        lines += ["", "BRCD (full) against the teacher of the same seed's splits:", *shares]
     return lines
+
+
+def teacher_share_lines(rows: list[dict], model: str = "BRCD: + bit mask (full)") -> list[str]:
+    """Per code length, ``model`` against the teacher row of each of its seeds (the same
+    splits): its symmetric mAP as a share of the teacher's (mean ± sample std over the seeds,
+    mean - std, each seed's value) and its asymmetric mAP minus the teacher's symmetric mAP
+    less one point, in mAP points. No line for a length where a seed lacks its teacher row."""
+    teachers = {(r["bits"], r["seed"]): r for r in rows if r["model"] == "teacher"}
+    out = []
+    for bits in sorted({r["bits"] for r in rows if r["model"] == model}):
+        mine = sorted((r for r in rows if r["bits"] == bits and r["model"] == model),
+                      key=lambda r: r["seed"])  # fmt: skip
+        if any((bits, r["seed"]) not in teachers for r in mine):
+            continue
+        ref = [teachers[(bits, r["seed"])]["map_sym"] for r in mine]
+        share = np.array([r["map_sym"] / t for r, t in zip(mine, ref, strict=True)]) * 100
+        seeds = ", ".join(f"seed {r['seed']} {v:.1f}%" for r, v in zip(mine, share, strict=True))
+        if len(share) > 1:
+            std = share.std(ddof=1)
+            text = (
+                f"{share.mean():.1f}% ± {std:.1f}% of the teacher's "
+                f"(mean - std {share.mean() - std:.1f}%; {seeds})"
+            )
+        else:
+            text = f"{share.mean():.1f}% of the teacher's ({seeds}; one seed: spread unknown)"
+        line = f"- {bits} bits: symmetric mAP at {text}"
+        asym = [r["map_asym"] for r in mine]
+        if all(a is not None for a in asym):
+            gap = (np.array(asym) - (np.array(ref) - 0.01)) * 100
+            spread = f" ± {gap.std(ddof=1):.2f}" if len(gap) > 1 else ""
+            line += (
+                f"; asymmetric mAP {gap.mean():+.2f}{spread} pt against the teacher's symmetric "
+                "mAP minus 1 point"
+            )
+        out.append(line + ".")
+    return out
 
 
 #: the rows a BRCD claim is compared against: every baseline loss, on codes or logits

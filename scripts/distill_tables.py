@@ -21,9 +21,10 @@ table (``sweep_distill.summarise``).
 ``--import`` writes the results file with every absolute path made relative to
 ``--runs-root`` (default: the folder above the results file's folder), prefixed ``runs/``,
 so no machine path is committed; digests and sha256 sums are kept as they are. Given several
-results files before DEST (one table's seeds run as separate processes or on several
-machines), it merges them into one: their settings and inputs must be the same, no row (bits,
-model, seed) or sweep run (setting, seed) may come twice, and each row keeps its own
+results files before DEST (one table's seeds or rows run as separate processes or on several
+machines), it merges them into one: their settings and inputs must be the same, no student row
+(bits, model, seed) or sweep run (setting, seed) may come twice (a teacher row that several
+processes measured is kept once when the copies agree), and each row keeps its own
 ``code_version``.
 """
 
@@ -118,10 +119,37 @@ def relative_paths(value: Any, runs_root: Path) -> Any:
 MERGED_KEYS = ("rows", "seeds", "code_version")
 
 
+#: how far two measurements of one teacher row may differ and still be the same measurement
+TEACHER_ROW_ATOL = 1e-6
+
+
+def shared_teacher_rows_once(rows: list[dict]) -> list[dict]:
+    """``rows`` with a teacher row measured by several of the files (each bench_distill process
+    measures the teacher of its seeds) kept once. ValueError when the repeats disagree: then
+    they are not the same teacher on the same splits."""
+    kept: dict[tuple, dict] = {}
+    out = []
+    for row in rows:
+        key = (row["bits"], row["model"], row["seed"])
+        if row["model"] != "teacher" or key not in kept:
+            kept.setdefault(key, row)
+            out.append(row)
+            continue
+        first = kept[key]
+        for metric in ("map_sym", "map_sym_position", "p_r2"):
+            a, b = first.get(metric), row.get(metric)
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > TEACHER_ROW_ATOL):
+                raise ValueError(
+                    f"the {row['bits']}-bit teacher row of seed {row['seed']} differs between "
+                    f"the results files ({metric} {a} vs {b})"
+                )
+    return out
+
+
 def merge_results(parts: list[Any]) -> Any:
     """One results value from several of one table: sweep lists concatenated, bench_distill dicts
-    with their rows concatenated and their seeds joined. ValueError on other settings or inputs
-    or a repeated row."""
+    with their rows concatenated and their seeds joined (a teacher row that several files
+    measured, once). ValueError on other settings or inputs or a repeated student row."""
     if all(isinstance(p, list) for p in parts):
         merged = [run for part in parts for run in part]
         keys = [(r["setting"], r["seed"]) for r in merged]
@@ -137,7 +165,7 @@ def merge_results(parts: list[Any]) -> Any:
             )
             if differing:
                 raise ValueError(f"the results files differ in {', '.join(differing)}")
-        rows = [row for part in parts for row in part["rows"]]
+        rows = shared_teacher_rows_once([row for part in parts for row in part["rows"]])
         keys = [(r["bits"], r["model"], r["seed"]) for r in rows]
         seeds = sorted({seed for part in parts for seed in part.get("seeds", [])})
         merged = {**parts[0], "rows": rows, "seeds": seeds}

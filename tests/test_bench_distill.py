@@ -497,6 +497,37 @@ def test_comparison_leaves_collapsed_baselines_out_and_judges_the_spread():
     assert bench.comparison_lines([_row(BRCD, 0, 0.3)]) == []  # no baseline, no claim
 
 
+def test_teacher_share_is_per_seed_against_the_same_splits_teacher():
+    rows = [
+        _row("teacher", 0, 0.20), _row("teacher", 1, 0.25), _row("teacher", 2, 0.40),
+        _row(BRCD, 0, 0.19), _row(BRCD, 1, 0.24), _row(BRCD, 2, 0.36),
+        _row("sp", 0, 0.10),  # not the claimed model
+    ]  # fmt: skip
+    for r in rows:
+        if r["model"] == "teacher":
+            r["map_asym"] = None  # the teacher has no asymmetric protocol
+    (line,) = bench.teacher_share_lines(rows)
+    # hand-worked: 95%, 96%, 90% -> mean 93.667, sample std 3.215, mean - std 90.452; the
+    # student's asymmetric mAP equals its symmetric one here, so against the teacher less a
+    # point: 0.19 - 0.19, 0.24 - 0.24, 0.36 - 0.39 -> 0, 0, -3 pt -> -1.00 ± 1.73
+    assert line == (
+        "- 16 bits: symmetric mAP at 93.7% ± 3.2% of the teacher's (mean - std 90.5%; "
+        "seed 0 95.0%, seed 1 96.0%, seed 2 90.0%); asymmetric mAP -1.00 ± 1.73 pt against "
+        "the teacher's symmetric mAP minus 1 point."
+    )
+    # a seed without its teacher row: no claim; one seed: its spread is unknown
+    assert (
+        bench.teacher_share_lines([r for r in rows if r["seed"] != 2 or r["model"] != "teacher"])
+        == []
+    )
+    (one,) = bench.teacher_share_lines([rows[0], rows[3]])
+    assert "95.0% of the teacher's (seed 0 95.0%; one seed: spread unknown)" in one
+    assert "+0.00 pt" in one
+    assert "against the teacher of the same seed's splits" in "\n".join(
+        bench.table_lines(rows, "p", 100)
+    )
+
+
 def test_variants_teacher_measures_the_teacher_rows_alone(tmp_path):
     """``--variants teacher``: one teacher row per seed and no student trained; a later run
     with a student row in the same ``--out`` keeps those rows instead of measuring them again."""

@@ -140,6 +140,20 @@ def test_import_merges_the_seeds_of_one_table_run_apart(tmp_path, capsys):
             tables.main(["--import", *map(str, paths), str(tmp_path / "no.json")])
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
+    # one process per row: the teacher row both measured is kept once, unless they disagree
+    teacher = {"bits": 64, "model": "teacher", "seed": 0, "map_sym": 0.27, "p_r2": 0.01}
+    for path, model in zip(paths, ("BRCD: + bit mask (full)", "lsh on logits"), strict=True):
+        part = _part(0)
+        part["rows"] = [teacher, {**part["rows"][0], "model": model}]
+        path.write_text(json.dumps(part))
+    assert tables.main(["--import", *map(str, paths), str(dest)]) == 0
+    got = [(r["model"], r["seed"]) for r in json.loads(dest.read_text())["rows"]]
+    assert got == [("teacher", 0), ("BRCD: + bit mask (full)", 0), ("lsh on logits", 0)]
+    part["rows"][0] = {**teacher, "map_sym": 0.28}
+    paths[1].write_text(json.dumps(part))
+    with pytest.raises(SystemExit):
+        tables.main(["--import", *map(str, paths), str(dest)])
+    assert "teacher row of seed 0 differs" in capsys.readouterr().err
     sweep = [{"setting": "w=1", "seed": 0, "teacher_digest": "a"}]
     paths[0].write_text(json.dumps(sweep))
     paths[1].write_text(json.dumps([{**sweep[0], "seed": 1}]))
