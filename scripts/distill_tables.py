@@ -25,7 +25,10 @@ results files before DEST (one table's seeds or rows run as separate processes o
 machines), it merges them into one: their settings and inputs must be the same, no student row
 (bits, model, seed) or sweep run (setting, seed) may come twice (a teacher row that several
 processes measured is kept once when the copies agree), and each row keeps its own
-``code_version``.
+``code_version``. Per-loss settings (``loss_weights``, ``loss_options``) merge as their union,
+so one table's rows can run as separate processes each with the weights of its own losses; a
+loss set differently in two files, or run at its default in one and set in another, is
+refused.
 """
 
 from __future__ import annotations
@@ -117,6 +120,34 @@ def relative_paths(value: Any, runs_root: Path) -> Any:
 
 #: keys of a bench_distill results file that may differ between the files of one table
 MERGED_KEYS = ("rows", "seeds", "code_version")
+#: per-loss settings (``--loss-weight``, ``--loss-opt``): files whose rows use other losses
+#: (bench_distill refuses a setting for a loss none of its rows uses) merge as their union
+PER_LOSS_KEYS = ("loss_weights", "loss_options")
+
+
+def per_loss_union(parts: list[dict], key: str) -> dict:
+    """The union of the parts' ``key`` (a mapping loss -> setting). ValueError when two parts
+    set one loss differently, or when a part's rows use a loss another part set while it ran
+    that loss at its default (its rows would be told apart by nothing in the merged file)."""
+    variants = _script("bench_distill").VARIANTS
+    union: dict = {}
+    for part in parts:
+        for loss, value in part.get(key, {}).items():
+            if union.setdefault(loss, value) != value:
+                raise ValueError(f"the results files set {key} of {loss} differently")
+    for part in parts:
+        used = {
+            loss
+            for row in part["rows"]
+            if row["model"] in variants
+            for loss in variants[row["model"]][0]
+        }
+        default = sorted((used & union.keys()) - part.get(key, {}).keys())
+        if default:
+            raise ValueError(
+                f"one results file ran {', '.join(default)} at its default {key} and another set it"
+            )
+    return union
 
 
 #: how far two measurements of one teacher row may differ and still be the same measurement
@@ -157,9 +188,10 @@ def merge_results(parts: list[Any]) -> Any:
         if len(digests) > 1:
             raise ValueError("the sweeps ran on different teachers (their teacher_digest differs)")
     elif all(isinstance(p, dict) for p in parts):
-        first = {k: v for k, v in parts[0].items() if k not in MERGED_KEYS}
+        ignored = MERGED_KEYS + PER_LOSS_KEYS
+        first = {k: v for k, v in parts[0].items() if k not in ignored}
         for part in parts[1:]:
-            other = {k: v for k, v in part.items() if k not in MERGED_KEYS}
+            other = {k: v for k, v in part.items() if k not in ignored}
             differing = sorted(
                 k for k in first.keys() | other.keys() if first.get(k) != other.get(k)
             )
@@ -169,6 +201,9 @@ def merge_results(parts: list[Any]) -> Any:
         keys = [(r["bits"], r["model"], r["seed"]) for r in rows]
         seeds = sorted({seed for part in parts for seed in part.get("seeds", [])})
         merged = {**parts[0], "rows": rows, "seeds": seeds}
+        for key in PER_LOSS_KEYS:
+            if any(key in part for part in parts):
+                merged[key] = per_loss_union(parts, key)
     else:
         raise ValueError("a sweep's results cannot be merged with a table's")
     repeated = sorted({k for k in keys if keys.count(k) > 1}, key=str)

@@ -140,20 +140,39 @@ def test_import_merges_the_seeds_of_one_table_run_apart(tmp_path, capsys):
             tables.main(["--import", *map(str, paths), str(tmp_path / "no.json")])
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
-    # one process per row: the teacher row both measured is kept once, unless they disagree
+    # one process per row, each with its own losses' weights and options: the teacher row both
+    # measured is kept once (unless the copies disagree), the per-loss settings are the union
     teacher = {"bits": 64, "model": "teacher", "seed": 0, "map_sym": 0.27, "p_r2": 0.01}
-    for path, model in zip(paths, ("BRCD: + bit mask (full)", "lsh on logits"), strict=True):
-        part = _part(0)
-        part["rows"] = [teacher, {**part["rows"][0], "model": model}]
-        path.write_text(json.dumps(part))
+    brcd = {"loss_weights": {"brcd": 10.0}, "loss_options": {"brcd": {"k": 10}}}
+    lsh = {"loss_weights": {"lsh": 0.3}, "loss_options": {}}
+
+    def write(settings: tuple[dict, dict], teacher_sym: float = 0.27) -> None:
+        for path, model, extra in zip(
+            paths, ("BRCD: + bit mask (full)", "lsh on logits"), settings, strict=True
+        ):
+            part = _part(0, **extra)
+            part["rows"] = [{**teacher, "map_sym": teacher_sym if model == "lsh on logits"
+                             else 0.27}, {**part["rows"][0], "model": model}]  # fmt: skip
+            path.write_text(json.dumps(part))
+
+    write((brcd, lsh))
     assert tables.main(["--import", *map(str, paths), str(dest)]) == 0
-    got = [(r["model"], r["seed"]) for r in json.loads(dest.read_text())["rows"]]
-    assert got == [("teacher", 0), ("BRCD: + bit mask (full)", 0), ("lsh on logits", 0)]
-    part["rows"][0] = {**teacher, "map_sym": 0.28}
-    paths[1].write_text(json.dumps(part))
-    with pytest.raises(SystemExit):
-        tables.main(["--import", *map(str, paths), str(dest)])
-    assert "teacher row of seed 0 differs" in capsys.readouterr().err
+    got = json.loads(dest.read_text())
+    assert [(r["model"], r["seed"]) for r in got["rows"]] == [
+        ("teacher", 0), ("BRCD: + bit mask (full)", 0), ("lsh on logits", 0)
+    ]  # fmt: skip
+    assert got["loss_weights"] == {"brcd": 10.0, "lsh": 0.3}
+    assert got["loss_options"] == {"brcd": {"k": 10}}
+    for settings, teacher_sym, needle in (
+        ((brcd, lsh), 0.28, "teacher row of seed 0 differs"),
+        ((brcd, {**lsh, "loss_weights": {"lsh": 0.3, "brcd": 5.0}}), 0.27, "differently"),
+        (({"loss_weights": {}, "loss_options": {}}, lsh | {"loss_weights": {"brcd": 10.0,
+          "lsh": 0.3}}), 0.27, "ran brcd at its default loss_weights"),
+    ):  # fmt: skip
+        write(settings, teacher_sym)
+        with pytest.raises(SystemExit):
+            tables.main(["--import", *map(str, paths), str(tmp_path / "no.json")])
+        assert needle in capsys.readouterr().err
     sweep = [{"setting": "w=1", "seed": 0, "teacher_digest": "a"}]
     paths[0].write_text(json.dumps(sweep))
     paths[1].write_text(json.dumps([{**sweep[0], "seed": 1}]))
