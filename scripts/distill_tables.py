@@ -34,6 +34,7 @@ refused.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import re
@@ -50,7 +51,9 @@ BLOCK = re.compile(
 )
 
 
+@functools.cache
 def _script(name: str):
+    """The module of ``scripts/NAME.py``, loaded once (every table block and merge uses it)."""
     spec = importlib.util.spec_from_file_location(
         name, Path(__file__).resolve().parent / f"{name}.py"
     )
@@ -158,22 +161,24 @@ def shared_teacher_rows_once(rows: list[dict]) -> list[dict]:
     """``rows`` with a teacher row measured by several of the files (each bench_distill process
     measures the teacher of its seeds) kept once. ValueError when the repeats disagree: then
     they are not the same teacher on the same splits."""
-    kept: dict[tuple, dict] = {}
+    teachers: dict[tuple, dict] = {}
     out = []
     for row in rows:
         key = (row["bits"], row["model"], row["seed"])
-        if row["model"] != "teacher" or key not in kept:
-            kept.setdefault(key, row)
+        if row["model"] != "teacher":
             out.append(row)
-            continue
-        first = kept[key]
-        for metric in ("map_sym", "map_sym_position", "p_r2"):
-            a, b = first.get(metric), row.get(metric)
-            if (a is None) != (b is None) or (a is not None and abs(a - b) > TEACHER_ROW_ATOL):
-                raise ValueError(
-                    f"the {row['bits']}-bit teacher row of seed {row['seed']} differs between "
-                    f"the results files ({metric} {a} vs {b})"
-                )
+        elif key not in teachers:
+            teachers[key] = row
+            out.append(row)
+        else:
+            first = teachers[key]
+            for metric in ("map_sym", "map_sym_position", "p_r2"):
+                a, b = first.get(metric), row.get(metric)
+                if (a is None) != (b is None) or (a is not None and abs(a - b) > TEACHER_ROW_ATOL):
+                    raise ValueError(
+                        f"the {row['bits']}-bit teacher row of seed {row['seed']} differs "
+                        f"between the results files ({metric} {a} vs {b})"
+                    )
     return out
 
 
