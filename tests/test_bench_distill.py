@@ -459,7 +459,7 @@ def test_logits_rows_distil_the_continuous_outputs(tmp_path):
         bench.row_kd_inputs(f"{align} on logits") == "logits"
         and bench.row_kd_inputs(align) == "codes"
     )
-    assert "BRCD: + bit mask (full) on logits" not in bench.VARIANTS
+    assert "BRCD: + cluster filtering on logits" not in bench.VARIANTS  # ablations: codes only
     teacher = save_tiny_teacher(tmp_path / "teacher")
     out = tmp_path / "logits"
     argv = [
@@ -587,3 +587,25 @@ def test_loss_weight_sets_the_weight_of_its_loss_in_every_row_that_uses_it(tmp_p
         bench.main([*argv[:-2], "--loss-weight", "crd=1", "--out", str(tmp_path / "o2")])
     assert exc.value.code == 2 and "--loss-weight names crd" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_brcd_on_logits_is_judged_like_brcd_and_never_counts_as_a_baseline():
+    twin = BRCD + bench.LOGITS_SUFFIX
+    assert bench.row_kd_inputs(twin) == "logits" and bench.VARIANTS[twin] == bench.VARIANTS[BRCD]
+    assert twin not in bench.BASELINES and BRCD not in bench.BASELINES
+    rows = [
+        _row("teacher", 0, 0.40), _row("teacher", 1, 0.40),
+        _row(BRCD, 0, 0.36), _row(BRCD, 1, 0.38),
+        _row(twin, 0, 0.30), _row(twin, 1, 0.32),
+        _row("lsh on logits", 0, 0.33), _row("lsh on logits", 1, 0.35),
+    ]  # fmt: skip
+    for r in rows:
+        if r["model"] == "teacher":
+            r["map_asym"] = None
+    text = "\n".join(bench.table_lines(rows, "p", 100))
+    # hand-worked: BRCD 0.37 vs lsh 0.34 (+3 pt, spread 0.0141 + 0.0141); the twin 0.31 (-3 pt)
+    assert f"{BRCD} vs lsh on logits +3.00 pt (above beyond the spread)" in text
+    assert f"{twin} vs lsh on logits -3.00 pt (BELOW beyond the spread)" in text
+    assert "BRCD (full) on logits against the teacher of the same seed's splits:" in text
+    assert "77.5% ± 3.5% of the teacher's" in text  # the twin: 75% and 80%
+    assert f"{twin} vs {twin}" not in text and f"{BRCD} vs {twin}" not in text

@@ -28,9 +28,12 @@ def oracle_rows(
     centres=None,
     use_filter=False,
     mask_mode="anchor",
+    offset_codes=None,
 ):
-    """The BRCD objective written out with explicit loops (float64 numpy)."""
+    """The BRCD objective written out with explicit loops (float64 numpy). ``offset_codes``:
+    the teacher codes of view 2 for the offset test (default ``t2``)."""
     s1, t1, t2 = (np.asarray(x, dtype=np.float64) for x in (s1, t1, t2))
+    offset_codes = t2 if offset_codes is None else np.asarray(offset_codes, dtype=np.float64)
     bsz = s1.shape[0]
     z = np.concatenate([s1, t2])
     cz = None if clusters is None else np.concatenate([clusters, clusters])
@@ -46,7 +49,7 @@ def oracle_rows(
     alphas = np.full(bsz, float(alpha))
     if centres is not None:
         for k in range(bsz):
-            nearest = int(np.argmin(((centres - t2[k]) ** 2).sum(axis=1)))
+            nearest = int(np.argmin(((centres - offset_codes[k]) ** 2).sum(axis=1)))
             if nearest != clusters[k]:
                 alphas[k] = 1.0
     rows = []
@@ -153,6 +156,61 @@ def test_full_brcd_matches_loop_oracle(mask_mode):
     np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
     offset = loss.offset_mask(t2, c)
     assert bool(offset[2]) and not bool(offset.all())
+
+
+@pytest.mark.parametrize("mask_mode", ["anchor", "own"])
+def test_on_logits_similarities_are_cosines_of_logits_and_the_offset_test_uses_their_signs(
+    mask_mode,
+):
+    """``kd_inputs="logits"``: the oracle on the raw logits, with the offset test on their signs.
+    Image 0 (cluster 0) is the hand case where the two differ: its view-2 logits
+    [0.1 x 4, -3 x 4] have signs nearest cluster 0's centre, the raw values nearest cluster 1's."""
+    result = hand_clusters()
+    g = torch.Generator().manual_seed(5)
+    c = torch.tensor([0, 1, 0, 1, 1, 0])
+    proto = torch.where(torch.as_tensor(result.means) >= 0, 1.0, -1.0).double()
+    t1 = proto[c] * (0.2 + 2 * torch.rand(6, 8, generator=g, dtype=torch.float64))
+    t2 = t1 + 0.8 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+    t2[0] = torch.tensor([0.1] * 4 + [-3.0] * 4, dtype=torch.float64)
+    s1 = torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    centres = np.asarray(result.centres, dtype=np.float64)
+    raw_nearest = np.argmin(((centres - t2[0].numpy()) ** 2).sum(axis=1))
+    assert raw_nearest == 1  # the raw logits would call image 0 an offset view
+    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result, mask_mode=mask_mode)
+    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
+    t2_codes = np.where(t2.numpy() > 0, 1.0, -1.0)
+    expected = oracle_rows(
+        s1.detach().numpy(),
+        t1.numpy(),
+        t2.numpy(),
+        0.4,
+        clusters=c.numpy(),
+        masks=result.bit_mask(0.5).astype(np.float64),
+        centres=result.centres,
+        use_filter=True,
+        mask_mode=mask_mode,
+        offset_codes=t2_codes,
+    )
+    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    codes_offset = loss.offset_mask(torch.from_numpy(t2_codes), c)
+    assert torch.equal(loss.offset_mask(t2, c), codes_offset) and not bool(codes_offset[0])
+
+
+def test_fit_on_logits_clusters_their_signs():
+    """The offline stage given the teacher's logits equals the one given its ±1 codes."""
+    rng = np.random.default_rng(11)
+    protos = np.sign(rng.standard_normal((4, 16)))
+    labels = rng.integers(0, 4, size=80)
+    logits = protos[labels] * rng.uniform(0.05, 3.0, size=(80, 16))
+    logits[rng.random((80, 16)) < 0.1] *= -1
+    on_logits = build_loss("brcd", k=4, seed=2, margin=0.3)
+    on_codes = build_loss("brcd", k=4, seed=2, margin=0.3)
+    on_logits.fit(torch.from_numpy(logits.astype(np.float32)))
+    on_codes.fit(torch.from_numpy(np.where(logits > 0, 1.0, -1.0).astype(np.float32)))
+    assert torch.equal(on_logits.cluster_labels, on_codes.cluster_labels)
+    assert torch.equal(on_logits.masks, on_codes.masks)
+    np.testing.assert_allclose(on_logits.centres.numpy(), on_codes.centres.numpy(), atol=1e-6)
+    assert float(np.abs(on_logits.centres.numpy()).max()) <= 1.0 + 1e-6  # means of ±1 codes
 
 
 def test_same_cluster_negatives_leave_the_row_unchanged():

@@ -447,11 +447,36 @@ def test_kd_inputs_logits_gives_the_losses_both_networks_continuous_outputs(
     assert seen and all(binary for *_, binary in seen)
 
 
-def test_kd_inputs_logits_is_refused_for_brcd_and_unknown_kinds(tmp_path, teacher_dir, image_dir):
-    with pytest.raises(ValueError, match="kd-inputs=logits is not valid with brcd"):
-        _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="logits").validate()
+def test_kd_inputs_unknown_kind_is_refused(tmp_path, teacher_dir, image_dir):
     with pytest.raises(ValueError, match="kd-inputs='features' is not valid"):
         _cfg(tmp_path, teacher_dir, image_dir, kd_inputs="features").validate()
+
+
+def test_brcd_on_logits_reads_logits_and_clusters_the_teachers_codes(
+    tmp_path, teacher_dir, image_dir, monkeypatch
+):
+    """BRCD with kd_inputs="logits": its batches hold continuous teacher outputs, while its
+    clusters and masks are those of the same run on ±1 codes (oracle: that run's report)."""
+    from hashkd.losses.brcd import BRCDLoss
+
+    seen = []
+    row_losses = BRCDLoss.row_losses
+
+    def recording(self, batch):
+        seen.append(bool(((batch.t1 == 1) | (batch.t1 == -1)).all()))
+        return row_losses(self, batch)
+
+    monkeypatch.setattr(BRCDLoss, "row_losses", recording)
+    reports = {}
+    for kind in ("codes", "logits"):
+        seen.clear()
+        out = distill(_cfg(tmp_path, teacher_dir, image_dir, name=kind, epochs=1, kd_inputs=kind))
+        meta = load_artifact(out).config.meta
+        assert meta["kd_inputs"] == kind and seen
+        assert all(seen) if kind == "codes" else not any(seen)
+        reports[kind] = meta["losses"][0]["report"]
+    for key in ("k", "cluster_sizes", "kept_fraction"):
+        assert reports["logits"][key] == reports["codes"][key]
 
 
 def test_cli_kd_inputs(tmp_path, teacher_dir, capsys):
@@ -459,9 +484,6 @@ def test_cli_kd_inputs(tmp_path, teacher_dir, capsys):
 
     base = ["distill", "--teacher", str(teacher_dir), "--data", "digits", "--no-progress",
             "--out", str(tmp_path / "s")]  # fmt: skip
-    assert main([*base, "--kd-inputs", "logits", "--loss", "brcd"]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "kd-inputs=logits is not valid with brcd" in err[0]
     with pytest.raises(SystemExit) as exc:
         main([*base, "--kd-inputs", "features"])
     assert exc.value.code == 2 and "features" in capsys.readouterr().err

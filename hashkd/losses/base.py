@@ -88,6 +88,12 @@ class DistillBatch:
         return int(self.s1.shape[0])
 
 
+def signs(x: torch.Tensor) -> torch.Tensor:
+    """±1 codes of real values such as logits (+1 where ``x > 0``, the rule of stored code bits);
+    ±1 codes are returned unchanged, {0, 1} codes become ±1."""
+    return torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+
+
 def as_sign_tensor(codes: Any) -> torch.Tensor:
     """Teacher codes for :meth:`DistillLoss.fit` as a float32 ``N x K`` tensor.
 

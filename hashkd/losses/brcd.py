@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hashkd.clustering import DEFAULT_CANDIDATES, ClusterResult, cluster_teacher_codes
-from hashkd.losses.base import DistillBatch, DistillLoss, as_sign_tensor
+from hashkd.losses.base import DistillBatch, DistillLoss, as_sign_tensor, signs
 from hashkd.losses.registry import register_loss
 
 #: how a row's similarities are masked: with the anchor row's cluster mask on both vectors,
@@ -29,7 +29,11 @@ class BRCDLoss(DistillLoss):
     Inputs: ``s1`` (student STE ±1 codes of view 1, with grad), ``t1``, ``t2`` (teacher
     codes of views 1 and 2, detached here), and the images' clusters (``batch.cluster``
     or ``batch.index`` into the labels set by :meth:`fit`/:meth:`set_clusters`). ``s2``
-    is not used. tau = temperature, B = batch size, c(k) = cluster of image k.
+    is not used. tau = temperature, B = batch size, c(k) = cluster of image k. The paper
+    distils codes; given both networks' pre-sign logits instead (``hashkd distill
+    --kd-inputs logits``), the similarities are cosines of the logits while the clusters,
+    their centres, the masks and the offset test stay statistics of the teacher's ±1 codes
+    (the signs of its logits), so both inputs share one clustering.
 
     Contrastive KD (symmetric InfoNCE over 2B rows): ``Z = [s1; t2]``,
     ``S_ab = cos_a(Z_a, Z_b) / tau``; rows k and B+k share the positive
@@ -136,10 +140,11 @@ class BRCDLoss(DistillLoss):
 
     # -- offline stage ------------------------------------------------------------------
     def fit(self, teacher_codes: Any, teacher_features: Any | None = None) -> None:
-        """Cluster the teacher's training-set codes (row i = dataset index i)."""
+        """Cluster the teacher's training-set codes (row i = dataset index i); given its
+        logits, their signs."""
         if not self.needs_clusters:
             return
-        codes = as_sign_tensor(teacher_codes).numpy()
+        codes = signs(as_sign_tensor(teacher_codes)).numpy()
         result = cluster_teacher_codes(
             codes,
             teacher=self.teacher or "unknown",
@@ -237,9 +242,10 @@ class BRCDLoss(DistillLoss):
         return c.to(batch.s1.device)
 
     def offset_mask(self, t2: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """True where the augmented view's teacher code is nearest another cluster's centre."""
+        """True where the augmented view's teacher code (the signs of ``t2``) is nearest
+        another cluster's centre."""
         centres = self.centres.to(t2)
-        nearest = torch.cdist(t2.detach(), centres).argmin(dim=1)
+        nearest = torch.cdist(signs(t2.detach()), centres).argmin(dim=1)
         return nearest != c
 
     def similarity_matrix(self, batch: DistillBatch) -> torch.Tensor:

@@ -33,8 +33,6 @@ __all__ = ["DistillConfig", "PretrainConfig", "TeacherConfig", "pretrain_weights
 LR_SCHEDULES = ("constant", "cosine")
 #: what ``DistillConfig.kd_inputs`` may name
 KD_INPUTS = ("codes", "logits")
-#: losses defined on ±1 codes only (their clusters and masks are code statistics)
-CODE_ONLY_LOSSES = {"brcd"}
 HEADS = ("linear", "mlp")
 
 # ----------------------------------------------------------------------------- shared settings
@@ -380,11 +378,6 @@ class DistillConfig:
         if self.kd_inputs not in KD_INPUTS:
             raise ValueError(
                 f"kd-inputs={self.kd_inputs!r} is not valid: expected one of {', '.join(KD_INPUTS)}"
-            )
-        if self.kd_inputs == "logits" and set(self.losses) & CODE_ONLY_LOSSES:
-            raise ValueError(
-                f"kd-inputs=logits is not valid with {', '.join(sorted(set(self.losses) & CODE_ONLY_LOSSES))}: "
-                "that loss is defined on ±1 codes; expected kd-inputs=codes"
             )
         for name in ("epochs", "batch_size", "val_every"):
             _positive(name, getattr(self, name))

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from hashkd.codes import codes_to_signs, pack_codes
 from hashkd.encoding import model_digest
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
+from hashkd.losses.base import signs
 from hashkd.losses.run_report import epoch_log_fields, loss_setup
 from hashkd.models import ModelConfig, build_model, load_artifact, model_cost
 from hashkd.models.hash_model import HashModel
@@ -405,7 +406,7 @@ def kd_inputs(
         (s1, s2), (t1, t2) = student_logits, teacher_logits
     else:
         s1, s2 = student_codes
-        t1, t2 = (torch.where(t > 0, 1.0, -1.0) for t in teacher_logits)
+        t1, t2 = (signs(t) for t in teacher_logits)
     return DistillBatch(s1=s1, s2=s2, t1=t1, t2=t2, index=index.long())
 
 
