@@ -36,8 +36,9 @@ as their papers distil embeddings; so has BRCD (full) (its similarities on logit
 clusters and masks still of the teacher's codes), judged under the table like BRCD (full). The table's code-health cells are those of each row's worst
 seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
 the mask mode and the margin each run used. Under the table, BRCD (full) is compared with every
-baseline row per length and protocol (difference of the means; "beyond the spread" when it
-exceeds the sum of the two sample stds), baselines that collapsed in any seed left out, and
+baseline row per length and protocol (difference of the means over the seeds both rows have;
+"beyond the spread" when it exceeds the sum of the two sample stds), baselines that collapsed
+in any seed left out, and
 BRCD (full) is set against the teacher of each of its seeds (the same splits): its symmetric
 mAP as a share of the teacher's and its asymmetric mAP against the teacher's less one point.
 
@@ -753,9 +754,11 @@ BASELINES = tuple(
 
 def comparison_lines(rows: list[dict], model: str = BRCD_FULL) -> list[str]:
     """Per code length and protocol (sym, asym): ``model`` against every baseline row, mean ±
-    sample std over seeds. "beyond the spread" when the difference of the means exceeds the sum
-    of the two stds (both rows with at least 2 seeds); a baseline that collapsed in any seed is
-    left out of the comparison and named. No line for a length without ``model``."""
+    sample std over the seeds both rows have (each seed has its own splits, so only the same
+    seeds compare; the seeds are named when they are fewer than ``model``'s). "beyond the
+    spread" when the difference of the means exceeds the sum of the two stds (at least 2 common
+    seeds); a baseline that collapsed in any seed is left out of the comparison and named. No
+    line for a length without ``model``."""
     out = []
     by_key: dict[tuple[int, str], list[dict]] = {}
     for r in rows:
@@ -767,13 +770,24 @@ def comparison_lines(rows: list[dict], model: str = BRCD_FULL) -> list[str]:
             continue
         collapsed = [n for n, g in others if any(r["health"]["collapsed"] for r in g)]
         kept = [(n, g) for n, g in others if n not in collapsed]
+        mine_by_seed = {r["seed"]: r for r in mine}
         for key, label in (("map_sym", "symmetric"), ("map_asym", "asymmetric")):
-            m = np.array([r[key] for r in mine], dtype=float)
             verdicts = []
             for name, g in kept:
-                o = np.array([r[key] for r in g], dtype=float)
+                common = sorted(mine_by_seed.keys() & {r["seed"] for r in g})
+                if not common:
+                    verdicts.append(f"{name} (no seed in common)")
+                    continue
+                theirs = {r["seed"]: r for r in g}
+                m = np.array([mine_by_seed[sd][key] for sd in common], dtype=float)
+                o = np.array([theirs[sd][key] for sd in common], dtype=float)
                 diff = m.mean() - o.mean()
-                if len(m) < 2 or len(o) < 2:
+                on = (
+                    ""
+                    if len(common) == len(mine_by_seed)
+                    else f"seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))}: "
+                )
+                if len(common) < 2:
                     verdict = "one seed: spread unknown"
                 else:
                     spread = m.std(ddof=1) + o.std(ddof=1)
@@ -783,7 +797,7 @@ def comparison_lines(rows: list[dict], model: str = BRCD_FULL) -> list[str]:
                         verdict = "BELOW beyond the spread"
                     else:
                         verdict = "within the spread"
-                verdicts.append(f"{name} {diff * 100:+.2f} pt ({verdict})")
+                verdicts.append(f"{name} {diff * 100:+.2f} pt ({on}{verdict})")
             line = f"- {bits} bits, {label}: {model} vs " + "; ".join(verdicts)
             if collapsed:
                 line += f". Left out (collapsed in some seed): {', '.join(collapsed)}"

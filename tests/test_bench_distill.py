@@ -483,14 +483,19 @@ def test_comparison_leaves_collapsed_baselines_out_and_judges_the_spread():
         _row("sp", 0, 0.31), _row("sp", 1, 0.33), _row("sp", 2, 0.35),  # 0.33 ± 0.02
         _row("rkd", 0, 0.90, collapsed=True), _row("rkd", 1, 0.90),
         _row("lsh", 0, 0.40),
+        _row("compress", 1, 0.25), _row("compress", 2, 0.27),
+        _row("lsh on logits", 7, 0.10),
         _row(NO_KD, 0, 0.99),  # not a baseline
     ]  # fmt: skip
     sym, asym = bench.comparison_lines(rows)
-    # hand-worked, in the table's row order: sp -1 pt within 0.02 + 0.02; lsh: one seed;
-    # crd +10 pt beyond 0.04
+    # hand-worked, in the table's row order, each on the seeds both rows have: sp -1 pt within
+    # 0.02 + 0.02; compress on seeds 1, 2: 0.33 vs 0.26, +7 pt beyond 0.0141 + 0.0141; lsh on
+    # seed 0: 0.30 vs 0.40; crd +10 pt beyond 0.04; lsh on logits shares no seed
     assert sym == (
         f"- 16 bits, symmetric: {BRCD} vs sp -1.00 pt (within the spread); "
-        "lsh -8.00 pt (one seed: spread unknown); crd +10.00 pt (above beyond the spread). "
+        "compress +7.00 pt (seeds 1, 2: above beyond the spread); "
+        "lsh -10.00 pt (seed 0: one seed: spread unknown); crd +10.00 pt (above beyond the spread); "
+        "lsh on logits (no seed in common). "
         "Left out (collapsed in some seed): rkd."
     )
     assert asym.startswith("- 16 bits, asymmetric: ")
