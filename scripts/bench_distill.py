@@ -30,10 +30,11 @@ it (default: the loss's ``default_weight``), e.g. a weight chosen by ``scripts/s
 written to ``results.json`` (``loss_weights``) and the table's weight column.
 
 The embedding-distillation baselines (sp, relative_teacher, absolute_teacher, rkd, compress,
-lsh, crd) and the code alignment (align) have a second row each, ``NAME on logits``, that distils both networks' continuous
-pre-sign hash logits instead of their ±1 codes (``hashkd distill``'s ``kd_inputs="logits"``),
-as their papers distil embeddings; so has BRCD (full) (its similarities on logits, its
-clusters and masks still of the teacher's codes), judged under the table like BRCD (full). The table's code-health cells are those of each row's worst
+lsh, crd) and the code alignment (align) have a second row each, ``NAME on logits``, that
+distils both networks' continuous pre-sign hash logits instead of their ±1 codes (``hashkd
+distill``'s ``kd_inputs="logits"``), as their papers distil embeddings; so has BRCD (full)
+(its similarities on logits, its clusters and masks still of the teacher's codes), judged
+under the table like BRCD (full). The table's code-health cells are those of each row's worst
 seed (a collapse in one seed is not averaged away) and its BRCD cell names the cluster count k,
 the mask mode and the margin each run used. Under the table, BRCD (full) is compared with every
 baseline row per length and protocol (difference of the means over the seeds both rows have;

@@ -129,6 +129,27 @@ def test_all_switches_off_matches_loop_oracle(alpha):
     assert float(value.detach()) == pytest.approx(expected.mean(), rel=1e-10)
 
 
+def assert_full_brcd_matches_oracle(result, s1, t1, t2, c, mask_mode, offset_codes=None):
+    """Full BRCD (alpha 0.4, margin 0.5, every switch on) row by row against the loop oracle;
+    returns the loss."""
+    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result, mask_mode=mask_mode)
+    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
+    expected = oracle_rows(
+        s1.detach().numpy(),
+        t1.numpy(),
+        t2.numpy(),
+        0.4,
+        clusters=c.numpy(),
+        masks=result.bit_mask(0.5).astype(np.float64),
+        centres=result.centres,
+        use_filter=True,
+        mask_mode=mask_mode,
+        offset_codes=offset_codes,
+    )
+    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    return loss
+
+
 @pytest.mark.parametrize("mask_mode", ["anchor", "own"])
 def test_full_brcd_matches_loop_oracle(mask_mode):
     result = hand_clusters()
@@ -139,21 +160,7 @@ def test_full_brcd_matches_loop_oracle(mask_mode):
     t2 = t1.clone()
     t2[2] = -1.0  # image 2 (cluster 0) is nearest the centre of cluster 1 after augmentation
     s1 = torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result, mask_mode=mask_mode)
-    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
-    masks = result.bit_mask(0.5).astype(np.float64)
-    expected = oracle_rows(
-        s1.detach().numpy(),
-        t1.numpy(),
-        t2.numpy(),
-        0.4,
-        clusters=c.numpy(),
-        masks=masks,
-        centres=result.centres,
-        use_filter=True,
-        mask_mode=mask_mode,
-    )
-    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    loss = assert_full_brcd_matches_oracle(result, s1, t1, t2, c, mask_mode)
     offset = loss.offset_mask(t2, c)
     assert bool(offset[2]) and not bool(offset.all())
 
@@ -176,22 +183,8 @@ def test_on_logits_similarities_are_cosines_of_logits_and_the_offset_test_uses_t
     centres = np.asarray(result.centres, dtype=np.float64)
     raw_nearest = np.argmin(((centres - t2[0].numpy()) ** 2).sum(axis=1))
     assert raw_nearest == 1  # the raw logits would call image 0 an offset view
-    loss = build_loss("brcd", alpha=0.4, margin=0.5, clusters=result, mask_mode=mask_mode)
-    rows = loss.row_losses(DistillBatch(s1=s1, t1=t1, t2=t2, cluster=c))
     t2_codes = np.where(t2.numpy() > 0, 1.0, -1.0)
-    expected = oracle_rows(
-        s1.detach().numpy(),
-        t1.numpy(),
-        t2.numpy(),
-        0.4,
-        clusters=c.numpy(),
-        masks=result.bit_mask(0.5).astype(np.float64),
-        centres=result.centres,
-        use_filter=True,
-        mask_mode=mask_mode,
-        offset_codes=t2_codes,
-    )
-    np.testing.assert_allclose(rows.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    loss = assert_full_brcd_matches_oracle(result, s1, t1, t2, c, mask_mode, offset_codes=t2_codes)
     codes_offset = loss.offset_mask(torch.from_numpy(t2_codes), c)
     assert torch.equal(loss.offset_mask(t2, c), codes_offset) and not bool(codes_offset[0])
 

@@ -34,7 +34,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from hashkd.codes import codes_to_signs, pack_codes
 from hashkd.encoding import model_digest
 from hashkd.losses import DistillBatch, build_loss, get_loss_class, resolve_weights
 from hashkd.losses.base import signs
@@ -196,7 +195,7 @@ def _distill(cfg: DistillConfig, info: DistInfo) -> Path:
         write=info.is_main,
     )
     if cfg.kd_inputs != "logits":
-        teacher_train = torch.from_numpy(codes_to_signs(pack_codes(teacher_train)))
+        teacher_train = signs(teacher_train)
     losses = build_losses(cfg, scfg.bits, tcfg.bits, len(train_split)).to(info.device)
     for loss in losses:
         loss.fit(teacher_train)
