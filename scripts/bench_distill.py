@@ -704,6 +704,11 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
         shares = teacher_share_lines(rows, model)
         if shares:
             lines += ["", f"{label} against the teacher of the same seed's splits:", *shares]
+    baseline_shares = [
+        line for name in BASELINES for line in teacher_share_lines(rows, name, label=name)
+    ]
+    if baseline_shares:
+        lines += ["", "The baselines against the same goals:", *baseline_shares]
     return lines
 
 
@@ -711,11 +716,14 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
 ASYMMETRIC_GOAL_MARGIN = 0.01
 
 
-def teacher_share_lines(rows: list[dict], model: str = BRCD_FULL) -> list[str]:
+def teacher_share_lines(
+    rows: list[dict], model: str = BRCD_FULL, label: str | None = None
+) -> list[str]:
     """Per code length, ``model`` against the teacher row of each of its seeds (the same
     splits): its symmetric mAP as a share of the teacher's (mean ± sample std over the seeds,
     mean - std, each seed's value) and its asymmetric mAP minus the teacher's symmetric mAP
-    less one point, in mAP points. No line for a length where a seed lacks its teacher row."""
+    less one point, in mAP points. No line for a length where a seed lacks its teacher row.
+    ``label`` names the model after the length (``- 64 bits, LABEL: ...``)."""
     teachers = {(r["bits"], r["seed"]): r for r in rows if r["model"] == "teacher"}
     out = []
     for bits in sorted({r["bits"] for r in rows if r["model"] == model}):
@@ -734,7 +742,8 @@ def teacher_share_lines(rows: list[dict], model: str = BRCD_FULL) -> list[str]:
             )
         else:
             text = f"{share.mean():.1f}% of the teacher's ({seeds}; one seed: spread unknown)"
-        line = f"- {bits} bits: symmetric mAP at {text}"
+        named = f", {label}" if label else ""
+        line = f"- {bits} bits{named}: symmetric mAP at {text}"
         asym = [r["map_asym"] for r in mine]
         if all(a is not None for a in asym):
             gap = (np.array(asym) - (np.array(ref) - ASYMMETRIC_GOAL_MARGIN)) * 100

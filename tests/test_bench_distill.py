@@ -528,9 +528,12 @@ def test_teacher_share_is_per_seed_against_the_same_splits_teacher():
     (one,) = bench.teacher_share_lines([rows[0], rows[3]])
     assert "95.0% of the teacher's (seed 0 95.0%; one seed: spread unknown)" in one
     assert "+0.00 pt" in one
-    assert "against the teacher of the same seed's splits" in "\n".join(
-        bench.table_lines(rows, "p", 100)
-    )
+    table = "\n".join(bench.table_lines(rows, "p", 100))
+    assert "against the teacher of the same seed's splits" in table
+    # a baseline is held to the same goals, named; hand-worked: sp seed 0 0.10 / 0.20 = 50%
+    (sp_line,) = bench.teacher_share_lines(rows, "sp", label="sp")
+    assert sp_line.startswith("- 16 bits, sp: symmetric mAP at 50.0% of the teacher's (seed 0")
+    assert f"The baselines against the same goals:\n{sp_line}" in table
 
 
 def test_variants_teacher_measures_the_teacher_rows_alone(tmp_path):
