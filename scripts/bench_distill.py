@@ -41,7 +41,8 @@ baseline row per length and protocol (difference of the means over the seeds bot
 "beyond the spread" when it exceeds the sum of the two sample stds), baselines that collapsed
 in any seed left out, and
 BRCD (full) is set against the teacher of each of its seeds (the same splits): its symmetric
-mAP as a share of the teacher's and its asymmetric mAP against the teacher's less one point.
+mAP as a share of the teacher's and its asymmetric mAP against the teacher's less one point;
+so is every baseline row, each line naming it.
 
 Provenance: ``results.json`` records, beside the settings (with ``topk`` and ``val_every``), the
 ``inputs`` — each teacher's path, model digest (its tensors) and the sha256 of its weights file,
@@ -705,7 +706,7 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
         if shares:
             lines += ["", f"{label} against the teacher of the same seed's splits:", *shares]
     baseline_shares = [
-        line for name in BASELINES for line in teacher_share_lines(rows, name, label=name)
+        line for name in BASELINES for line in teacher_share_lines(rows, name, named=True)
     ]
     if baseline_shares:
         lines += ["", "The baselines against the same goals:", *baseline_shares]
@@ -716,14 +717,12 @@ def table_lines(rows: list[dict], protocol: str, topk: int) -> list[str]:
 ASYMMETRIC_GOAL_MARGIN = 0.01
 
 
-def teacher_share_lines(
-    rows: list[dict], model: str = BRCD_FULL, label: str | None = None
-) -> list[str]:
+def teacher_share_lines(rows: list[dict], model: str = BRCD_FULL, named: bool = False) -> list[str]:
     """Per code length, ``model`` against the teacher row of each of its seeds (the same
     splits): its symmetric mAP as a share of the teacher's (mean ± sample std over the seeds,
     mean - std, each seed's value) and its asymmetric mAP minus the teacher's symmetric mAP
     less one point, in mAP points. No line for a length where a seed lacks its teacher row.
-    ``label`` names the model after the length (``- 64 bits, LABEL: ...``)."""
+    ``named`` puts the model's name after the length (``- 64 bits, MODEL: ...``)."""
     teachers = {(r["bits"], r["seed"]): r for r in rows if r["model"] == "teacher"}
     out = []
     for bits in sorted({r["bits"] for r in rows if r["model"] == model}):
@@ -742,8 +741,8 @@ def teacher_share_lines(
             )
         else:
             text = f"{share.mean():.1f}% of the teacher's ({seeds}; one seed: spread unknown)"
-        named = f", {label}" if label else ""
-        line = f"- {bits} bits{named}: symmetric mAP at {text}"
+        name = f", {model}" if named else ""
+        line = f"- {bits} bits{name}: symmetric mAP at {text}"
         asym = [r["map_asym"] for r in mine]
         if all(a is not None for a in asym):
             gap = (np.array(asym) - (np.array(ref) - ASYMMETRIC_GOAL_MARGIN)) * 100

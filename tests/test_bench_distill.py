@@ -531,7 +531,7 @@ def test_teacher_share_is_per_seed_against_the_same_splits_teacher():
     table = "\n".join(bench.table_lines(rows, "p", 100))
     assert "against the teacher of the same seed's splits" in table
     # a baseline is held to the same goals, named; hand-worked: sp seed 0 0.10 / 0.20 = 50%
-    (sp_line,) = bench.teacher_share_lines(rows, "sp", label="sp")
+    (sp_line,) = bench.teacher_share_lines(rows, "sp", named=True)
     assert sp_line.startswith("- 16 bits, sp: symmetric mAP at 50.0% of the teacher's (seed 0")
     assert f"The baselines against the same goals:\n{sp_line}" in table
 
